@@ -1,0 +1,327 @@
+r"""Single-spike phase coding (Hwang & Kung, Eq. 3-5) and binary multi-spike input coding.
+
+A hidden one-spike neuron fires at most once in a window of :math:`T` phases. A spike at phase
+:math:`t \in \{1..T\}` stands for the normalised value
+
+.. math::
+    v_t = Q^{-(t-1)}, \qquad \hat a \in \{1, Q^{-1}, \dots, Q^{-(T-1)}\} \cup \{0\}.
+
+The neuron fires at the first phase whose (shifted) threshold its activation reaches:
+
+.. math::
+    t^* = \min\{t : a \ge c_Q\, Q^{-(t-1)}\}, \qquad
+    c_Q = \begin{cases} (1+Q)/(2Q) & \text{round-off (Eq. 4, threshold shift)} \\ 1 & \text{floor (Eq. 3)} \end{cases}
+
+Values above 1 saturate at phase 1; values below the underflow bound :math:`c_Q Q^{-(T-1)}` never fire.
+
+The external input is coded with conventional binary phase coding (base 2, many spikes): the greedy
+(floor) binary expansion :math:`\tilde x = \sum_{t=1}^{T} b_t 2^{-t}` of :math:`\tilde x = |x|/\lambda^0 \in [0, 1)`,
+with an optional sign per element.
+
+Phases are stored as small integers (``0`` = silent), never as :math:`T` float planes.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "PhaseCode",
+    "phase_dtype",
+    "encode",
+    "decode",
+    "quantize",
+    "encode_binary",
+    "decode_binary",
+    "binary_bitplanes",
+    "binary_spike_count",
+    "mape",
+    "best_base",
+]
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def phase_dtype(T: int) -> torch.dtype:
+    """Smallest signed integer dtype that holds phases ``0..T``."""
+    return torch.int8 if T <= 127 else torch.int16
+
+
+@dataclass(frozen=True)
+class PhaseCode:
+    r"""Configuration of single-spike phase coding.
+
+    Args:
+        T (int): phases in one coding window (``T >= 1``).
+        Q (float): coding base of hidden layers (``Q > 1``; the paper uses 1.3 for ``T = 16``).
+        shift (bool, optional): round-off encoding with threshold shift :math:`c_Q = (1+Q)/(2Q)` (Eq. 4).
+            ``False`` gives the floor encoding of Eq. 3. (default: ``True``)
+        Tw (int, optional): wait time, the phases a layer integrates before it may emit its first spike
+            (``Tw >= 0``). ``None`` means ``Tw = T``, for which every layer is exactly a round-off
+            quantised ReLU. (default: ``None``)
+    """
+
+    T: int
+    Q: float
+    shift: bool = True
+    Tw: int | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "T", _check_int("T", self.T, 1))
+        try:
+            q = float(self.Q)
+        except (TypeError, ValueError):
+            raise ValueError(f"Q must be a real number > 1, got {self.Q!r}") from None
+        if not math.isfinite(q) or q <= 1.0:
+            raise ValueError(f"Q must be a finite real number > 1, got {self.Q!r}")
+        object.__setattr__(self, "Q", q)
+        if not isinstance(self.shift, (bool, np.bool_)):
+            raise ValueError(f"shift must be a bool, got {self.shift!r}")
+        object.__setattr__(self, "shift", bool(self.shift))
+        tw = self.T if self.Tw is None else _check_int("Tw", self.Tw, 0)
+        object.__setattr__(self, "Tw", tw)
+
+    # ----------------------------------------------------------------------------------------- derived
+    @property
+    def c(self) -> float:
+        """Threshold-shift factor :math:`c_Q` (1 without shift)."""
+        return (1.0 + self.Q) / (2.0 * self.Q) if self.shift else 1.0
+
+    @property
+    def min_value(self) -> float:
+        """Smallest non-zero representable value :math:`Q^{-(T-1)}`."""
+        return self.Q ** -(self.T - 1)
+
+    @property
+    def underflow_bound(self) -> float:
+        """Activations below :math:`c_Q Q^{-(T-1)}` do not fire."""
+        return self.c * self.min_value
+
+    @property
+    def max_relative_error(self) -> float:
+        """Worst relative error inside the representable range: (Q-1)/(Q+1) round-off, (Q-1)/Q floor."""
+        return (self.Q - 1) / (self.Q + 1) if self.shift else (self.Q - 1) / self.Q
+
+    @property
+    def functional(self) -> bool:
+        """True when every input phase has arrived before the first output phase (Tw >= T)."""
+        return self.Tw >= self.T
+
+    @property
+    def phase_dtype(self) -> torch.dtype:
+        return phase_dtype(self.T)
+
+    def values(self, dtype: torch.dtype = torch.float32, device=None) -> Tensor:
+        """``[T + 1]`` lookup table: entry 0 is 0 (silent), entry t is :math:`Q^{-(t-1)}`."""
+        return _values(self.T, self.Q, dtype, str(torch.device(device or "cpu")))
+
+    def thresholds(self, dtype: torch.dtype = torch.float32, device=None) -> Tensor:
+        """``[T]`` firing thresholds :math:`c_Q Q^{-(t-1)}`, t = 1..T (decreasing)."""
+        return _thresholds(self.T, self.Q, self.c, dtype, str(torch.device(device or "cpu")))
+
+    def replace(self, **kw) -> "PhaseCode":
+        d = dict(T=self.T, Q=self.Q, shift=self.shift, Tw=self.Tw)
+        if "T" in kw and "Tw" not in kw and self.Tw == self.T:
+            d["Tw"] = None  # keep "Tw = T" when only T changes
+        d.update(kw)
+        return PhaseCode(**d)
+
+    def __repr__(self) -> str:
+        return f"PhaseCode(T={self.T}, Q={self.Q:g}, shift={self.shift}, Tw={self.Tw})"
+
+
+# Tables are computed once in float64 and rounded to the compute dtype, so every path (closed form,
+# phase-stepped neuron, membrane reference) compares against the very same numbers.
+@lru_cache(maxsize=256)
+def _values(T: int, Q: float, dtype: torch.dtype, device: str) -> Tensor:
+    v = torch.zeros(T + 1, dtype=torch.float64)
+    v[1:] = Q ** -torch.arange(T, dtype=torch.float64)
+    return v.to(dtype=dtype, device=device)
+
+
+@lru_cache(maxsize=256)
+def _thresholds(T: int, Q: float, c: float, dtype: torch.dtype, device: str) -> Tensor:
+    thr = c * Q ** -torch.arange(T, dtype=torch.float64)
+    return thr.to(dtype=dtype, device=device)
+
+
+@lru_cache(maxsize=64)
+def _phase_lut(T: int, device: str) -> Tensor:
+    # number of thresholds <= a  ->  fire phase (0 thresholds reached: silent)
+    lut = torch.tensor([0] + [T + 1 - n for n in range(1, T + 1)], dtype=phase_dtype(T))
+    return lut.to(device)
+
+
+def _check_finite(x: Tensor, what: str) -> None:
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        bad = (~torch.isfinite(x)).sum().item()
+        raise ValueError(f"{what} contains {bad} NaN/inf value(s); one-spike coding needs finite activations")
+
+
+# --------------------------------------------------------------------------------- single-spike code
+def encode(x: Tensor, code: PhaseCode, signed: bool = False, check: bool = True) -> tuple[Tensor, Tensor | None]:
+    r"""Fire phase of every neuron for normalised activations ``x`` (Eq. 3/4).
+
+    Args:
+        x (Tensor): normalised activations :math:`a = y/\lambda` (any shape, floating point).
+        code (PhaseCode): the code.
+        signed (bool): signed one-spike neurons (spec A14) fire on :math:`|a|` and carry the sign of ``a``;
+            unsigned (ReLU) neurons never fire for ``a <= 0``.
+        check (bool): raise on NaN/inf input (one reduction over ``x``).
+
+    Returns:
+        ``(phase, sign)``: ``phase`` holds ``0`` (silent) or ``1..T`` in :func:`phase_dtype`; ``sign`` is an
+        ``int8`` tensor of -1/0/+1 for signed neurons, else ``None``.
+    """
+    if not x.is_floating_point():
+        raise TypeError(f"encode expects a floating-point tensor, got {x.dtype}")
+    if check:
+        _check_finite(x, "encode input")
+    mag = x.abs() if signed else x
+    # thresholds ascending: count of thresholds <= a = T - (t* - 1); exact, no log/rounding issues
+    thr_asc = code.thresholds(x.dtype, x.device).flip(0)
+    n_le = torch.searchsorted(thr_asc, mag.contiguous(), right=True, out_int32=True)
+    phase = torch.take(_phase_lut(code.T, str(x.device)), n_le.long())
+    sign = None
+    if signed:
+        sign = torch.sign(x).to(torch.int8) * (phase > 0)
+    return phase, sign
+
+
+def decode(phase: Tensor, code: PhaseCode, sign: Tensor | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Normalised value :math:`\\pm Q^{-(t-1)}` (0 for silent neurons) of fire phases."""
+    if phase.is_floating_point():
+        raise TypeError("decode expects integer phases")
+    v = code.values(dtype, phase.device)[phase.long()]
+    if sign is not None:
+        v = v * sign.to(dtype)
+    return v
+
+
+def quantize(x: Tensor, code: PhaseCode, signed: bool = False) -> Tensor:
+    """The value a one-spike neuron transmits for normalised activations ``x`` (encode, then decode).
+
+    ``code.shift=False`` gives the floor variant (Eq. 3). For unsigned neurons negative inputs give 0.
+    """
+    phase, sign = encode(x, code, signed=signed)
+    return decode(phase, code, sign, dtype=x.dtype)
+
+
+# ------------------------------------------------------------------------------ binary input code
+def encode_binary(x: Tensor, T: int, signed: bool = True) -> tuple[Tensor, Tensor | None]:
+    r"""Binary multi-spike phase coding of normalised inputs (spec 1.1).
+
+    Greedy floor expansion :math:`|x| = \sum_{t=1}^{T} b_t 2^{-t}`; the bits are returned packed in an
+    integer ``m = floor(|x| 2^T)`` (bit ``T-t`` of ``m`` is the spike at phase ``t``). Values ``>= 1``
+    saturate at :math:`1 - 2^{-T}`.
+
+    Returns:
+        ``(bits, sign)``: ``bits`` int32 (T <= 30) or int64; ``sign`` int8 or ``None`` when ``signed=False``
+        (then negative inputs must not occur).
+    """
+    T = _check_int("T", T, 1)
+    if T > 62:
+        raise ValueError(f"binary input coding supports T <= 62, got {T}")
+    if not x.is_floating_point():
+        raise TypeError(f"encode_binary expects a floating-point tensor, got {x.dtype}")
+    _check_finite(x, "binary encoder input")
+    if not signed and bool((x < 0).any()):
+        raise ValueError("encode_binary(signed=False) got negative inputs; use signed=True")
+    mag = x.abs().to(torch.float64)
+    # exact: scaling by a power of two and flooring loses nothing in float64 for T <= 52
+    bits = torch.floor(mag * 2.0**T).clamp_(0, 2**T - 1).to(torch.int32 if T <= 30 else torch.int64)
+    sign = torch.sign(x).to(torch.int8) * (bits != 0) if signed else None
+    return bits, sign
+
+
+def decode_binary(bits: Tensor, T: int, sign: Tensor | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Normalised value :math:`\\pm\\sum_t b_t 2^{-t}` of packed binary codes."""
+    v = (bits.to(torch.float64) * 2.0**-T).to(dtype)
+    if sign is not None:
+        v = v * sign.to(dtype)
+    return v
+
+
+def binary_bitplanes(bits: Tensor, T: int) -> Tensor:
+    """``[T, *shape]`` bool spike planes of packed codes (plane ``t-1`` = spike at phase ``t``)."""
+    shifts = torch.arange(T - 1, -1, -1, device=bits.device, dtype=bits.dtype)
+    return ((bits.unsqueeze(0) >> shifts.view(-1, *([1] * bits.dim()))) & 1).bool()
+
+
+def binary_spike_count(bits: Tensor, T: int) -> Tensor:
+    """Number of input spikes (popcount of the T-bit code) per element, int64."""
+    b = bits.to(torch.int64)
+    count = torch.zeros_like(b)
+    for _ in range(T):
+        count += b & 1
+        b = b >> 1
+    return count
+
+
+# ---------------------------------------------------------------------------------------- Eq. 5
+def mape(Q: float, T: int, mu: float = 0.0, sigma: float = 1.0, shift: bool = True, normalize: bool = True) -> float:
+    r"""Mean absolute percentage error of single-spike encoding under Gaussian activations (Eq. 5).
+
+    .. math::
+        \mathrm{MAPE}(Q, T) = \int_0^1 \frac{|\hat a(a) - a|}{a} f(a;\mu,\sigma)\, da
+        \;\Big/ \int_0^1 f(a)\, da \quad (\text{if } \texttt{normalize})
+
+    computed exactly, piece by piece between the encoder's breakpoints :math:`c_Q Q^{-k}` with
+    :func:`scipy.integrate.quad`. Returned as a fraction (multiply by 100 for %).
+    """
+    from scipy import integrate, stats
+
+    code = PhaseCode(T, Q, shift=shift)
+    if not (sigma > 0):
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    pdf = stats.norm(mu, sigma).pdf
+    c, Qf, T = code.c, code.Q, code.T
+    # breakpoints ascending: c Q^{-(T-1)} < ... < c Q^{-1} < c (<= 1)
+    bps = [c * Qf ** -(k) for k in range(T - 1, -1, -1)]
+    total = integrate.quad(pdf, 0.0, bps[0], epsabs=1e-13, epsrel=1e-11)[0]  # underflow: 100 % error
+
+    def piece(v: float, lo: float, hi: float) -> float:
+        out = 0.0
+        if lo < v:  # a < v: (v - a)/a
+            out += integrate.quad(lambda a: (v / a - 1.0) * pdf(a), lo, min(v, hi), epsabs=1e-13, epsrel=1e-11)[0]
+        if hi > v:
+            out += integrate.quad(lambda a: (1.0 - v / a) * pdf(a), max(v, lo), hi, epsabs=1e-13, epsrel=1e-11)[0]
+        return out
+
+    for i in range(T):
+        lo = bps[i]
+        hi = bps[i + 1] if i + 1 < T else 1.0
+        v = Qf ** -(T - 1 - i)  # value fired between these breakpoints
+        total += piece(v, lo, min(hi, 1.0))
+    if normalize:
+        total /= stats.norm(mu, sigma).cdf(1.0) - stats.norm(mu, sigma).cdf(0.0)
+    return float(total)
+
+
+def best_base(
+    T: int, mu: float = 0.0, sigma: float = 1.0, shift: bool = True, grid: np.ndarray | None = None
+) -> float:
+    """The base ``Q`` on ``grid`` (default 1.01..2.00 step 0.01) that minimises :func:`mape` for ``T``.
+
+    ``best_base(16) == 1.31`` and ``best_base(24) == 1.22`` (spec section 6).
+    """
+    T = _check_int("T", T, 1)
+    if grid is None:
+        grid = np.round(np.arange(101, 201) / 100.0, 2)
+    errs = [mape(float(q), T, mu, sigma, shift) for q in grid]
+    return float(grid[int(np.argmin(errs))])

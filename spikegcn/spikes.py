@@ -1,0 +1,93 @@
+"""Spike containers passed between spiking layers.
+
+A one-spike layer's output is its fire phases (small integers, 0 = silent), an optional sign for signed neurons,
+the per-channel scale lambda (ANN units of a phase-1 spike), the code and the global phase at which its window
+starts. Storing phases, not T float planes, keeps memory at O(neurons).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .coding import PhaseCode, binary_spike_count, decode, decode_binary
+
+__all__ = ["PhaseSpikes", "BinarySpikes"]
+
+
+@dataclass
+class PhaseSpikes:
+    r"""Output of a layer of one-spike neurons.
+
+    The transmitted value of neuron ``i`` in channel ``k`` is
+    :math:`\mathrm{sign}_i \cdot \lambda_k \cdot Q^{-(\mathrm{phase}_i - 1)}` (0 when ``phase_i == 0``).
+
+    Attributes:
+        phase: fire phases ``0..T`` (int8/int16), channels in the last dimension.
+        code: the code the layer emitted with.
+        scale: lambda per channel (shape ``[C]``) or a scalar tensor, in ANN units.
+        sign: int8 -1/0/+1 for signed neurons, else ``None``.
+        start: global phase at which this window starts (layer index x Tw).
+    """
+
+    phase: Tensor
+    code: PhaseCode
+    scale: Tensor = field(default_factory=lambda: torch.tensor(1.0))
+    sign: Tensor | None = None
+    start: int = 0
+
+    def normalized(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Decoded values in normalised units (without lambda)."""
+        return decode(self.phase, self.code, self.sign, dtype=dtype)
+
+    def values(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Decoded values in ANN units."""
+        return self.normalized(dtype) * self.scale.to(dtype)
+
+    def num_spikes(self) -> int:
+        return int(torch.count_nonzero(self.phase))
+
+    def spikes_per_neuron(self) -> float:
+        return self.num_spikes() / max(1, self.phase.numel())
+
+    def phase_histogram(self) -> Tensor:
+        """Spike count per phase 1..T (index 0 = silent neurons)."""
+        return torch.bincount(self.phase.reshape(-1).long(), minlength=self.code.T + 1)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.phase.shape
+
+
+@dataclass
+class BinarySpikes:
+    r"""Binary multi-spike input: packed T-bit codes, base 2, spike at phase t worth :math:`2^{-t}`.
+
+    Value in ANN units: :math:`\mathrm{sign}\cdot\lambda^0 \sum_t b_t 2^{-t}`.
+    """
+
+    bits: Tensor
+    T: int
+    scale: Tensor = field(default_factory=lambda: torch.tensor(1.0))
+    sign: Tensor | None = None
+    start: int = 0
+
+    def normalized(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        return decode_binary(self.bits, self.T, self.sign, dtype=dtype)
+
+    def values(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        return self.normalized(dtype) * self.scale.to(dtype)
+
+    def spike_counts(self) -> Tensor:
+        return binary_spike_count(self.bits, self.T)
+
+    def num_spikes(self) -> int:
+        return int(self.spike_counts().sum())
+
+    def spikes_per_neuron(self) -> float:
+        return self.num_spikes() / max(1, self.bits.numel())
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.bits.shape
