@@ -26,3 +26,9 @@ __all__ = [
     "energy_report",
     "latency",
 ]
+
+from .convert import SpikingModel, UnsupportedModuleError, convert  # noqa: E402
+from .nn import PhaseEncoder, SpikingAggregation, SpikingGCNConv, SpikingLinear  # noqa: E402
+
+__all__ += ["convert", "SpikingModel", "UnsupportedModuleError", "PhaseEncoder", "SpikingLinear",
+            "SpikingAggregation", "SpikingGCNConv"]

@@ -7,13 +7,14 @@ starts. Storing phases, not T float planes, keeps memory at O(neurons).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Union
 
 import torch
 from torch import Tensor
 
 from .coding import PhaseCode, binary_spike_count, decode, decode_binary
 
-__all__ = ["PhaseSpikes", "BinarySpikes"]
+__all__ = ["PhaseSpikes", "BinarySpikes", "IdentitySpikes", "SpikeInput"]
 
 
 @dataclass
@@ -59,6 +60,30 @@ class PhaseSpikes:
     def shape(self) -> torch.Size:
         return self.phase.shape
 
+    @property
+    def T_in(self) -> int:
+        return self.code.T
+
+    def spike_counts(self) -> Tensor:
+        return (self.phase != 0).to(torch.int64)
+
+    def values_upto(self, k: int, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Values (ANN units) of the spikes fired at phases ``<= k``; later neurons read as 0."""
+        v = self.values(dtype)
+        if k >= self.code.T:
+            return v
+        return v * (self.phase <= k)
+
+    def events_at(self, p: int, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor, Tensor]:
+        """``(row, col, value)`` of the spikes fired at phase ``p`` (2-D spikes: node x channel)."""
+        row, col = (self.phase == p).nonzero(as_tuple=True)
+        val = torch.full((row.numel(),), self.code.Q ** -(p - 1), dtype=dtype, device=row.device)
+        if self.sign is not None:
+            val = val * self.sign[row, col].to(dtype)
+        sc = self.scale.to(dtype=dtype, device=row.device)
+        val = val * (sc.expand(self.phase.shape[-1]).index_select(0, col) if sc.dim() else sc)
+        return row, col, val
+
 
 @dataclass
 class BinarySpikes:
@@ -91,3 +116,48 @@ class BinarySpikes:
     @property
     def shape(self) -> torch.Size:
         return self.bits.shape
+
+    @property
+    def T_in(self) -> int:
+        return self.T
+
+    def values_upto(self, k: int, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Values (ANN units) of the bits sent at phases ``<= k`` (the top ``k`` bits)."""
+        if k >= self.T:
+            return self.values(dtype)
+        drop = self.T - k
+        bits = (self.bits >> drop) << drop
+        return decode_binary(bits, self.T, self.sign, dtype=dtype) * self.scale.to(dtype)
+
+    def events_at(self, p: int, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor, Tensor]:
+        row, col = ((self.bits >> (self.T - p)) & 1).nonzero(as_tuple=True)
+        val = torch.full((row.numel(),), 2.0**-p, dtype=dtype, device=row.device)
+        if self.sign is not None:
+            val = val * self.sign[row, col].to(dtype)
+        sc = self.scale.to(dtype=dtype, device=row.device)
+        val = val * (sc.expand(self.bits.shape[-1]).index_select(0, col) if sc.dim() else sc)
+        return row, col, val
+
+
+@dataclass
+class IdentitySpikes:
+    """Featureless input ``X = I`` (Text GCN): node ``n`` sends one spike, value 1, at phase 1 on feature ``n``."""
+
+    num_nodes: int
+    device: torch.device | str = "cpu"
+    start: int = 0
+
+    T_in = 1
+
+    def spike_counts(self) -> Tensor:
+        return torch.ones(self.num_nodes, dtype=torch.int64, device=self.device)
+
+    def num_spikes(self) -> int:
+        return self.num_nodes
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size([self.num_nodes, self.num_nodes])
+
+
+SpikeInput = Union[PhaseSpikes, BinarySpikes, IdentitySpikes]

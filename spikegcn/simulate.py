@@ -1,0 +1,182 @@
+r"""Simulating one layer of one-spike neurons on its input spikes (functional and exact modes).
+
+A layer is a linear synaptic map (dense :math:`W` or sparse :math:`\hat A`) followed by a neuron. Given the
+input spikes, a bias (initial potential) and the output scale :math:`\lambda^l`:
+
+* **functional** (or exact with :math:`T_w + 1 \ge T_{in}`, when every input phase has arrived before the first
+  output phase): one ANN pass on the decoded input, then the round-off encoder. Exactly the quantised ANN.
+* **exact** (:math:`T_w + 1 < T_{in}`): the partial pre-activation after input phase :math:`T_w + 1` comes from one
+  pass over the spikes fired by then; every later input phase adds only its own spike events through the event
+  kernel (spikes x fan-out), and the neuron fires at the first output phase whose prefix crosses its threshold
+  (late and false spikes included).
+* **output** layers do not spike: they integrate the whole input window (spec A20) and return the potential.
+
+Operation counts for the energy model are taken here: ANN MACs of the replaced layer, exact additions
+(input spikes x fan-out) and spike counts.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from .coding import PhaseCode, encode
+from .energy import LayerStats
+from .kernels.scatter import DenseSynapses, GraphSynapses, accumulate_events
+from .neuron import one_spike_fire
+from .spikes import BinarySpikes, IdentitySpikes, PhaseSpikes, SpikeInput
+
+__all__ = ["Mode", "DenseOp", "GraphOp", "run_layer", "check_mode"]
+
+Mode = Literal["functional", "exact"]
+
+
+def check_mode(mode: str) -> str:
+    if mode not in ("functional", "exact"):
+        raise ValueError(f"mode must be 'functional' or 'exact', got {mode!r}")
+    return mode
+
+
+class DenseOp:
+    """``y = x W^T`` per node (message passing). ``weight`` is ``[out, in]`` as in ``torch.nn.Linear``."""
+
+    def __init__(self, weight: Tensor):
+        self.weight = weight
+        self.synapses = DenseSynapses(weight.t())
+
+    def apply(self, inp: SpikeInput, k: int, dtype: torch.dtype) -> Tensor:
+        if isinstance(inp, IdentitySpikes):
+            if self.weight.shape[1] != inp.num_nodes:
+                raise ValueError(
+                    f"featureless input X = I has {inp.num_nodes} nodes but the layer has "
+                    f"{self.weight.shape[1]} input channels"
+                )
+            return self.weight.t().to(dtype)  # I W^T: node n's single spike loads row n of W^T
+        return inp.values_upto(k, dtype) @ self.weight.t().to(dtype)
+
+    def out_shape(self, inp: SpikeInput) -> tuple[int, int]:
+        return (inp.shape[0], self.weight.shape[0])
+
+    def macs(self, inp: SpikeInput) -> float:
+        if isinstance(inp, IdentitySpikes):  # sparse X with nnz = N (spec 11.3)
+            return float(inp.num_nodes * self.weight.shape[0])
+        return float(inp.shape[0] * self.weight.shape[1] * self.weight.shape[0])
+
+    def additions(self, counts: Tensor) -> float:
+        return float(counts.sum()) * self.weight.shape[0]
+
+
+class GraphOp:
+    r"""``y = \hat A x`` per feature channel (aggregation). ``adj`` is a torch sparse CSR ``[target, source]``."""
+
+    def __init__(self, adj: Tensor, synapses: GraphSynapses):
+        self.adj = adj
+        self.synapses = synapses
+
+    def apply(self, inp: SpikeInput, k: int, dtype: torch.dtype) -> Tensor:
+        if isinstance(inp, IdentitySpikes):
+            raise ValueError("aggregating the featureless identity input directly is not supported; "
+                             "use the message-passing-first order (variant 'signed' or 'relu_mp')")
+        x = inp.values_upto(k, dtype)
+        adj = self.adj if self.adj.dtype == dtype else self.adj.to(dtype)
+        return torch.sparse.mm(adj, x)
+
+    def out_shape(self, inp: SpikeInput) -> tuple[int, int]:
+        return (self.synapses.num_targets, inp.shape[1])
+
+    def macs(self, inp: SpikeInput) -> float:
+        return float(self.adj._nnz() * inp.shape[1])
+
+    def additions(self, counts: Tensor) -> float:
+        # a spike of node n reaches deg(n) + 1 targets (its column of A-hat)
+        per_node = counts.sum(1) if counts.dim() > 1 else counts
+        return float((per_node.to(torch.float64) * self.synapses.fanout.to(torch.float64)).sum())
+
+
+def _input_counts(inp: SpikeInput) -> Tensor:
+    return inp.spike_counts()
+
+
+def run_layer(
+    inp: SpikeInput,
+    op: DenseOp | GraphOp,
+    code: PhaseCode,
+    bias: Tensor | None,
+    scale: Tensor | float,
+    signed: bool = False,
+    mode: Mode = "exact",
+    output: Literal["spikes", "potential"] = "spikes",
+    name: str = "",
+    start: int = 0,
+    dtype: torch.dtype = torch.float32,
+    backend: str = "auto",
+    stepped: bool = False,
+) -> tuple[PhaseSpikes | Tensor, LayerStats]:
+    """Run one spiking layer.
+
+    Args:
+        inp: input spikes.
+        op: the synaptic map.
+        code: the code the layer emits with (``T``, ``Q``, shift, ``Tw``).
+        bias: bias in ANN units (added to the potential before normalisation), or ``None``.
+        scale: :math:`\\lambda^l` per output channel (or scalar), ANN units of a phase-1 output spike.
+        signed: signed one-spike neurons (no ReLU after this layer in the ANN).
+        mode: ``"functional"`` or ``"exact"``.
+        output: ``"spikes"`` for hidden layers, ``"potential"`` for the output layer (ANN units).
+        stepped: take every input phase after the first through the event kernel, even when
+            ``Tw + 1 >= T_in`` (tests the event path against the dense one).
+
+    Returns:
+        ``(PhaseSpikes or potential, LayerStats)``.
+    """
+    check_mode(mode)
+    T_in = inp.T_in
+    counts = _input_counts(inp)
+    stats = LayerStats(
+        name=name,
+        macs=op.macs(inp),
+        in_neurons=int(counts.numel()),
+        in_spikes=float(counts.sum()),
+        additions=op.additions(counts),
+    )
+    scale_t = torch.as_tensor(scale, dtype=dtype)
+    if output == "potential":
+        z = op.apply(inp, T_in, dtype)
+        if bias is not None:
+            z = z + bias.to(dtype)
+        return z, stats
+    if output != "spikes":
+        raise ValueError(f"output must be 'spikes' or 'potential', got {output!r}")
+
+    full_wait = code.Tw + 1 >= T_in
+    if mode == "functional" or (full_wait and not stepped):
+        z = op.apply(inp, T_in, dtype)
+        if bias is not None:
+            z = z + bias.to(dtype)
+        phase, sign = encode(z / scale_t.to(z.device), code, signed=signed)
+    else:
+        k0 = 1 if stepped else min(code.Tw + 1, T_in)
+        first = op.apply(inp, k0, dtype)
+        if bias is not None:
+            first = first + bias.to(dtype)
+        first = first / scale_t.to(first.device)
+        synapses = op.synapses
+
+        def phase_input(p: int) -> Tensor | None:
+            if p == 1:
+                return first
+            if p <= k0:
+                return None
+            row, col, val = inp.events_at(p, dtype)
+            if row.numel() == 0:
+                return None
+            buf = torch.zeros(first.shape, dtype=dtype, device=first.device)
+            accumulate_events(row, col, val, synapses, buf, backend=backend)
+            return buf / scale_t.to(buf.device)
+
+        phase, sign = one_spike_fire(phase_input, code, T_in=T_in, signed=signed)
+    spikes = PhaseSpikes(phase=phase, code=code, scale=scale_t, sign=sign, start=start)
+    stats.out_neurons = phase.numel()
+    stats.out_spikes = float(spikes.num_spikes())
+    return spikes, stats
