@@ -70,9 +70,28 @@ class DenseOp:
 class GraphOp:
     r"""``y = \hat A x`` per feature channel (aggregation). ``adj`` is a torch sparse CSR ``[target, source]``."""
 
-    def __init__(self, adj: Tensor, synapses: GraphSynapses):
+    def __init__(self, adj: Tensor, synapses: GraphSynapses | None = None):
         self.adj = adj
-        self.synapses = synapses
+        self._synapses = synapses
+        self._fanout: Tensor | None = None
+
+    @property
+    def synapses(self) -> GraphSynapses:
+        """Source-major copy of the synapses, built on first use: only the event path needs it."""
+        if self._synapses is None:
+            crow, col = self.adj.crow_indices().long(), self.adj.col_indices().long()
+            dst = torch.repeat_interleave(torch.arange(self.adj.shape[0], device=crow.device), crow[1:] - crow[:-1])
+            self._synapses = GraphSynapses.from_edge_index(torch.stack([col, dst]), self.adj.values(),
+                                                           self.adj.shape[1])
+        return self._synapses
+
+    @property
+    def fanout(self) -> Tensor:
+        # a spike of source n reaches every target m with A[m, n] != 0: the column counts of A
+        if self._fanout is None:
+            self._fanout = (self._synapses.fanout if self._synapses is not None else
+                            torch.bincount(self.adj.col_indices().long(), minlength=self.adj.shape[1]))
+        return self._fanout
 
     def apply(self, inp: SpikeInput, k: int, dtype: torch.dtype) -> Tensor:
         if isinstance(inp, IdentitySpikes):
@@ -83,7 +102,7 @@ class GraphOp:
         return torch.sparse.mm(adj, x)
 
     def out_shape(self, inp: SpikeInput) -> tuple[int, int]:
-        return (self.synapses.num_targets, inp.shape[1])
+        return (self.adj.shape[0], inp.shape[1])
 
     def macs(self, inp: SpikeInput) -> float:
         return float(self.adj._nnz() * inp.shape[1])
@@ -91,7 +110,7 @@ class GraphOp:
     def additions(self, counts: Tensor) -> float:
         # a spike of node n reaches deg(n) + 1 targets (its column of A-hat)
         per_node = counts.sum(1) if counts.dim() > 1 else counts
-        return float((per_node.to(torch.float64) * self.synapses.fanout.to(torch.float64)).sum())
+        return float((per_node.to(torch.float64) * self.fanout.to(torch.float64)).sum())
 
 
 def _input_counts(inp: SpikeInput) -> Tensor:

@@ -9,14 +9,15 @@ from torch_geometric.nn import MessagePassing
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
 from ..coding import PhaseCode
-from ..kernels.scatter import GraphSynapses
 from ..simulate import GraphOp, run_layer
 from ..spikes import PhaseSpikes
 from .base import SpikingMixin, as_spike_input
 
 
 def build_graph_op(edge_index: Tensor, edge_weight: Tensor | None, num_nodes: int, dtype=torch.float32) -> GraphOp:
-    """CSR ``[target, source]`` for the dense pass and source-major synapses for the event kernel."""
+    """CSR ``[target, source]`` for the dense pass (the event kernel's source-major copy is made on demand)."""
+    if edge_index.layout == torch.sparse_csr and edge_weight is None and edge_index.dtype == dtype:
+        return GraphOp(edge_index)  # already A-hat as [target, source] CSR: use it as is
     if edge_index.layout != torch.strided:  # a torch sparse adjacency, PyG's adj_t convention [target, source]
         adj_t = edge_index.to_sparse_coo().coalesce()
         tgt, src = adj_t.indices()
@@ -34,7 +35,7 @@ def build_graph_op(edge_index: Tensor, edge_weight: Tensor | None, num_nodes: in
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
         adj = torch.sparse_csr_tensor(crow.to(idx_dtype), src_s.to(idx_dtype), w_s, (num_nodes, num_nodes),
                                       check_invariants=False)
-    return GraphOp(adj, GraphSynapses.from_edge_index(edge_index, w, num_nodes))
+    return GraphOp(adj)
 
 
 class SpikingAggregation(MessagePassing, SpikingMixin):
@@ -78,15 +79,16 @@ class SpikingAggregation(MessagePassing, SpikingMixin):
     def graph_op(self, edge_index: Tensor, edge_weight: Tensor | None, num_nodes: int) -> GraphOp:
         if self._cached_op is not None:
             return self._cached_op
-        if self.normalize:
-            if edge_index.layout != torch.strided:
-                adj_t = edge_index.to_sparse_coo().coalesce()
-                tgt, src = adj_t.indices()
-                edge_index, edge_weight = torch.stack([src, tgt]), adj_t.values()
-            edge_index, edge_weight = gcn_norm(edge_index, edge_weight, num_nodes, self.improved,
-                                               self.add_self_loops, self.flow)
-        if self.flow != "source_to_target" and edge_index.layout == torch.strided:
+        sparse_in = edge_index.layout != torch.strided  # PyG's adj_t: [target, source], flow already applied
+        if sparse_in and self.normalize:
+            adj_t = edge_index.to_sparse_coo().coalesce()
+            tgt, src = adj_t.indices()
+            edge_index, edge_weight = torch.stack([src, tgt]), adj_t.values()
+        elif not sparse_in and self.flow != "source_to_target":
             edge_index = edge_index.flip(0)
+        if self.normalize:
+            edge_index, edge_weight = gcn_norm(edge_index, edge_weight, num_nodes, self.improved,
+                                               self.add_self_loops, "source_to_target")
         op = build_graph_op(edge_index, edge_weight, num_nodes)
         if self.cached:
             self._cached_op = op

@@ -1,0 +1,220 @@
+"""SNN inference time and memory on a graph of 20NG's size, as ratios to the ANN forward in the same run.
+
+A random symmetric graph with 20NG's size (61,603 nodes, ~27 M non-zeros in A-hat incl. self-loops) and the
+Text GCN shape (featureless X = I, 200 hidden, 20 classes, no bias) is converted with ``spikegcn.convert``.
+Each configuration runs in its own worker process so that its peak memory (VmHWM, reset after the graph and
+model are built) is its own:
+
+* ``ann``: the PyG model (GCNConv on a normalised torch sparse CSR adjacency, i.e. spmm);
+* ``functional`` and ``exact`` (Tw = T, and Tw < T): the converted SNN;
+* ``clock``: a dense clock-driven simulation of the same SNN (every phase a full sparse matmul of every layer,
+  as rate-coded simulators do).
+
+    python benchmarks/gcn_scale.py [--nodes 61603 --nnz 26990597 --T 16 --Q 1.3 --tw-small 8 --threads 2]
+
+Writes results/gcn_scale.json and results/gcn_scale.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_geometric.nn import GCNConv
+
+
+class TextGCN(nn.Module):
+    def __init__(self, n, hidden, classes):
+        super().__init__()
+        self.conv1 = GCNConv(n, hidden, normalize=False, bias=False)
+        self.conv2 = GCNConv(hidden, classes, normalize=False, bias=False)
+
+    def forward(self, x, adj_t):
+        h = F.relu(self.conv1(x, adj_t))
+        h = F.dropout(h, 0.5, self.training)
+        return self.conv2(h, adj_t)
+
+
+def random_graph(n: int, nnz: int, seed: int = 0):
+    """Symmetric random graph whose normalised adjacency (with self-loops) has about ``nnz`` non-zeros."""
+    g = torch.Generator().manual_seed(seed)
+    m = (nnz - n) // 2
+    src = torch.randint(0, n, (m,), generator=g)
+    dst = torch.randint(0, n, (m,), generator=g)
+    keep = src != dst
+    src, dst = src[keep], dst[keep]
+    loops = torch.arange(n)
+    row = torch.cat([src, dst, loops])
+    col = torch.cat([dst, src, loops])
+    key = torch.unique(row * n + col)
+    row, col = key // n, key % n
+    deg = torch.bincount(row, minlength=n).float()
+    w = deg[row].rsqrt() * deg[col].rsqrt()
+    crow = torch.zeros(n + 1, dtype=torch.int64)
+    crow[1:] = torch.cumsum(torch.bincount(row, minlength=n), 0)
+    adj = torch.sparse_csr_tensor(crow.int(), col.int(), w, (n, n))
+    return adj
+
+
+def vm_hwm_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def clock_driven(snn, adj, T: int) -> torch.Tensor:
+    """Every phase a full (sparse) matmul of every layer: what a clock-driven simulator does."""
+    from spikegcn.coding import encode
+
+    c1, c2 = snn.conv1, snn.conv2
+    W0, W1 = c1.lin.weight, c2.lin.weight
+    code = c1.code
+    thr = code.thresholds()
+
+    def run(layer_in_values_at, op, scale, signed, out_shape, potential=False):
+        P = torch.zeros(out_shape)
+        phase = torch.zeros(out_shape, dtype=torch.int8)
+        sign = torch.zeros(out_shape, dtype=torch.int8)
+        for t in range(1, T + 1):
+            P += op(layer_in_values_at(t)) / scale
+            if potential:
+                continue
+            mag = P.abs() if signed else P
+            now = (mag >= thr[t - 1]) & (phase == 0)
+            phase[now] = t
+            sign[now] = torch.sign(P[now]).to(torch.int8)
+        if potential:
+            return P
+        return code.values()[phase.long()] * sign * scale, phase
+
+    n = adj.shape[0]
+    # MP1: X = I, every node's single spike arrives at phase 1
+    v1, p1 = run(lambda t: W0.t() if t == 1 else torch.zeros(n, W0.shape[0]), lambda x: x, c1.lin.scale, True,
+                 (n, W0.shape[0]))
+    vh, ph = run(lambda t: v1 * (p1 == t), lambda x: torch.sparse.mm(adj, x), c1.aggr.scale, False,
+                 (n, W0.shape[0]))
+    v2, p2 = run(lambda t: vh * (ph == t), lambda x: x @ W1.t(), c2.lin.scale, True, (n, W1.shape[0]))
+    return run(lambda t: v2 * (p2 == t), lambda x: torch.sparse.mm(adj, x), 1.0, False, (n, W1.shape[0]),
+               potential=True)
+
+
+def worker(args) -> dict:
+    torch.set_num_threads(args.threads)
+    from spikegcn import PhaseCode, convert
+
+    adj = random_graph(args.nodes, args.nnz)
+    torch.manual_seed(0)
+    model = TextGCN(args.nodes, args.hidden, args.classes).eval()
+    eye = torch.sparse_coo_tensor(torch.arange(args.nodes).repeat(2, 1), torch.ones(args.nodes),
+                                  (args.nodes, args.nodes))
+    cfg = args.worker
+    if cfg == "ann":
+        fn = lambda: model(eye, adj)  # noqa: E731
+    else:
+        tw = {"functional": args.T, "exact": args.T, "exact_small": args.tw_small, "clock": args.T}[cfg]
+        mode = "functional" if cfg == "functional" else "exact"
+        snn = convert(model, (eye, adj), PhaseCode(args.T, args.Q, Tw=tw), mode=mode)
+        for m in snn.modules():
+            if hasattr(m, "cached"):
+                m.cached = True
+        snn(eye, adj)  # build and cache the synapse structures once (like GCNConv(cached=True))
+        fn = (lambda: clock_driven(snn, adj, args.T)) if cfg == "clock" else (lambda: snn(eye, adj))  # noqa: E731
+    with torch.no_grad():
+        fn()
+        reset_peak()
+        base = vm_hwm_mb()
+        times = []
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            out = fn()
+            times.append(time.perf_counter() - t0)
+        peak = vm_hwm_mb()
+    res = {"config": cfg, "seconds": min(times), "peak_mb": peak, "resident_before_mb": base,
+           "nnz": int(adj._nnz()), "out_shape": list(out.shape)}
+    if cfg != "ann" and cfg != "clock":
+        res["spikes_per_neuron"] = {s.name: s.spikes_per_neuron for s in snn.layer_stats()}
+        res["energy_ratio_fp32"] = snn.energy()["ratio"]
+        ann_out = model(eye, adj)
+        res["agree_with_ann"] = float((out.argmax(1) == ann_out.argmax(1)).float().mean())
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nodes", type=int, default=61603)
+    ap.add_argument("--nnz", type=int, default=26990597)
+    ap.add_argument("--hidden", type=int, default=200)
+    ap.add_argument("--classes", type=int, default=20)
+    ap.add_argument("--T", type=int, default=16)
+    ap.add_argument("--Q", type=float, default=1.3)
+    ap.add_argument("--tw-small", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--configs", default="ann,functional,exact,exact_small,clock")
+    ap.add_argument("--out", default="results/gcn_scale")
+    ap.add_argument("--worker", default=None)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+    rows = []
+    for cfg in args.configs.split(","):
+        cmd = [sys.executable, __file__, "--worker", cfg] + [a for a in sys.argv[1:]]
+        p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+        if p.returncode != 0:
+            rows.append({"config": cfg, "error": p.stderr[-2000:]})
+            print(cfg, "FAILED", p.stderr[-2000:], file=sys.stderr)
+            continue
+        rows.append(json.loads(p.stdout.strip().splitlines()[-1]))
+        print(rows[-1], file=sys.stderr)
+    ann = next(r for r in rows if r["config"] == "ann")
+    clock = next((r for r in rows if r["config"] == "clock" and "seconds" in r), None)
+    for r in rows:
+        if "seconds" in r:
+            r["time_ratio_to_ann"] = r["seconds"] / ann["seconds"]
+            r["peak_ratio_to_ann"] = r["peak_mb"] / ann["peak_mb"]
+            if clock:
+                r["speedup_vs_clock"] = clock["seconds"] / r["seconds"]
+    rec = {"benchmark": "gcn_scale", "args": {k: v for k, v in vars(args).items() if k != "worker"}, "rows": rows,
+           "machine": f"{platform.machine()} {os.cpu_count()} cores", "torch": torch.__version__,
+           "date": date.today().isoformat(), "command": "python benchmarks/gcn_scale.py " + " ".join(sys.argv[1:])}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(rec, indent=2))
+    names = {"ann": "ANN forward (GCNConv, spmm)", "functional": f"SNN functional (Tw = T = {args.T})",
+             "exact": f"SNN exact, Tw = T = {args.T}", "exact_small": f"SNN exact, Tw = {args.tw_small}",
+             "clock": "clock-driven SNN (T full spmm per layer)"}
+    lines = [f"Graph of 20NG's size: {args.nodes:,} nodes, {ann['nnz']:,} non-zeros in A-hat, X = I, "
+             f"{args.hidden} hidden, {args.classes} classes; T = {args.T}, Q = {args.Q}; {args.threads} threads, "
+             f"{rec['machine']}, torch {torch.__version__}, {rec['date']}. Peak = VmHWM of the forward in its own process.",
+             "", "| configuration | time / ANN | speed-up vs clock-driven | peak memory / ANN |", "|---|---:|---:|---:|"]
+    for r in rows:
+        if "seconds" not in r:
+            lines.append(f"| {names.get(r['config'], r['config'])} | failed | | |")
+            continue
+        sp = f"{r['speedup_vs_clock']:.1f}x" if clock else "n/a"
+        lines.append(f"| {names.get(r['config'], r['config'])} | {r['time_ratio_to_ann']:.2f} | {sp} | "
+                     f"{r['peak_ratio_to_ann']:.2f} |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
