@@ -25,7 +25,7 @@ from .coding import PhaseCode, encode
 from .energy import LayerStats
 from .kernels.scatter import DenseSynapses, GraphSynapses, accumulate_events
 from .neuron import one_spike_fire
-from .spikes import BinarySpikes, IdentitySpikes, PhaseSpikes, SpikeInput
+from .spikes import BinarySpikes, IdentitySpikes, PhaseSpikes, SparsePhaseSpikes, SpikeInput
 
 __all__ = ["Mode", "DenseOp", "GraphOp", "run_layer", "check_mode"]
 
@@ -53,7 +53,10 @@ class DenseOp:
                     f"{self.weight.shape[1]} input channels"
                 )
             return self.weight.t().to(dtype)  # I W^T: node n's single spike loads row n of W^T
-        return inp.values_upto(k, dtype) @ self.weight.t().to(dtype)
+        x = inp.values_upto(k, dtype)
+        if x.layout != torch.strided:
+            return torch.sparse.mm(x, self.weight.t().to(dtype))
+        return x @ self.weight.t().to(dtype)
 
     def out_shape(self, inp: SpikeInput) -> tuple[int, int]:
         return (inp.shape[0], self.weight.shape[0])
@@ -61,6 +64,8 @@ class DenseOp:
     def macs(self, inp: SpikeInput) -> float:
         if isinstance(inp, IdentitySpikes):  # sparse X with nnz = N (spec 11.3)
             return float(inp.num_nodes * self.weight.shape[0])
+        if isinstance(inp, SparsePhaseSpikes):  # (A-hat I) W: one MAC per non-zero and output feature
+            return float(inp.phase.numel() * self.weight.shape[0])
         return float(inp.shape[0] * self.weight.shape[1] * self.weight.shape[0])
 
     def additions(self, counts: Tensor) -> float:
@@ -95,8 +100,8 @@ class GraphOp:
 
     def apply(self, inp: SpikeInput, k: int, dtype: torch.dtype) -> Tensor:
         if isinstance(inp, IdentitySpikes):
-            raise ValueError("aggregating the featureless identity input directly is not supported; "
-                             "use the message-passing-first order (variant 'signed' or 'relu_mp')")
+            raise ValueError("aggregating the featureless identity input gives the sparse layer A-hat itself: "
+                             "use SpikingAggregation.forward, which codes it as SparsePhaseSpikes")
         x = inp.values_upto(k, dtype)
         adj = self.adj if self.adj.dtype == dtype else self.adj.to(dtype)
         return torch.sparse.mm(adj, x)

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .coding import PhaseCode, binary_spike_count, decode, decode_binary
 
-__all__ = ["PhaseSpikes", "BinarySpikes", "IdentitySpikes", "SpikeInput"]
+__all__ = ["PhaseSpikes", "BinarySpikes", "IdentitySpikes", "SparsePhaseSpikes", "SpikeInput"]
 
 
 @dataclass
@@ -160,4 +160,52 @@ class IdentitySpikes:
         return torch.Size([self.num_nodes, self.num_nodes])
 
 
-SpikeInput = Union[PhaseSpikes, BinarySpikes, IdentitySpikes]
+@dataclass
+class SparsePhaseSpikes:
+    """One-spike neurons that exist only on a sparse pattern (e.g. the non-zeros of A-hat I in the
+    aggregation-first Text GCN): entry ``i`` is neuron ``(row[i], col[i])`` of an ``N x C`` layer, every other
+    neuron never receives input and never fires. ``scale`` is per column ``[C]`` or a scalar."""
+
+    row: Tensor
+    col: Tensor
+    phase: Tensor
+    code: PhaseCode
+    size: tuple[int, int]
+    scale: Tensor = field(default_factory=lambda: torch.tensor(1.0))
+    start: int = 0
+
+    @property
+    def T_in(self) -> int:
+        return self.code.T
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size(self.size)
+
+    def _entry_values(self, dtype: torch.dtype) -> Tensor:
+        v = decode(self.phase, self.code, dtype=dtype)
+        sc = self.scale.to(dtype=dtype, device=v.device)
+        return v * (sc.index_select(0, self.col) if sc.dim() else sc)
+
+    def values_upto(self, k: int, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Sparse COO ``[N, C]`` tensor of the values sent at phases ``<= k``."""
+        v = self._entry_values(dtype)
+        if k < self.code.T:
+            v = v * (self.phase <= k)
+        return torch.sparse_coo_tensor(torch.stack([self.row, self.col]), v, self.size, is_coalesced=True)
+
+    def events_at(self, p: int, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor, Tensor]:
+        sel = (self.phase == p).nonzero(as_tuple=True)[0]
+        return self.row[sel], self.col[sel], self._entry_values(dtype)[sel]
+
+    def spike_counts(self) -> Tensor:
+        return (self.phase != 0).to(torch.int64)
+
+    def num_spikes(self) -> int:
+        return int(torch.count_nonzero(self.phase))
+
+    def spikes_per_neuron(self) -> float:
+        return self.num_spikes() / max(1, self.phase.numel())
+
+
+SpikeInput = Union[PhaseSpikes, BinarySpikes, IdentitySpikes, SparsePhaseSpikes]

@@ -169,3 +169,33 @@ def test_aggregation_and_linear_standalone():
     adj_t = torch.sparse_coo_tensor(data.edge_index.flip(0), torch.ones(data.edge_index.shape[1]), (n, n))
     a3 = SpikingAggregation(4)(h, adj_t)
     assert torch.equal(a1.phase, a3.phase)
+
+
+def test_agg_first_featureless_codes_ahat_nonzeros():
+    from spikegcn.spikes import SparsePhaseSpikes
+
+    n = 40
+    ei = torch.randint(0, n, (2, 150), generator=torch.Generator().manual_seed(0))
+    ei = torch.cat([ei, ei.flip(0)], 1)
+    conv = GCNConv(n, 6, bias=False)
+    code = PhaseCode(16, 1.3)
+    A = dense_ahat(ei, n)
+    lam_col = A.amax(0).float()
+    layer = SpikingGCNConv.from_gcnconv(conv, code=code, variant="agg_first", mp_scale=lam_col, scale=1.0,
+                                        mode="functional")
+    out = layer(None, ei)
+    h = layer.aggr(None, ei)
+    assert isinstance(h, SparsePhaseSpikes) and h.phase.numel() == int((A != 0).sum())
+    dense_h = h.values_upto(16).to_dense().double()
+    ref_h = torch.where(A != 0, quantize(A / lam_col.double(), code) * lam_col.double(), torch.zeros_like(A))
+    assert torch.allclose(dense_h, ref_h, atol=1e-6)
+    ref_out = quantize(torch.relu(ref_h.float() @ conv.lin.weight.detach().t()), code)
+    assert torch.equal(out.normalized(), ref_out)
+    agg, mp = layer.stats
+    assert agg.in_spikes == n and agg.out_neurons == h.phase.numel() and agg.macs == h.phase.numel()
+    assert mp.macs == h.phase.numel() * 6 and mp.additions == h.num_spikes() * 6
+    # exact mode with a short wait runs the sparse spikes through the event kernel
+    layer.set_mode("exact")
+    layer.code = layer.lin.code = layer.aggr.code = PhaseCode(16, 1.3, Tw=2)
+    out_exact = layer(None, ei)
+    assert out_exact.phase.shape == out.phase.shape

@@ -226,8 +226,8 @@ def convert_graph_model(model: nn.Module, data: Any, code: PhaseCode, mode: str 
         y = records[n.name]
         if isinstance(mod, GCNConv):
             if variant == "agg_first":
-                ahat_x = _aggregated_input(mod, *records[n.name + ".in"])
-                mp_scale = activation_scale(ahat_x, signed=bool((ahat_x < 0).any()), channel_wise=channel_wise, percentile=percentile)
+                mp_scale = _agg_first_scale(mod, *records[n.name + ".in"], channel_wise=channel_wise,
+                                            percentile=percentile)
             else:
                 mp_scale = activation_scale(records[n.name + ".mp"], signed=(variant == "signed"),
                                             channel_wise=channel_wise, percentile=percentile)
@@ -263,6 +263,49 @@ def convert_graph_model(model: nn.Module, data: Any, code: PhaseCode, mode: str 
     graph.lint()
     out = SpikingModel(gm, graph, class_name="Spiking" + type(model).__name__)
     return out
+
+
+def _describe(u: fx.Node, modules: dict) -> str:
+    if u.op == "call_module":
+        return f"module {u.target} ({type(modules[u.target]).__name__})"
+    return f"{u.op} {getattr(u.target, '__name__', u.target)}"
+
+
+def _set_module(root: nn.Module, target: str, new: nn.Module) -> None:
+    *path, last = target.split(".")
+    parent = root
+    for p in path:
+        parent = getattr(parent, p)
+    setattr(parent, last, new)
+
+
+def _agg_first_scale(conv: GCNConv, args: tuple, kwargs: dict, channel_wise: bool,
+                     percentile: float | None) -> Tensor:
+    """Lambda of the aggregation neurons A-hat X that the 'agg_first' order puts before the linear map."""
+    names = ["x", "edge_index", "edge_weight"]
+    bound = dict(zip(names, args), **kwargs)
+    x = bound["x"]
+    featureless = x is None or (x.layout != torch.strided and _is_identity(x))
+    n = conv.in_channels if x is None else x.shape[0]
+    agg = SpikingAggregation(conv.in_channels, improved=conv.improved, add_self_loops=conv.add_self_loops,
+                             normalize=conv.normalize)
+    op = agg.graph_op(bound["edge_index"], bound.get("edge_weight"), n)
+    if featureless:
+        # A-hat I = A-hat: the neurons are its non-zeros, channel = column
+        if percentile is not None:
+            raise ValueError("percentile calibration is not supported for the aggregation-first layer of a "
+                             "featureless (X = I) model; use the max (percentile=None)")
+        adj = op.adj
+        vals = adj.values()
+        if not channel_wise:
+            return vals.max().clamp_min(torch.finfo(vals.dtype).tiny)
+        col = adj.col_indices().long()
+        lam = torch.zeros(adj.shape[1], dtype=vals.dtype).scatter_reduce(0, col, vals, "amax", include_self=True)
+        return torch.where(lam > 0, lam, torch.ones_like(lam))
+    if x.layout != torch.strided:
+        x = x.to_dense()
+    ahat_x = torch.sparse.mm(op.adj, x.detach().float())
+    return activation_scale(ahat_x, signed=bool((ahat_x < 0).any()), channel_wise=channel_wise, percentile=percentile)
 
 
 def _describe(u: fx.Node, modules: dict) -> str:

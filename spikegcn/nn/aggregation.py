@@ -10,7 +10,9 @@ from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
 from ..coding import PhaseCode
 from ..simulate import GraphOp, run_layer
-from ..spikes import PhaseSpikes
+from ..coding import encode
+from ..energy import LayerStats
+from ..spikes import IdentitySpikes, PhaseSpikes, SparsePhaseSpikes
 from .base import SpikingMixin, as_spike_input
 
 
@@ -26,7 +28,12 @@ def build_graph_op(edge_index: Tensor, edge_weight: Tensor | None, num_nodes: in
     w = torch.ones(src.numel(), dtype=dtype, device=src.device) if edge_weight is None else edge_weight.to(dtype)
     key = dst * num_nodes + src
     key, perm = torch.sort(key)
-    dst_s, src_s, w_s = dst[perm], src[perm], w[perm]
+    w_s = w[perm]
+    # parallel edges are one synapse with the summed weight (what spmm over duplicates computes anyway)
+    key, inv = torch.unique_consecutive(key, return_inverse=True)
+    if key.numel() < w_s.numel():
+        w_s = torch.zeros(key.numel(), dtype=w_s.dtype, device=w_s.device).index_add_(0, inv, w_s)
+    dst_s, src_s = key // num_nodes, key % num_nodes
     crow = torch.zeros(num_nodes + 1, dtype=torch.int64, device=src.device)
     crow[1:] = torch.cumsum(torch.bincount(dst_s, minlength=num_nodes), 0)
     # int32 indices make CPU spmm 2-4x faster (textgcn_pipeline.md, section 4)
@@ -95,12 +102,34 @@ class SpikingAggregation(MessagePassing, SpikingMixin):
         return op
 
     @torch.no_grad()
-    def forward(self, x, edge_index: Tensor, edge_weight: Tensor | None = None, start: int = 0) -> PhaseSpikes | Tensor:
-        inp = as_spike_input(x)
+    def forward(self, x, edge_index: Tensor, edge_weight: Tensor | None = None,
+                start: int = 0) -> PhaseSpikes | SparsePhaseSpikes | Tensor:
+        inp = as_spike_input(x, self.channels)
         op = self.graph_op(edge_index, edge_weight, inp.shape[0])
+        if isinstance(inp, IdentitySpikes):
+            out = self._aggregate_identity(op, start)
+            return out
         out, st = run_layer(inp, op, self.code, self.bias, self.scale, signed=self.signed, mode=self.mode,
                             output=self.output, name=self._get_name(), start=start, backend=self.backend)
         self.stats = [st]
+        return out
+
+    def _aggregate_identity(self, op: GraphOp, start: int) -> SparsePhaseSpikes:
+        # A-hat I = A-hat: one neuron per non-zero A[m, n] (channel n), its whole input at phase 1, so the
+        # round-off encoding is exact in every mode; all other neurons of the N x N layer never fire
+        if self.output != "spikes" or self.signed or self.bias is not None:
+            raise ValueError("aggregating featureless input supports hidden, unsigned, bias-free neurons only")
+        adj = op.adj
+        crow, col = adj.crow_indices().long(), adj.col_indices().long()
+        n = adj.shape[0]
+        row = torch.repeat_interleave(torch.arange(n, device=crow.device), crow[1:] - crow[:-1])
+        scale = self.scale
+        phase, _ = encode(adj.values() / (scale.index_select(0, col) if scale.dim() else scale), self.code)
+        out = SparsePhaseSpikes(row=row, col=col, phase=phase, code=self.code, size=(n, n), scale=scale, start=start)
+        fanout = op.fanout.to(torch.float64)
+        self.stats = [LayerStats(name=self._get_name(), macs=float(adj._nnz()), in_neurons=n, in_spikes=float(n),
+                                 additions=float(fanout.sum()), out_neurons=int(phase.numel()),
+                                 out_spikes=float(out.num_spikes()))]
         return out
 
     def message(self, x_j: Tensor, edge_weight: Tensor | None) -> Tensor:  # the ANN semantics, for reference

@@ -9,12 +9,12 @@ from torch import Tensor
 from ..coding import PhaseCode
 from ..energy import LayerStats
 from ..simulate import check_mode
-from ..spikes import BinarySpikes, IdentitySpikes, PhaseSpikes
+from ..spikes import BinarySpikes, IdentitySpikes, PhaseSpikes, SparsePhaseSpikes
 
 
 def as_spike_input(x, num_nodes: int | None = None):
     """Accept spikes, or a sparse identity / ``None`` for featureless input (X = I)."""
-    if isinstance(x, (PhaseSpikes, BinarySpikes, IdentitySpikes)):
+    if isinstance(x, (PhaseSpikes, BinarySpikes, IdentitySpikes, SparsePhaseSpikes)):
         return x
     if x is None:
         if num_nodes is None:
