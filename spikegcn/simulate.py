@@ -122,6 +122,22 @@ def _input_counts(inp: SpikeInput) -> Tensor:
     return inp.spike_counts()
 
 
+def _use_fused(inp, op, code: PhaseCode, dtype, backend: str, stepped: bool) -> bool:
+    """The fused CPU aggregation kernel serves exact graph layers fed by one-spike neurons."""
+    if backend not in ("auto", "fused") or stepped or not isinstance(op, GraphOp) or dtype != torch.float32:
+        return False
+    if not isinstance(inp, PhaseSpikes) or inp.phase.dim() != 2 or inp.phase.dtype != torch.int8:
+        return False
+    if op.adj.device.type != "cpu" or op.adj.layout != torch.sparse_csr:
+        return False
+    from .kernels import fused_cpu
+
+    ok = fused_cpu.load() is not None
+    if backend == "fused" and not ok:
+        raise RuntimeError("backend='fused' requested but the fused CPU kernel could not be built")
+    return ok
+
+
 def run_layer(
     inp: SpikeInput,
     op: DenseOp | GraphOp,
@@ -179,6 +195,11 @@ def run_layer(
         if bias is not None:
             z = z + bias.to(dtype)
         phase, sign = encode(z / scale_t.to(z.device), code, signed=signed)
+    elif _use_fused(inp, op, code, dtype, backend, stepped):
+        from .kernels import fused_cpu
+
+        phase, sign = fused_cpu.aggregate_exact(op.adj, inp.values(dtype), inp.phase, bias, scale_t,
+                                                code.thresholds(torch.float32), T_in, code.Tw, signed)
     else:
         k0 = 1 if stepped else min(code.Tw + 1, T_in)
         first = op.apply(inp, k0, dtype)

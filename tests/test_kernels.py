@@ -73,3 +73,35 @@ def test_bad_backend_and_buffer():
         accumulate_events(row, col, val.float(), syn, torch.zeros(40, 2), backend="cuda-magic")
     with pytest.raises(ValueError, match="needs the bin of every event"):
         accumulate_events(row, col, val.float(), syn, torch.zeros(2, 40, 2))
+
+
+def test_fused_cpu_aggregation_matches_event_path():
+    from spikegcn import PhaseCode
+    from spikegcn.kernels import fused_cpu
+    from spikegcn.nn.aggregation import build_graph_op
+    from spikegcn.simulate import run_layer
+    from spikegcn.spikes import PhaseSpikes
+
+    if fused_cpu.load() is None:
+        pytest.skip("fused CPU kernel could not be built here (no compiler/ninja)")
+    g = torch.Generator().manual_seed(0)
+    n, f = 400, 24
+    ei = torch.randint(0, n, (2, 4000), generator=g)
+    # dyadic weights and Q = 2, lambda = 1: every partial sum is exact, so both paths must agree bit for bit
+    w = torch.randint(1, 8, (4000,), generator=g).float() / 8
+    op = build_graph_op(ei, w, n)
+    ph = torch.randint(0, 9, (n, f), generator=g).to(torch.int8)
+    sg = (torch.where(torch.rand(n, f, generator=g) < 0.5, -1, 1) * (ph > 0)).to(torch.int8)
+    inp = PhaseSpikes(phase=ph, code=PhaseCode(8, 2.0), sign=sg)
+    bias = torch.randint(-4, 5, (f,), generator=g).float() / 16
+    for tw in (0, 2, 5, 8):
+        for signed in (False, True):
+            code = PhaseCode(8, 2.0, Tw=tw)
+            a = run_layer(inp, op, code, bias, 2.0, signed=signed, mode="exact", backend="fused")[0]
+            b = run_layer(inp, op, code, bias, 2.0, signed=signed, mode="exact", backend="native", stepped=True)[0]
+            if tw < 7:
+                b = run_layer(inp, op, code, bias, 2.0, signed=signed, mode="exact", backend="native")[0]
+            assert torch.equal(a.phase, b.phase), (tw, signed)
+            if signed:
+                assert torch.equal(a.sign, b.sign)
+            assert 0 < a.num_spikes() < a.phase.numel()
