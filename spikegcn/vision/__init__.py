@@ -1,0 +1,56 @@
+r"""Vision models and data: CIFAR ResNet-20/32/44/56 (pretrained), a VGG-style net, LeNet-5, and loaders for
+CIFAR-10 JPEG, MNIST and sklearn digits, with a seeded training loop.
+
+The models are plain :mod:`torch.nn` modules written for :mod:`torch.fx` conversion (one :class:`~torch.nn.ReLU`
+module per use, pooling and shortcuts as modules); the data loaders need Pillow (JPEG) and scikit-learn (digits)
+only when those datasets are used. torchvision is not used.
+"""
+from .data import (
+    CIFAR10_CLASSES,
+    CIFAR_MEAN,
+    CIFAR_STD,
+    MNIST_MEAN,
+    MNIST_STD,
+    BatchLoader,
+    Normalize,
+    cifar10_loader,
+    digits_loader,
+    load_cifar10,
+    load_digits,
+    load_mnist,
+    mnist_loader,
+    normalize,
+    random_crop_flip,
+    tensor_dataloader,
+)
+from .models import (
+    MODELS,
+    PRETRAINED,
+    BasicBlock,
+    CifarResNet,
+    LeNet5,
+    OptionAShortcut,
+    VGG,
+    VisionTracer,
+    get_model,
+    lenet5,
+    load_pretrained,
+    pretrained_path,
+    resnet20,
+    resnet32,
+    resnet44,
+    resnet56,
+    symbolic_trace,
+    vgg_cifar,
+)
+from .train import TrainConfig, evaluate, finetune, fit, load_checkpoint, save_checkpoint
+
+__all__ = [
+    "CIFAR10_CLASSES", "CIFAR_MEAN", "CIFAR_STD", "MNIST_MEAN", "MNIST_STD",
+    "BatchLoader", "Normalize", "cifar10_loader", "digits_loader", "load_cifar10", "load_digits", "load_mnist",
+    "mnist_loader", "normalize", "random_crop_flip", "tensor_dataloader",
+    "MODELS", "PRETRAINED", "BasicBlock", "CifarResNet", "LeNet5", "OptionAShortcut", "VGG", "VisionTracer",
+    "get_model", "lenet5", "load_pretrained", "pretrained_path", "resnet20", "resnet32", "resnet44", "resnet56",
+    "symbolic_trace", "vgg_cifar",
+    "TrainConfig", "evaluate", "finetune", "fit", "load_checkpoint", "save_checkpoint",
+]

@@ -1,0 +1,314 @@
+r"""Seeded training, fine-tuning and evaluation of the vision models (CPU-friendly, deterministic for a seed).
+
+Determinism: :func:`fit` seeds :func:`torch.manual_seed` (initialisation, dropout) and draws shuffling and
+augmentation from the loader's own :class:`torch.Generator` (see :class:`~spikegcn.vision.data.BatchLoader`), so
+two runs with the same seed and thread count give the same weights on CPU.
+
+Checkpoints (:func:`save_checkpoint`) are results, never committed: :func:`default_checkpoint_path` puts them in
+``cache_dir()/checkpoints/``.
+
+Command line (fine-tune a pretrained ResNet on the JPEG training set)::
+
+    python -m spikegcn.vision.train resnet20 --epochs 3 --out ~/.cache/spikegcn/checkpoints/resnet20-jpg.pt
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..datafiles import cache_dir
+from .data import cifar10_loader
+from .models import get_model, load_pretrained
+
+__all__ = [
+    "TrainConfig",
+    "make_optimizer",
+    "lr_at",
+    "fit",
+    "evaluate",
+    "save_checkpoint",
+    "load_checkpoint",
+    "default_checkpoint_path",
+    "finetune",
+]
+
+Batches = Iterable[tuple[Tensor, Tensor]]
+
+
+@dataclass
+class TrainConfig:
+    r"""Hyper-parameters of :func:`fit`.
+
+    Args:
+        epochs (int): passes over the training loader. (default: :obj:`10`)
+        lr (float): peak learning rate. (default: :obj:`0.1`)
+        momentum (float): SGD momentum. (default: :obj:`0.9`)
+        weight_decay (float): L2 weight decay (applied to all parameters, as in the reference CIFAR
+            recipes). (default: :obj:`5e-4`)
+        nesterov (bool): Nesterov momentum. (default: :obj:`False`)
+        schedule (str): ``"cosine"`` (per step, to 0), ``"step"`` (multiply by :obj:`gamma` at each epoch of
+            :obj:`milestones`) or ``"constant"``. (default: :obj:`"cosine"`)
+        milestones (Sequence[int]): epochs of the step schedule. (default: :obj:`()`)
+        gamma (float): factor of the step schedule. (default: :obj:`0.1`)
+        warmup_epochs (float): linear warm-up from 0 at the start. (default: :obj:`0`)
+        label_smoothing (float): label smoothing of the cross-entropy. (default: :obj:`0`)
+        seed (int): seed of :func:`torch.manual_seed`. (default: :obj:`0`)
+        max_steps (int, optional): stop after this many optimiser steps (timing, smoke tests).
+            (default: :obj:`None`)
+    """
+
+    epochs: int = 10
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "cosine"
+    milestones: Sequence[int] = field(default_factory=tuple)
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    seed: int = 0
+    max_steps: Optional[int] = None
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    """SGD with momentum and weight decay over the trainable parameters of :obj:`model`."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.SGD(
+        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov
+    )
+
+
+def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Learning rate of optimiser step :obj:`step` (0-based) under :obj:`cfg`'s schedule."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warm = cfg.warmup_epochs * steps_per_epoch
+    if warm > 0 and step < warm:
+        return cfg.lr * (step + 1) / warm
+    if cfg.schedule == "cosine":
+        t = (step - warm) / max(1.0, total - warm)
+        return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * min(1.0, t)))
+    if cfg.schedule == "step":
+        epoch = step // max(1, steps_per_epoch)
+        return cfg.lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+    if cfg.schedule == "constant":
+        return cfg.lr
+    raise ValueError(f"unknown schedule {cfg.schedule!r} (cosine, step, constant)")
+
+
+def _bar(iterable, total: Optional[int], desc: str, progress: bool):
+    if not progress:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Batches,
+    *,
+    progress: bool = False,
+    device: Union[str, torch.device, None] = None,
+) -> float:
+    r"""Top-1 accuracy (a fraction in ``[0, 1]``) of :obj:`model` in eval mode over :obj:`loader`.
+
+    The model's train/eval mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    try:
+        for x, y in _bar(loader, _len(loader), "eval", progress):
+            if device is not None:
+                x, y = x.to(device), y.to(device)
+            correct += int((model(x).argmax(1) == y).sum())
+            total += len(y)
+    finally:
+        model.train(was_training)
+    return correct / max(1, total)
+
+
+def _len(loader) -> Optional[int]:
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
+def fit(
+    model: nn.Module,
+    train_loader: Batches,
+    cfg: TrainConfig,
+    *,
+    val_loader: Optional[Batches] = None,
+    progress: bool = True,
+    device: Union[str, torch.device, None] = None,
+) -> dict:
+    r"""Train :obj:`model` with SGD under :obj:`cfg`; returns a history dict.
+
+    Call :func:`torch.manual_seed` yourself before building a freshly initialised model if its initialisation must
+    be reproducible too (this function seeds again at its start, for anything random during training). Loaders
+    with a ``set_epoch`` method (:class:`~spikegcn.vision.data.BatchLoader`) are told the epoch before each pass.
+    The model is left in eval mode.
+
+    Returns:
+        ``{"loss": [mean loss per epoch], "val_acc": [accuracy per epoch, if val_loader], "steps": int,
+        "seconds": float, "seconds_per_step": float}``
+    """
+    torch.manual_seed(cfg.seed)
+    if device is not None:
+        model.to(device)
+    opt = make_optimizer(model, cfg)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    steps_per_epoch = _len(train_loader) or 1
+    hist: dict = {"loss": [], "val_acc": [], "steps": 0}
+    t0 = time.perf_counter()
+    step = 0
+    for epoch in range(cfg.epochs):
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)
+        model.train()
+        tot, n = 0.0, 0
+        bar = _bar(train_loader, _len(train_loader), f"epoch {epoch + 1}/{cfg.epochs}", progress)
+        for x, y in bar:
+            if device is not None:
+                x, y = x.to(device), y.to(device)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(cfg, step, steps_per_epoch)
+            loss = loss_fn(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            tot += loss.item() * len(y)
+            n += len(y)
+            if progress and hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{tot / n:.3f}", refresh=False)
+            if cfg.max_steps is not None and step >= cfg.max_steps:
+                break
+        hist["loss"].append(tot / max(1, n))
+        if val_loader is not None:
+            hist["val_acc"].append(evaluate(model, val_loader, device=device))
+        if cfg.max_steps is not None and step >= cfg.max_steps:
+            break
+    hist["steps"] = step
+    hist["seconds"] = time.perf_counter() - t0
+    hist["seconds_per_step"] = hist["seconds"] / max(1, step)
+    model.eval()
+    return hist
+
+
+def save_checkpoint(path: Union[str, os.PathLike], model: nn.Module, **meta) -> Path:
+    r"""Save ``{"state_dict": ..., **meta}`` to :obj:`path` (parent folders are created; written atomically)."""
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"state_dict": model.state_dict(), **meta}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: Union[str, os.PathLike], name: Optional[str] = None, **model_kwargs) -> nn.Module:
+    r"""Rebuild a model saved by :func:`save_checkpoint` (its ``"arch"`` entry names it unless :obj:`name` is given;
+    extra keyword arguments go to the model constructor) and load it strictly; returned in eval mode."""
+    ckpt = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
+    arch = name or ckpt.get("arch")
+    if arch is None:
+        raise ValueError(f"{path} names no architecture; pass name=")
+    model = get_model(arch, **{**ckpt.get("model_kwargs", {}), **model_kwargs})
+    model.load_state_dict(ckpt["state_dict"], strict=True)
+    return model.eval()
+
+
+def default_checkpoint_path(name: str, tag: str = "jpg-ft") -> Path:
+    """``cache_dir()/checkpoints/<name>-<tag>.pt``: where fine-tuned checkpoints live by default (never the repo)."""
+    return cache_dir() / "checkpoints" / f"{name}-{tag}.pt"
+
+
+def finetune(
+    name: str = "resnet20",
+    out: Union[str, os.PathLike, None] = None,
+    *,
+    epochs: int = 3,
+    lr: float = 0.01,
+    weight_decay: float = 1e-4,
+    batch_size: int = 128,
+    label_smoothing: float = 0.0,
+    seed: int = 0,
+    progress: bool = True,
+    max_steps: Optional[int] = None,
+) -> dict:
+    r"""Fine-tune a pretrained CIFAR ResNet on the CIFAR-10 **JPEG** training set and save a checkpoint.
+
+    The published checkpoints were trained on the lossless images and lose about 10 points on the JPEG test set; a
+    few epochs of low-LR SGD (cosine, with crop-and-flip augmentation) on the JPEG training images adapt them.
+    Costs about 2 minutes per epoch for ResNet-20 on 2 CPU cores.
+
+    Args:
+        name (str): ``"resnet20"``, ``"resnet32"``, ``"resnet44"`` or ``"resnet56"``.
+        out (str or PathLike, optional): checkpoint path; default :func:`default_checkpoint_path`.
+        epochs, lr, weight_decay, batch_size, label_smoothing, seed: training settings (see :class:`TrainConfig`).
+        progress (bool, optional): tqdm bars. (default: :obj:`True`)
+        max_steps (int, optional): stop early after this many steps (smoke tests). (default: :obj:`None`)
+
+    Returns:
+        a summary: ``{"arch", "checkpoint", "acc_before", "acc_after", "history", "config"}`` (accuracies on the
+        JPEG test set, fractions).
+    """
+    out = Path(out) if out is not None else default_checkpoint_path(name)
+    model = load_pretrained(name)
+    test = cifar10_loader("test", 500)
+    acc_before = evaluate(model, test, progress=progress)
+    cfg = TrainConfig(
+        epochs=epochs, lr=lr, weight_decay=weight_decay, label_smoothing=label_smoothing, seed=seed,
+        schedule="cosine", max_steps=max_steps,
+    )
+    hist = fit(model, cifar10_loader("train", batch_size, seed=seed), cfg, progress=progress)
+    acc_after = evaluate(model, test, progress=progress)
+    save_checkpoint(
+        out, model, arch=name, accuracy=acc_after, accuracy_pretrained=acc_before, config=_plain(asdict(cfg)),
+        data="cifar10_jpg",
+    )
+    return {
+        "arch": name, "checkpoint": str(out), "acc_before": acc_before, "acc_after": acc_after,
+        "history": hist, "config": asdict(cfg),
+    }
+
+
+def _plain(d: dict) -> dict:
+    # weights_only loading accepts only plain containers: turn tuples into lists.
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    p = argparse.ArgumentParser(description="Fine-tune a pretrained CIFAR ResNet on CIFAR-10 JPEG.")
+    p.add_argument("name", nargs="?", default="resnet20", choices=["resnet20", "resnet32", "resnet44", "resnet56"])
+    p.add_argument("--out", default=None, help="checkpoint path (default: cache_dir()/checkpoints/<name>-jpg-ft.pt)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    res = finetune(
+        a.name, a.out, epochs=a.epochs, lr=a.lr, weight_decay=a.weight_decay, batch_size=a.batch_size,
+        label_smoothing=a.label_smoothing, seed=a.seed, progress=not a.no_progress,
+    )
+    print(f"{res['arch']}: JPEG test accuracy {100 * res['acc_before']:.2f}% -> {100 * res['acc_after']:.2f}%, "
+          f"checkpoint {res['checkpoint']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+"""Vision models and data loaders (fast: well under a minute on 2 cores once the image cache exists)."""
+from __future__ import annotations
+
+import os
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+import torch.fx
+from torch import nn
+
+from spikegcn import datafiles
+from spikegcn.datafiles import DataFileError, read_sums
+from spikegcn.vision import data as D
+from spikegcn.vision import models as M
+from spikegcn.vision.train import TrainConfig, evaluate, fit, load_checkpoint, save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+def _data_file(rel: str, sha: str) -> Path | None:
+    try:
+        return datafiles.fetch(rel, sha, None)
+    except DataFileError:
+        return None
+
+
+def _weights(name: str) -> Path | None:
+    fname, sha = M.PRETRAINED[name]
+    candidates = [os.environ.get("SPIKEGCN_WEIGHTS"), SHARED / "weights"]
+    for c in candidates:
+        if c and (Path(c) / fname).is_file():
+            return Path(c) / fname
+    try:  # the cache, without downloading
+        return datafiles.fetch(f"weights/{fname}", sha, None)
+    except DataFileError:
+        return None
+
+
+# Outside the Makefile (which sets SPIKEGCN_DATA / SPIKEGCN_WEIGHTS), fall back to the shared folder next to the
+# checkout so that a bare `pytest` still runs the data tests.
+_ENV_DEFAULTS = {
+    k: str(v) for k, v in (("SPIKEGCN_DATA", SHARED / "datasets"), ("SPIKEGCN_WEIGHTS", SHARED / "weights"))
+    if not os.environ.get(k) and v.is_dir()
+}
+
+
+@pytest.fixture(autouse=True)
+def _shared_env(monkeypatch):
+    for k, v in _ENV_DEFAULTS.items():
+        monkeypatch.setenv(k, v)
+
+
+with pytest.MonkeyPatch.context() as _mp:
+    for _k, _v in _ENV_DEFAULTS.items():
+        _mp.setenv(_k, _v)
+    HAVE_CIFAR = _data_file(D.CIFAR10_JPG_REL, D.CIFAR10_JPG_SHA256) is not None
+    HAVE_MNIST = _data_file(D.MNIST_REL, D.MNIST_SHA256) is not None
+need_cifar = pytest.mark.skipif(not HAVE_CIFAR, reason="cifar10-jpg/cifar10_jpg.zip not found (set SPIKEGCN_DATA)")
+need_mnist = pytest.mark.skipif(not HAVE_MNIST, reason="mnist/mnist.pkl.gz not found (set SPIKEGCN_DATA)")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# models
+# --------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "name,params", [("resnet20", 269_722), ("resnet32", 464_154), ("resnet44", 658_586), ("resnet56", 853_018)]
+)
+def test_resnet_builds_with_published_size(name, params):
+    model = M.get_model(name)
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    assert len(relus) == len({id(m) for m in relus}) == int(name[6:]) - 1  # stem + 2 per block, one module per use
+    assert sum(isinstance(m, M.OptionAShortcut) for m in model.modules()) == 2
+
+
+def test_option_a_shortcut_subsamples_and_zero_pads():
+    sc = M.OptionAShortcut(16, 32, stride=2)
+    x = torch.randn(2, 16, 8, 8)
+    y = sc(x)
+    assert y.shape == (2, 32, 4, 4)
+    assert sc.pad_front == sc.pad_back == 8
+    assert torch.equal(y[:, 8:24], x[:, :, ::2, ::2])
+    assert torch.count_nonzero(y[:, :8]) == 0 and torch.count_nonzero(y[:, 24:]) == 0
+    assert not list(sc.parameters())
+    with pytest.raises(ValueError):
+        M.OptionAShortcut(32, 16)
+
+
+def test_models_trace_with_fx():
+    x = torch.randn(2, 3, 32, 32)
+    models = [M.get_model(n) for n in ("resnet20", "resnet32", "resnet44", "resnet56")]
+    models += [M.vgg_cifar("small"), M.vgg_cifar("medium", hidden=(64,))]
+    for model in models:
+        model.eval()
+        ref = model(x)
+        for gm in (torch.fx.symbolic_trace(model), M.symbolic_trace(model)):
+            torch.testing.assert_close(gm(x), ref)
+    # VisionTracer keeps the shortcut as one call_module node
+    gm = M.symbolic_trace(M.resnet20())
+    targets = {n.target for n in gm.graph.nodes if n.op == "call_module"}
+    assert "layer2.0.shortcut" in targets and "layer3.0.shortcut" in targets
+    assert not any(n.op == "call_function" and n.target is torch.nn.functional.pad for n in gm.graph.nodes)
+    for net, shape in ((M.lenet5(), (2, 1, 28, 28)), (M.lenet5(in_size=8), (2, 1, 8, 8))):
+        xi = torch.randn(shape)
+        torch.testing.assert_close(torch.fx.symbolic_trace(net)(xi), net(xi))
+
+
+def test_vgg_and_lenet_shapes():
+    vgg = M.vgg_cifar("small")
+    assert any(isinstance(m, nn.MaxPool2d) for m in vgg.modules())
+    assert vgg(torch.randn(3, 3, 32, 32)).shape == (3, 10)
+    assert M.vgg_cifar([8, "M", 16, "M"], num_classes=4)(torch.randn(1, 3, 32, 32)).shape == (1, 4)
+    le = M.lenet5()
+    assert le(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert sum(p.numel() for p in le.parameters()) == 61_706  # the classic LeNet-5 size
+    with pytest.raises(ValueError):
+        M.get_model("resnet99")
+
+
+def test_weight_recipe_matches_constants():
+    sums = read_sums(ROOT / "datasets" / "weights" / "SHA256SUMS")
+    assert sums == {f: s for f, s in M.PRETRAINED.values()}
+    vis = read_sums(ROOT / "datasets" / "vision" / "SHA256SUMS")
+    assert vis == {D.CIFAR10_JPG_REL: D.CIFAR10_JPG_SHA256, D.MNIST_REL: D.MNIST_SHA256}
+
+
+def test_pretrained_resnet20_loads_strictly_and_classifies(monkeypatch):
+    path = _weights("resnet20")
+    if path is None:
+        pytest.skip("resnet20-12fca82f.th not found (set SPIKEGCN_WEIGHTS to the shared weights folder)")
+    monkeypatch.setenv("SPIKEGCN_WEIGHTS", str(path.parent))
+    model = M.load_pretrained("resnet20")  # strict=True inside
+    assert not model.training
+    if not HAVE_CIFAR:
+        pytest.skip("CIFAR-10 JPEG not found (set SPIKEGCN_DATA)")
+    loader = D.cifar10_loader("test", 250, subset=500)
+    assert torch.equal(torch.bincount(loader.labels), torch.full((10,), 50))
+    acc = evaluate(model, loader)
+    assert acc >= 0.75, acc
+
+
+def test_corrupted_weights_are_refused(tmp_path, monkeypatch):
+    fname, _ = M.PRETRAINED["resnet20"]
+    (tmp_path / fname).write_bytes(b"not a checkpoint")
+    monkeypatch.setenv("SPIKEGCN_WEIGHTS", str(tmp_path))
+    with pytest.raises(DataFileError, match="corrupted"):
+        M.pretrained_path("resnet20")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------------------------------
+@need_cifar
+def test_cifar10_loader_shapes():
+    for split, n in (("train", 50_000), ("test", 10_000)):
+        x, y = D.load_cifar10(split)
+        assert x.shape == (n, 3, 32, 32) and x.dtype == torch.uint8
+        assert y.shape == (n,) and y.dtype == torch.int64
+        assert torch.equal(torch.bincount(y), torch.full((10,), n // 10))
+    xb, yb = next(iter(D.cifar10_loader("test", 64)))
+    assert xb.shape == (64, 3, 32, 32) and xb.dtype == torch.float32
+    assert -2.5 < float(xb.min()) and float(xb.max()) < 2.7  # normalised with the ImageNet statistics
+
+
+@need_mnist
+def test_mnist_loader_shapes():
+    for split, n in (("train", 50_000), ("valid", 10_000), ("test", 10_000)):
+        x, y = D.load_mnist(split)
+        assert x.shape == (n, 1, 28, 28) and x.dtype == torch.float32
+        assert y.dtype == torch.int64 and int(y.min()) == 0 and int(y.max()) == 9
+        assert float(x.min()) == 0.0 and float(x.max()) < 1.0
+        assert torch.equal(x * 256, (x * 256).round())  # exact multiples of 1/256
+
+
+def test_truncated_cifar_zip_raises(tmp_path, monkeypatch):
+    # a checksum failure on the located file ...
+    monkeypatch.setenv("SPIKEGCN_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("SPIKEGCN_CACHE", str(tmp_path / "cache"))
+    dest = tmp_path / "data" / D.CIFAR10_JPG_REL
+    dest.parent.mkdir(parents=True)
+    src = SHARED / "datasets" / D.CIFAR10_JPG_REL
+    if src.is_file():
+        with open(src, "rb") as f:
+            dest.write_bytes(f.read(1 << 20))
+    else:
+        dest.write_bytes(b"PK\x03\x04" + b"\0" * 1000)
+    with pytest.raises(DataFileError, match="corrupted or truncated"):
+        D.load_cifar10("test")
+    # ... and a structural failure when an unverified zip is passed explicitly
+    with pytest.raises(DataFileError):
+        D.load_cifar10("test", path=dest)
+    # a wrong layout is refused too
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("test/airplane/0000.jpg", b"")
+    with pytest.raises(DataFileError, match="images, expected"):
+        D.decode_cifar10_zip(bad)
+
+
+def test_missing_cifar_zip_explains(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPIKEGCN_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("SPIKEGCN_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(DataFileError, match="no public download address"):
+        D.cifar10_jpg_path()
+
+
+def test_augmentation_is_deterministic_and_correct():
+    x = torch.arange(4 * 3 * 8 * 8, dtype=torch.float32).view(4, 3, 8, 8) + 1
+    a = D.random_crop_flip(x, 2, generator=torch.Generator().manual_seed(5))
+    b = D.random_crop_flip(x, 2, generator=torch.Generator().manual_seed(5))
+    c = D.random_crop_flip(x, 2, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c) and a.shape == x.shape
+    # every output is a zero-padded shifted (possibly flipped) copy of its input
+    xp = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(4):
+        windows = [xp[i, :, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]
+        assert any(torch.equal(a[i], w) or torch.equal(a[i], w.flip(2)) for w in windows)
+    # uint8 works and pads with black
+    u = D.random_crop_flip(torch.full((2, 3, 8, 8), 200, dtype=torch.uint8), 4, generator=torch.Generator())
+    assert u.dtype == torch.uint8 and set(u.unique().tolist()) <= {0, 200}
+
+
+def test_batch_loader_epochs_are_reproducible():
+    x = torch.randint(0, 256, (50, 3, 8, 8), dtype=torch.uint8)
+    y = torch.arange(50)
+    mk = lambda: D.BatchLoader(x, y, 16, shuffle=True, augment=True, mean=(0.5,) * 3, std=(0.25,) * 3, seed=3)
+    l1, l2 = mk(), mk()
+    assert len(l1) == 4
+    e1 = [b for b in l1]
+    e2 = [b for b in l1]
+    assert torch.equal(torch.cat([b[1] for b in e1]).sort().values, y)
+    assert not torch.equal(e1[0][1], e2[0][1])  # a new shuffle each epoch
+    l2.set_epoch(1)
+    for (xa, ya), (xb, yb) in zip(e2, l2):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    dl = D.tensor_dataloader(x, y, 16, shuffle=True, seed=1)
+    assert sum(len(b[1]) for b in dl) == 50
+
+
+def test_lenet5_learns_digits(tmp_path):
+    torch.manual_seed(0)
+    model = M.lenet5(in_size=8)
+    t0 = time.perf_counter()
+    cfg = TrainConfig(epochs=15, lr=0.05, weight_decay=1e-4, seed=0)
+    train_loader = D.digits_loader("train", 32, seed=0)
+    hist = fit(model, train_loader, cfg, progress=False)
+    acc = evaluate(model, D.digits_loader("test", 256))
+    assert acc > 0.90, (acc, hist["loss"])
+    assert time.perf_counter() - t0 < 30
+    # same seed -> same weights
+    torch.manual_seed(0)
+    again = M.lenet5(in_size=8)
+    fit(again, D.digits_loader("train", 32, seed=0), TrainConfig(epochs=1, lr=0.05, seed=0), progress=False)
+    torch.manual_seed(0)
+    twin = M.lenet5(in_size=8)
+    fit(twin, D.digits_loader("train", 32, seed=0), TrainConfig(epochs=1, lr=0.05, seed=0), progress=False)
+    for p, q in zip(again.parameters(), twin.parameters()):
+        assert torch.equal(p, q)
+    # checkpoint round trip
+    path = save_checkpoint(tmp_path / "ck" / "lenet.pt", model, arch="lenet5", model_kwargs={"in_size": 8})
+    back = load_checkpoint(path)
+    assert evaluate(back, D.digits_loader("test", 256)) == acc
