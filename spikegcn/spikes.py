@@ -17,6 +17,16 @@ from .coding import PhaseCode, binary_spike_count, decode, decode_binary
 __all__ = ["PhaseSpikes", "BinarySpikes", "IdentitySpikes", "SparsePhaseSpikes", "SpikeInput"]
 
 
+def _events(mask: Tensor, value: float, sign: Tensor | None, scale: Tensor, dtype: torch.dtype):
+    """``(row, col, value)`` of the 2-D spikes in ``mask`` that all carry ``value`` (x sign x channel scale)."""
+    row, col = mask.nonzero(as_tuple=True)
+    val = torch.full((row.numel(),), value, dtype=dtype, device=row.device)
+    if sign is not None:
+        val = val * sign[row, col].to(dtype)
+    sc = scale.to(dtype=dtype, device=row.device)
+    return row, col, val * (sc.expand(mask.shape[-1]).index_select(0, col) if sc.dim() else sc)
+
+
 @dataclass
 class PhaseSpikes:
     r"""Output of a layer of one-spike neurons.
@@ -76,13 +86,7 @@ class PhaseSpikes:
 
     def events_at(self, p: int, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor, Tensor]:
         """``(row, col, value)`` of the spikes fired at phase ``p`` (2-D spikes: node x channel)."""
-        row, col = (self.phase == p).nonzero(as_tuple=True)
-        val = torch.full((row.numel(),), self.code.Q ** -(p - 1), dtype=dtype, device=row.device)
-        if self.sign is not None:
-            val = val * self.sign[row, col].to(dtype)
-        sc = self.scale.to(dtype=dtype, device=row.device)
-        val = val * (sc.expand(self.phase.shape[-1]).index_select(0, col) if sc.dim() else sc)
-        return row, col, val
+        return _events(self.phase == p, self.code.Q ** -(p - 1), self.sign, self.scale, dtype)
 
 
 @dataclass
@@ -130,13 +134,7 @@ class BinarySpikes:
         return decode_binary(bits, self.T, self.sign, dtype=dtype) * self.scale.to(dtype)
 
     def events_at(self, p: int, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor, Tensor]:
-        row, col = ((self.bits >> (self.T - p)) & 1).nonzero(as_tuple=True)
-        val = torch.full((row.numel(),), 2.0**-p, dtype=dtype, device=row.device)
-        if self.sign is not None:
-            val = val * self.sign[row, col].to(dtype)
-        sc = self.scale.to(dtype=dtype, device=row.device)
-        val = val * (sc.expand(self.bits.shape[-1]).index_select(0, col) if sc.dim() else sc)
-        return row, col, val
+        return _events(((self.bits >> (self.T - p)) & 1).bool(), 2.0**-p, self.sign, self.scale, dtype)
 
 
 @dataclass

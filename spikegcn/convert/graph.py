@@ -306,32 +306,3 @@ def _agg_first_scale(conv: GCNConv, args: tuple, kwargs: dict, channel_wise: boo
         x = x.to_dense()
     ahat_x = torch.sparse.mm(op.adj, x.detach().float())
     return activation_scale(ahat_x, signed=bool((ahat_x < 0).any()), channel_wise=channel_wise, percentile=percentile)
-
-
-def _describe(u: fx.Node, modules: dict) -> str:
-    if u.op == "call_module":
-        return f"module {u.target} ({type(modules[u.target]).__name__})"
-    return f"{u.op} {getattr(u.target, '__name__', u.target)}"
-
-
-def _set_module(root: nn.Module, target: str, new: nn.Module) -> None:
-    *path, last = target.split(".")
-    parent = root
-    for p in path:
-        parent = getattr(parent, p)
-    setattr(parent, last, new)
-
-
-def _aggregated_input(conv: GCNConv, args: tuple, kwargs: dict) -> Tensor:
-    """A-hat X of a GCNConv's input (the activations of the aggregation neurons in the 'agg_first' order)."""
-    names = ["x", "edge_index", "edge_weight"]
-    bound = dict(zip(names, args), **kwargs)
-    x = bound["x"]
-    if x is None or x.layout != torch.strided:
-        raise UnsupportedModuleError(
-            "variant 'agg_first' on featureless input (X = I) would aggregate the identity into a dense "
-            "N x N layer; use variant 'signed' or 'relu_mp' for this model")
-    agg = SpikingAggregation(x.shape[1], improved=conv.improved, add_self_loops=conv.add_self_loops,
-                             normalize=conv.normalize)
-    op = agg.graph_op(bound["edge_index"], bound.get("edge_weight"), x.shape[0])
-    return torch.sparse.mm(op.adj, x.detach().float())
