@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from ..coding import PhaseCode
 from ..convert import convert
@@ -47,8 +48,9 @@ def prepare_textgcn(dataset: str, seed: int = 0, train: dict[str, Any] | None = 
 
 def evaluate_snn(model, x, adj_t, labels: torch.Tensor, test: torch.Tensor, code: PhaseCode,
                  modes: tuple[str, ...] = ("functional", "exact"), variants: tuple[str, ...] = VARIANTS,
-                 ann_acc: float | None = None) -> dict[str, Any]:
+                 ann_acc: float | None = None, progress: bool = False) -> dict[str, Any]:
     """Convert the trained model with ``code`` and evaluate every mode and sign variant on ``test``."""
+    bar = tqdm(total=len(modes) + len(variants), desc="simulate SNN", disable=not progress, leave=False)
     with torch.no_grad():
         t0 = time.perf_counter()
         ann_out = model(x, adj_t)
@@ -75,12 +77,15 @@ def evaluate_snn(model, x, adj_t, labels: torch.Tensor, test: torch.Tensor, code
             "energy_int8": snn.energy(INT8)["ratio"],
             "energy_int8_mult_only": snn.energy(INT8_MULT_ONLY)["ratio"],
         }
+        bar.update()
     var_res = {}
     for v in variants:
         snn = convert(model, (x, adj_t), code, mode="functional", variant=v)
         acc = _accuracy(snn(x, adj_t), labels, test)
         var_res[v] = {"accuracy": acc, "loss_points": ann_acc - acc, "energy_fp32": snn.energy(FP32)["ratio"],
                       "spikes_per_neuron": {s.name: s.spikes_per_neuron for s in snn.layer_stats() if s.out_neurons}}
+        bar.update()
+    bar.close()
     return {"ann_accuracy": ann_acc, "ann_seconds": t_ann, "snn": snn_res, "sign_variants": var_res}
 
 
@@ -92,7 +97,7 @@ def run_textgcn(dataset: str, T: int = 16, Q: float = 1.3, Tw: int | None = None
     graph, model, x, adj_t, hist, cfg, secs = prepare_textgcn(dataset, seed, train, progress)
     labels = torch.from_numpy(graph.labels).long()
     test = torch.from_numpy(graph.test_idx).long()
-    ev = evaluate_snn(model, x, adj_t, labels, test, code, modes, variants)
+    ev = evaluate_snn(model, x, adj_t, labels, test, code, modes, variants, progress=progress)
     return {
         "task": "textgcn",
         "dataset": graph.name,
