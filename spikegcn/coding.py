@@ -174,6 +174,9 @@ def _check_finite(x: Tensor, what: str) -> None:
 
 
 # --------------------------------------------------------------------------------- single-spike code
+_FAST_MIN = 1 << 16  # below this the torch path is as fast as the compiled one
+
+
 def encode(x: Tensor, code: PhaseCode, signed: bool = False, check: bool = True) -> tuple[Tensor, Tensor | None]:
     r"""Fire phase of every neuron for normalised activations ``x`` (Eq. 3/4).
 
@@ -190,11 +193,20 @@ def encode(x: Tensor, code: PhaseCode, signed: bool = False, check: bool = True)
     """
     if not x.is_floating_point():
         raise TypeError(f"encode expects a floating-point tensor, got {x.dtype}")
+    # thresholds ascending: count of thresholds <= a = T - (t* - 1); exact, no log/rounding issues
+    thr_asc = code.thresholds(x.dtype, x.device).flip(0)
+    if x.numel() >= _FAST_MIN and x.dtype == torch.float32 and x.device.type == "cpu":
+        from .kernels import fused_cpu
+
+        fast = fused_cpu.encode_phase(x, thr_asc, signed)
+        if fast is not None:
+            if check and fast[2]:
+                raise ValueError(f"encode input contains {fast[2]} NaN/inf value(s); one-spike coding needs "
+                                 f"finite activations")
+            return fast[0], fast[1]
     if check:
         _check_finite(x, "encode input")
     mag = x.abs() if signed else x
-    # thresholds ascending: count of thresholds <= a = T - (t* - 1); exact, no log/rounding issues
-    thr_asc = code.thresholds(x.dtype, x.device).flip(0)
     n_le = torch.searchsorted(thr_asc, mag.contiguous(), right=True, out_int32=True)
     phase = torch.take(_phase_lut(code.T, str(x.device)), n_le.long())
     sign = None
@@ -207,10 +219,20 @@ def decode(phase: Tensor, code: PhaseCode, sign: Tensor | None = None, dtype: to
     """Normalised value :math:`\\pm Q^{-(t-1)}` (0 for silent neurons) of fire phases."""
     if phase.is_floating_point():
         raise TypeError("decode expects integer phases")
+    if phase.numel() >= _FAST_MIN and dtype == torch.float32:
+        v = _decode_fast(phase, code, sign, torch.ones(1))
+        if v is not None:
+            return v
     v = code.values(dtype, phase.device)[phase.long()]
     if sign is not None:
         v = v * sign.to(dtype)
     return v
+
+
+def _decode_fast(phase: Tensor, code: PhaseCode, sign: Tensor | None, scale: Tensor) -> Tensor | None:
+    from .kernels import fused_cpu
+
+    return fused_cpu.decode_phase(phase, code.values(torch.float32), sign, scale)
 
 
 def quantize(x: Tensor, code: PhaseCode, signed: bool = False) -> Tensor:

@@ -12,7 +12,7 @@ from typing import Union
 import torch
 from torch import Tensor
 
-from .coding import PhaseCode, binary_spike_count, decode, decode_binary
+from .coding import _FAST_MIN, PhaseCode, _decode_fast, binary_spike_count, decode, decode_binary
 
 __all__ = ["PhaseSpikes", "BinarySpikes", "IdentitySpikes", "SparsePhaseSpikes", "SpikeInput"]
 
@@ -54,6 +54,10 @@ class PhaseSpikes:
 
     def values(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """Decoded values in ANN units."""
+        if dtype == torch.float32 and self.phase.numel() >= _FAST_MIN:
+            v = _decode_fast(self.phase, self.code, self.sign, self.scale)  # one pass, scale fused
+            if v is not None:
+                return v
         return self.normalized(dtype) * self.scale.to(dtype)
 
     def num_spikes(self) -> int:

@@ -266,3 +266,48 @@ def test_best_base():
 def test_mape_rejects_bad_sigma():
     with pytest.raises(ValueError, match="sigma"):
         mape(1.3, 16, sigma=0)
+
+
+def test_compiled_encoder_matches_torch_path(monkeypatch):
+    import spikegcn.coding as C
+    from spikegcn.kernels import fused_cpu
+
+    if fused_cpu.load() is None:
+        pytest.skip("compiled kernels unavailable here")
+    code = PhaseCode(16, 1.3)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300_001, generator=g) * 0.4
+    thr = code.thresholds()
+    x[:16], x[16:32] = thr, torch.nextafter(thr, torch.zeros(16))  # exact ties and just below them
+    x[40], x[41] = 7.0, -7.0
+    fast = [encode(x, code, signed=s) for s in (False, True)]
+    monkeypatch.setattr(C, "_FAST_MIN", 1 << 40)  # force the torch path
+    slow = [encode(x, code, signed=s) for s in (False, True)]
+    assert torch.equal(fast[0][0], slow[0][0])
+    assert torch.equal(fast[1][0], slow[1][0]) and torch.equal(fast[1][1], slow[1][1])
+    monkeypatch.undo()
+    x[123] = float("nan")
+    with pytest.raises(ValueError, match="1 NaN/inf"):
+        encode(x, code)
+
+
+def test_compiled_decoder_matches_torch_path(monkeypatch):
+    import spikegcn.coding as C
+    from spikegcn.kernels import fused_cpu
+    from spikegcn.spikes import PhaseSpikes
+
+    if fused_cpu.load() is None:
+        pytest.skip("compiled kernels unavailable here")
+    code = PhaseCode(16, 1.3)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1000, 200, generator=g)
+    phase, sign = encode(x, code, signed=True)
+    scale = torch.rand(200, generator=g) + 0.5
+    spikes = PhaseSpikes(phase=phase, code=code, scale=scale, sign=sign)
+    fast_norm, fast_val = decode(phase, code, sign), spikes.values()
+    monkeypatch.setattr(C, "_FAST_MIN", 1 << 40)
+    import spikegcn.spikes as S
+
+    monkeypatch.setattr(S, "_FAST_MIN", 1 << 40)
+    assert torch.equal(fast_norm, decode(phase, code, sign))
+    assert torch.equal(fast_val, spikes.values())

@@ -69,6 +69,70 @@ static void run(const idx_t* crow, const idx_t* col, const float* val, const flo
   }
 }
 
+// Single-spike encoding: fire phase = T + 1 - #(thresholds <= a), 0 when none is reached (the same comparisons
+// as the torch.searchsorted path in spikegcn.coding.encode). Blocks of 256 elements, the threshold loop outside
+// so that the compares vectorise; also counts non-finite inputs so the caller needs no extra pass.
+std::vector<torch::Tensor> encode_phase(torch::Tensor x, torch::Tensor thr_asc, bool is_signed) {
+  const int64_t n = x.numel(), T = thr_asc.numel();
+  auto phase = torch::empty_like(x, torch::kInt8);
+  auto sign = is_signed ? torch::empty_like(x, torch::kInt8) : torch::Tensor();
+  const float* xp = x.data_ptr<float>();
+  const float* th = thr_asc.data_ptr<float>();
+  int8_t* pp = phase.data_ptr<int8_t>();
+  int8_t* sp = is_signed ? sign.data_ptr<int8_t>() : nullptr;
+  const int64_t BS = 256, nb = (n + BS - 1) / BS;
+  int64_t bad = 0;
+  #pragma omp parallel for schedule(static) reduction(+:bad)
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t i0 = b * BS, len = std::min(BS, n - i0);
+    float a[256];
+    int8_t cnt[256];
+    for (int64_t i = 0; i < len; ++i) {
+      const float v = xp[i0 + i];
+      bad += !std::isfinite(v);
+      a[i] = is_signed ? std::fabs(v) : v;
+      cnt[i] = 0;
+    }
+    for (int64_t t = 0; t < T; ++t) {
+      const float h = th[t];
+      #pragma omp simd
+      for (int64_t i = 0; i < len; ++i) cnt[i] += (int8_t)(a[i] >= h);
+    }
+    for (int64_t i = 0; i < len; ++i) pp[i0 + i] = cnt[i] ? (int8_t)(T + 1 - cnt[i]) : 0;
+    if (sp) {
+      #pragma omp simd
+      for (int64_t i = 0; i < len; ++i) {
+        const float v = xp[i0 + i];
+        sp[i0 + i] = (int8_t)(((v > 0) - (v < 0)) * (cnt[i] != 0));
+      }
+    }
+  }
+  return {phase, sign, torch::tensor(bad)};
+}
+
+// Decoding: value = sign * scale[channel] * table[phase], channels in the last dimension (scale may be 1 entry).
+torch::Tensor decode_phase(torch::Tensor phase, torch::Tensor sign, torch::Tensor table, torch::Tensor scale) {
+  const int64_t n = phase.numel(), C = scale.numel(), last = phase.dim() ? phase.size(-1) : 1;
+  auto out = torch::empty(phase.sizes(), torch::kFloat32);
+  const int8_t* pp = phase.data_ptr<int8_t>();
+  const int8_t* sp = sign.numel() ? sign.data_ptr<int8_t>() : nullptr;
+  const float* tb = table.data_ptr<float>();
+  const float* sc = scale.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const int64_t rows = n / last;
+  #pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int8_t* p = pp + r * last;
+    float* o = op + r * last;
+    for (int64_t j = 0; j < last; ++j) o[j] = tb[p[j]] * (C == 1 ? sc[0] : sc[j]);
+    if (sp) {
+      const int8_t* s = sp + r * last;
+      for (int64_t j = 0; j < last; ++j) o[j] *= (float)s[j];
+    }
+  }
+  return out;
+}
+
 std::vector<torch::Tensor> aggregate_exact(torch::Tensor crow, torch::Tensor col, torch::Tensor val,
                                            torch::Tensor xe, torch::Tensor late_ptr, torch::Tensor late_f,
                                            torch::Tensor late_p, torch::Tensor late_x, torch::Tensor bias,
@@ -114,9 +178,9 @@ def load():
             from torch.utils.cpp_extension import load_inline
 
             _module = load_inline(
-                name="spikegcn_fused_cpu_v2",
+                name="spikegcn_fused_cpu_v6",
                 cpp_sources=[_SOURCE],
-                functions=["aggregate_exact"],
+                functions=["aggregate_exact", "encode_phase", "decode_phase"],
                 extra_cflags=["-O3", "-fopenmp"],
                 extra_ldflags=["-fopenmp"],
                 verbose=False,
@@ -154,3 +218,29 @@ def aggregate_exact(adj: Tensor, x: Tensor, phase: Tensor, bias: Tensor | None, 
                                  x[rows, feats].contiguous(), b, inv, thresholds.to(torch.float32).contiguous(),
                                  int(T_in), int(Tw), bool(signed))
     return ph, (sg if signed else None)
+
+
+def encode_phase(x: Tensor, thresholds_asc: Tensor, signed: bool) -> tuple[Tensor, Tensor | None, int] | None:
+    """One-pass CPU encoder for float32 tensors with T <= 127: ``(phase, sign, non-finite count)``, or ``None``
+    when the kernel is unavailable."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or thresholds_asc.numel() > 127:
+        return None
+    mod = _module if _tried else load()
+    if mod is None:
+        return None
+    ph, sg, bad = mod.encode_phase(x.contiguous(), thresholds_asc.contiguous(), bool(signed))
+    return ph, (sg if signed else None), int(bad)
+
+
+def decode_phase(phase: Tensor, table: Tensor, sign: Tensor | None, scale: Tensor) -> Tensor | None:
+    """One-pass CPU decoder to float32 (``sign * scale[channel] * table[phase]``); ``None`` if unavailable."""
+    if phase.device.type != "cpu" or phase.dtype != torch.int8 or table.dtype != torch.float32:
+        return None
+    last = phase.shape[-1] if phase.dim() else 1
+    if scale.numel() not in (1, last):
+        return None
+    mod = _module if _tried else load()
+    if mod is None:
+        return None
+    s = sign.contiguous() if sign is not None else torch.empty(0, dtype=torch.int8)
+    return mod.decode_phase(phase.contiguous(), s, table.contiguous(), scale.to(torch.float32).reshape(-1).contiguous())
