@@ -3,19 +3,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from ..coding import PhaseCode
 from .graph import SpikingModel, UnsupportedModuleError, convert_graph_model
+from .fx import SpikingCNN, convert_cnn
 from .observers import activation_scale
 
-__all__ = ["convert", "SpikingModel", "UnsupportedModuleError", "activation_scale"]
+__all__ = ["convert", "SpikingModel", "UnsupportedModuleError", "activation_scale", "SpikingCNN", "convert_cnn"]
 
 
 def convert(model: nn.Module, data: Any, code: PhaseCode | None = None, mode: str = "exact",
             percentile: float | None = None, channel_wise: bool = True, variant: str = "signed",
-            input_coding: str = "binary", backend: str = "auto") -> SpikingModel:
+            input_coding: str = "binary", backend: str = "auto", int8: bool = False,
+            fold_avgpool: bool = False) -> SpikingModel:
     """Convert a trained PyG model built from ``GCNConv``, ``Linear`` and ReLU into a one-spike SNN.
+
+    A model without ``GCNConv`` that has a ``Conv2d`` (or is calibrated with an image tensor) is a CNN and goes
+    to :func:`~spikegcn.convert.fx.convert_cnn` (``data``: calibration images; ``variant`` and ``backend`` do
+    not apply; ``int8`` and ``fold_avgpool`` are its options).
 
     Args:
         model: the trained ANN (``torch.nn.Module``; its forward must be traceable by ``torch.fx``).
@@ -37,5 +43,19 @@ def convert(model: nn.Module, data: Any, code: PhaseCode | None = None, mode: st
         raise TypeError(f"code must be a PhaseCode, got {type(code).__name__}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if _is_cnn(model, data):
+        return convert_cnn(model, data, code, mode=mode, percentile=percentile, channel_wise=channel_wise,
+                           input_coding=input_coding, int8=int8, fold_avgpool=fold_avgpool)
+    if int8 or fold_avgpool:
+        raise ValueError("int8 and fold_avgpool are options of the CNN converter")
     return convert_graph_model(model, data, code, mode=mode, percentile=percentile, channel_wise=channel_wise,
                                variant=variant, input_coding=input_coding, backend=backend)
+
+
+def _is_cnn(model: nn.Module, data: Any) -> bool:
+    from torch_geometric.nn import GCNConv
+
+    mods = list(model.modules())
+    if any(isinstance(m, GCNConv) for m in mods):
+        return False
+    return isinstance(data, Tensor) or any(isinstance(m, nn.Conv2d) for m in mods)

@@ -78,7 +78,7 @@ class SpikingModel(fx.GraphModule):
     def set_mode(self, mode: str) -> "SpikingModel":
         check_mode(mode)
         for _, m in self.spiking_layers():
-            if isinstance(m, SpikingGCNConv):
+            if hasattr(m, "set_mode"):  # composite layers pass the mode on to their parts
                 m.set_mode(mode)
             else:
                 m.mode = mode

@@ -3,5 +3,10 @@ from .aggregation import SpikingAggregation
 from .encoder import PhaseEncoder
 from .gcn_conv import SpikingGCNConv
 from .linear import SpikingLinear
+from .conv import OneSpikeLayer, SpikingConv2d, SpikingFC, SpikingFlatten
+from .pool import SpikingAvgPool2d, SpikingMaxPool2d
+from .residual import SpikingResidual
 
 __all__ = ["PhaseEncoder", "SpikingLinear", "SpikingAggregation", "SpikingGCNConv"]
+__all__ += ["OneSpikeLayer", "SpikingConv2d", "SpikingFC", "SpikingFlatten", "SpikingMaxPool2d", "SpikingAvgPool2d",
+            "SpikingResidual"]

@@ -1,0 +1,523 @@
+r"""One-spike neuron layers for CNNs: the shared neuron core, a 2-D convolution, a fully-connected head layer and
+the flatten between them.
+
+A CNN neuron layer :math:`l` works in **normalised units**: it reads the normalised values
+:math:`\hat a^{l-1} \in \{0\} \cup \{\pm v_p\}` its input spikes carry (no :math:`\lambda`) and holds the
+normalised weights of Eq. 2 with BatchNorm folded in (spec A11),
+
+.. math::
+    \tilde W^l_{kc} = \frac{\gamma_k}{\sigma_k} W^l_{kc}\, \frac{\lambda^{l-1}_c}{\lambda^l_k}, \qquad
+    \tilde b^l_k = \frac{\gamma_k (b_k - \mu_k)/\sigma_k + \beta_k}{\lambda^l_k},
+
+so that its potential :math:`P = \tilde b + \sum_{\text{inputs}} \tilde W \star \hat a` is compared against the
+shifted thresholds :math:`c_Q Q^{-(t-1)}` (:math:`\theta = 1`). The bias is the initial potential. Binary input
+spikes are worth :math:`2^{-p}` and hidden ones :math:`Q^{-(p-1)}`, so the first layer changes the base from 2 to
+:math:`Q` with no extra work (base manipulation in the value domain, spec 5 and 8.2).
+
+Simulation (``mode``):
+
+* ``"functional"``: every input spike has arrived: :math:`\mathrm{Enc}(P)`, the round-off quantised ANN.
+* ``"exact"``: phase by phase with the wait :math:`T_w`. Layer :math:`l` opens its output window :math:`T_w`
+  phases after the latest of its input windows; an input whose window opened :math:`d` phases before that is
+  seen up to its phase :math:`t + d` at output phase :math:`t` (a residual shortcut, one layer older, has
+  :math:`d = 2T_w`). The dense prefix of everything that arrived before output phase 1 is one convolution; every
+  later input phase adds the convolution of that phase's spike plane; the neuron fires at the first crossing and
+  stops. With :math:`T_w + 1 \ge T` this is the functional result, bit for bit.
+* ``output="potential"``: the output layer integrates its whole input and returns :math:`\lambda \cdot P`
+  (:math:`\lambda = 1`, ANN units); the prediction is its argmax.
+
+Operation counts (:class:`~spikegcn.energy.LayerStats`) are exact: ANN MACs of the replaced layer, and SNN
+additions as the sum over input spikes of their fan-out, computed per input position (borders, stride and
+padding included), not from the uniform approximation.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..coding import PhaseCode, decode, decode_binary, encode
+from ..energy import LayerStats
+from ..neuron import one_spike_fire
+from ..spikes import BinarySpikes, PhaseSpikes
+from .base import SpikingMixin
+
+__all__ = [
+    "CNNSpikes",
+    "spike_values",
+    "OneSpikeLayer",
+    "SpikingConv2d",
+    "SpikingFC",
+    "SpikingFlatten",
+    "fold_batchnorm",
+]
+
+CNNSpikes = Union[PhaseSpikes, BinarySpikes]
+_Pair = Union[int, Sequence[int]]
+
+
+def _pair(v: _Pair) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+# ------------------------------------------------------------------------------------------------ spike planes
+def spike_values(x: CNNSpikes, lo: int = 0, hi: int | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    r"""Normalised values (without :math:`\lambda`) of the spikes of ``x`` fired at input phases ``lo < p <= hi``.
+
+    One-spike inputs give :math:`\pm Q^{-(p-1)}`, binary inputs :math:`\pm 2^{-p}` per spike (summed over the
+    selected bits). ``lo = 0, hi >= T`` is the full decoded value.
+    """
+    T = x.T_in
+    hi = T if hi is None else min(hi, T)
+    if isinstance(x, PhaseSpikes):
+        v = decode(x.phase, x.code, x.sign, dtype=dtype)
+        if lo > 0 or hi < T:
+            v = v * ((x.phase > lo) & (x.phase <= hi))
+        return v
+    if isinstance(x, BinarySpikes):
+        bits = x.bits
+        if hi < T:  # keep the top `hi` bits (phases 1..hi)
+            bits = (bits >> (T - hi)) << (T - hi)
+        if lo > 0:  # drop the top `lo` bits
+            bits = bits & ((1 << (T - lo)) - 1)
+        return decode_binary(bits, T, x.sign, dtype=dtype)
+    raise TypeError(f"CNN spiking layers take PhaseSpikes or BinarySpikes, got {type(x).__name__}")
+
+
+def _has_spikes_at(x: CNNSpikes, p: int) -> bool:
+    if isinstance(x, PhaseSpikes):
+        return bool((x.phase == p).any())
+    return bool(((x.bits >> (x.T - p)) & 1).any())
+
+
+def _window_counts(in_hw: tuple[int, int], fn) -> Tensor:
+    """``[H, W]`` number of output positions of the linear window map ``fn`` that read each input position."""
+    x = torch.ones(1, 1, *in_hw, dtype=torch.float64, requires_grad=True)
+    with torch.enable_grad():
+        fn(x).sum().backward()
+    return x.grad[0, 0].round()
+
+
+def fold_batchnorm(weight: Tensor, bias: Tensor | None, bn: nn.BatchNorm2d | nn.BatchNorm1d | None
+                   ) -> tuple[Tensor, Tensor]:
+    r"""Fold an eval-mode BatchNorm into the preceding layer (float64):
+    :math:`W' = W\gamma/\sigma`, :math:`b' = (b - \mu)\gamma/\sigma + \beta` (spec 7, A11)."""
+    w = weight.detach().double()
+    b = torch.zeros(w.shape[0], dtype=torch.float64) if bias is None else bias.detach().double()
+    if bn is None:
+        return w, b
+    g, beta, mu, var = _bn_params(bn)
+    return w * g.view(-1, *([1] * (w.dim() - 1))), (b - mu) * g + beta
+
+
+def _bn_params(bn: nn.Module) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError(f"{bn} has no running statistics (track_running_stats=False); it cannot be folded")
+    var = bn.running_var.detach().double()
+    mu = bn.running_mean.detach().double()
+    g = 1.0 / torch.sqrt(var + bn.eps)
+    beta = torch.zeros_like(mu)
+    if bn.affine:
+        g = g * bn.weight.detach().double()
+        beta = bn.bias.detach().double()
+    return g, beta, mu, var
+
+
+# ------------------------------------------------------------------------------------------------ neuron core
+class OneSpikeLayer(nn.Module, SpikingMixin):
+    r"""Base class of the CNN one-spike neuron layers (one or more synaptic inputs into one neuron per output).
+
+    A subclass defines, for each of its :attr:`num_inputs` inputs ``i``, the synaptic map :meth:`synapse`
+    (normalised values in, normalised potential contribution out), :meth:`fanout` (outgoing synapses of each
+    input neuron) and :meth:`macs` (ANN multiply-accumulates per sample), plus :meth:`weight_tensors` (the
+    weights, output channel first, for :meth:`quantize_weights_`). The neuron, the two simulation modes, the
+    spike timing and the statistics live here.
+
+    Args:
+        out_channels (int): output channels (features).
+        code (PhaseCode): output code, wait ``code.Tw``.
+        mode (str): ``"exact"`` or ``"functional"``.
+        output (str): ``"spikes"`` (hidden) or ``"potential"`` (output layer, no spikes).
+    """
+
+    num_inputs: int = 1
+    kind: str = "neuron"
+    scale: Tensor
+    bias: nn.Parameter | None
+
+    def _init_layer(self, out_channels: int, code: PhaseCode | None, mode: str, output: str) -> None:
+        self._init_spiking(code or PhaseCode(16, 1.3), mode, output)
+        self.out_channels = int(out_channels)
+        self.weight_bits: int | None = None
+        # lambda^l: ANN value of a phase-1 output spike, per output channel (all equal when layer-wise)
+        self.register_buffer("scale", torch.ones(out_channels))
+        self._fanout_cache: dict = {}
+
+    # ---- subclass interface
+    def synapse(self, i: int, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def fanout(self, i: int, in_shape: torch.Size) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def macs(self, i: int, in_shape: torch.Size) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def weight_tensors(self) -> list[Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def input_kind(self, i: int) -> str:
+        return self.kind if i == 0 else "shortcut"
+
+    # ---- helpers
+    def _dtype(self) -> torch.dtype:
+        return self.scale.dtype
+
+    def _channel_view(self, t: Tensor, ndim: int) -> Tensor:
+        return t.view(-1, *([1] * (ndim - 2))) if t.dim() else t
+
+    def _cached_fanout(self, key, make) -> Tensor:
+        if key not in self._fanout_cache:
+            self._fanout_cache[key] = make()
+        return self._fanout_cache[key]
+
+    @torch.no_grad()
+    def quantize_weights_(self, bits: int = 8) -> "OneSpikeLayer":
+        r"""Symmetric linear quantisation of the normalised weights, one step size per output channel shared by
+        all inputs of the neuron (the step goes into its threshold in hardware): :math:`s_k = \max|\tilde W_k| /
+        (2^{b-1}-1)`, :math:`\tilde W \leftarrow s_k\,\mathrm{round}(\tilde W / s_k)`. Biases stay in full
+        precision (an INT32 accumulator). In place; the Table VI ablation."""
+        qmax = 2 ** (bits - 1) - 1
+        ws = self.weight_tensors()
+        m = torch.stack([w.detach().abs().reshape(w.shape[0], -1).amax(1) for w in ws]).amax(0)
+        step = torch.where(m > 0, m / qmax, torch.ones_like(m))
+        for w in ws:
+            s = step.view(-1, *([1] * (w.dim() - 1)))
+            w.copy_(torch.round(w / s).clamp_(-qmax, qmax) * s)
+        self.weight_bits = bits
+        return self
+
+    # ---- simulation
+    def _integrate_all(self, inputs: Sequence[CNNSpikes], dtype: torch.dtype) -> Tensor:
+        z = None
+        for i, x in enumerate(inputs):
+            c = self.synapse(i, spike_values(x, dtype=dtype))
+            z = c if z is None else z + c
+        if self.bias is not None:
+            z = z + self._channel_view(self.bias, z.dim())
+        return z
+
+    @torch.no_grad()
+    def forward(self, *inputs: CNNSpikes) -> PhaseSpikes | Tensor:
+        if len(inputs) != self.num_inputs:
+            raise TypeError(f"{self._get_name()} takes {self.num_inputs} spike input(s), got {len(inputs)}")
+        for x in inputs:
+            if not isinstance(x, (PhaseSpikes, BinarySpikes)):
+                raise TypeError(f"{self._get_name()} takes PhaseSpikes or BinarySpikes (e.g. from a PhaseEncoder), "
+                                f"got {type(x).__name__}")
+        dtype = self._dtype()
+        self.stats = self._count(inputs)
+        if self.output == "potential":
+            z = self._integrate_all(inputs, dtype)
+            return z * self._channel_view(self.scale, z.dim())
+
+        T, Tw = self.code.T, self.code.Tw
+        out_start = max(x.start for x in inputs) + Tw
+        delay = [out_start - x.start for x in inputs]  # input i is seen up to its phase t + delay[i]
+        if self.mode == "functional" or all(x.T_in <= 1 + d for x, d in zip(inputs, delay)):
+            z = self._integrate_all(inputs, dtype)
+            phase, _ = encode(z, self.code)
+        else:
+            phase = self._stepped(inputs, delay, dtype)
+        out = PhaseSpikes(phase=phase, code=self.code, scale=self._channel_view(self.scale, phase.dim()),
+                          start=out_start)
+        self.stats[0].out_neurons = phase.numel()
+        self.stats[0].out_spikes = float(out.num_spikes())
+        return out
+
+    def _stepped(self, inputs: Sequence[CNNSpikes], delay: list[int], dtype: torch.dtype) -> Tensor:
+        # A common "virtual" input phase r = p + (max_d - d_i) orders all inputs by arrival; output phase t sees
+        # r <= t + max_d, which is one_spike_fire's rule with wait max_d over T_v virtual phases.
+        max_d = max(delay)
+        offset = [max_d - d for d in delay]
+        T_v = max(x.T_in + o for x, o in zip(inputs, offset))
+        k0 = max_d + 1  # virtual phases that have all arrived at output phase 1: one dense pass
+
+        first = None
+        for i, (x, o) in enumerate(zip(inputs, offset)):
+            c = self.synapse(i, spike_values(x, 0, k0 - o, dtype=dtype))  # k0 - o >= 1 always
+            first = c if first is None else first + c
+        if self.bias is not None:
+            first = first + self._channel_view(self.bias, first.dim())
+
+        def phase_input(r: int) -> Tensor | None:
+            if r == 1:
+                return first
+            if r <= k0:
+                return None
+            acc = None
+            for i, (x, o) in enumerate(zip(inputs, offset)):
+                p = r - o
+                if 1 <= p <= x.T_in and _has_spikes_at(x, p):
+                    c = self.synapse(i, spike_values(x, p - 1, p, dtype=dtype))  # one spike plane: T convs at most
+                    acc = c if acc is None else acc + c
+            return acc
+
+        phase, _ = one_spike_fire(phase_input, self.code.replace(Tw=max_d), T_in=T_v)
+        return phase
+
+    def _count(self, inputs: Sequence[CNNSpikes]) -> list[LayerStats]:
+        out = []
+        for i, x in enumerate(inputs):
+            counts = x.spike_counts()
+            n = counts.shape[0]
+            per_pos = counts.sum(0).to(torch.float64)
+            fan = self.fanout(i, counts.shape[1:]).to(torch.float64)
+            kind = "output" if (i == 0 and self.output == "potential") else self.input_kind(i)
+            out.append(LayerStats(
+                name=self._get_name() if i == 0 else f"{self._get_name()}.shortcut",
+                macs=float(self.macs(i, counts.shape[1:])) * n,
+                in_neurons=int(counts.numel()),
+                in_spikes=float(per_pos.sum()),
+                additions=float((per_pos * fan).sum()),
+                kind=kind,
+            ))
+        return out
+
+    def _layer_repr(self) -> str:
+        q = f", weight_bits={self.weight_bits}" if self.weight_bits else ""
+        return f"{self._spiking_repr()}{q}"
+
+
+# ------------------------------------------------------------------------------------------------ conv
+class SpikingConv2d(OneSpikeLayer):
+    r"""One-spike neurons after a 2-D convolution (BatchNorm folded in, channel-wise :math:`\lambda`).
+
+    .. math::
+        \hat a^l_k = \mathrm{Enc}\Big(\tilde b_k + \sum_c \tilde W_{kc} \star \hat a^{l-1}_c\Big),
+        \qquad \tilde W_{kc} = W'_{kc}\,\lambda^{l-1}_c / \lambda^l_k,\; \tilde b_k = b'_k / \lambda^l_k
+
+    with :math:`W', b'` the BN-folded weights (see :func:`fold_batchnorm`). The output spike of channel
+    :math:`k` at phase :math:`t` is worth :math:`\lambda^l_k Q^{-(t-1)}`.
+
+    Args:
+        in_channels (int): input channels.
+        out_channels (int): output channels.
+        kernel_size, stride, padding, dilation, groups: as :class:`torch.nn.Conv2d` (zero padding; ``padding``
+            given as numbers).
+        bias (bool): bias (the initial potential).
+        code (PhaseCode): output code.
+        mode (str): ``"exact"`` or ``"functional"``.
+        output (str): ``"spikes"`` or ``"potential"``.
+    """
+
+    kind = "conv"
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: _Pair, stride: _Pair = 1,
+                 padding: _Pair = 0, dilation: _Pair = 1, groups: int = 1, bias: bool = True,
+                 code: PhaseCode | None = None, mode: str = "exact", output: str = "spikes"):
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"channels ({in_channels}, {out_channels}) must be divisible by groups={groups}")
+        self._init_layer(out_channels, code, mode, output)
+        self.in_channels, self.groups = int(in_channels), int(groups)
+        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
+        self.padding, self.dilation = _pair(padding), _pair(dilation)
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.weight[0].numel()
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+            nn.init.uniform_(self.bias, -bound, bound)
+        self.scale.fill_(1.0)
+        self.weight_bits = None
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None, in_scale: Tensor | float = 1.0,
+                  scale: Tensor | float = 1.0, **kwargs) -> "SpikingConv2d":
+        r"""From a trained :class:`torch.nn.Conv2d` (and the eval-mode BatchNorm after it): BN folded, then
+        normalised by the input scale :math:`\lambda^{l-1}` (per input channel or scalar) and the output scale
+        :math:`\lambda^l` (per output channel or scalar; 1 for an output layer)."""
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError(f"only numeric zero padding is supported, got {conv.padding!r} / {conv.padding_mode!r}")
+        w, b = fold_batchnorm(conv.weight, conv.bias, bn)
+        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                    conv.groups, bias=(conv.bias is not None or bn is not None), **kwargs)
+        layer.load_normalized_(w, b, in_scale, scale)
+        return layer
+
+    @torch.no_grad()
+    def load_normalized_(self, weight: Tensor, bias: Tensor | None, in_scale: Tensor | float,
+                         scale: Tensor | float) -> "SpikingConv2d":
+        """Set the Eq. 2 weights from ANN-unit (BN-folded) ``weight``/``bias`` and the two scales."""
+        w = weight.double()
+        lam_in = torch.as_tensor(in_scale, dtype=torch.float64).expand(self.in_channels)
+        cin_g, cout_g = self.in_channels // self.groups, self.out_channels // self.groups
+        # input channel of weight[k, c_local] is group(k) * cin_g + c_local
+        lam_w = lam_in.view(self.groups, cin_g).repeat_interleave(cout_g, 0)  # [out, cin_g]
+        lam_out = _set_scale(self.scale, scale)
+        self.weight.copy_(w * lam_w[:, :, None, None] / lam_out[:, None, None, None])
+        if self.bias is not None:
+            self.bias.copy_((torch.zeros(self.out_channels, dtype=torch.float64) if bias is None else bias.double())
+                            / lam_out)
+        return self
+
+    def synapse(self, i: int, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
+
+    def _conv_counts(self, hw: tuple[int, int]) -> Tensor:
+        ones = torch.ones(1, 1, *self.kernel_size, dtype=torch.float64)
+        return _window_counts(hw, lambda x: F.conv2d(x, ones, None, self.stride, self.padding, self.dilation))
+
+    def fanout(self, i: int, in_shape: torch.Size) -> Tensor:
+        # a spike at (c, y, x) reaches out/groups channels at every output position whose window covers (y, x)
+        hw = tuple(in_shape[-2:])
+        return self._cached_fanout(hw, lambda: self._conv_counts(hw) * (self.out_channels // self.groups))
+
+    def macs(self, i: int, in_shape: torch.Size) -> float:
+        H, W = in_shape[-2:]
+        kh, kw = self.kernel_size
+        ho = (H + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+        wo = (W + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        return float(ho * wo * self.out_channels * (self.in_channels // self.groups) * kh * kw)
+
+    def weight_tensors(self) -> list[Tensor]:
+        return [self.weight]
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, {self._layer_repr()})")
+
+
+def _set_scale(buf: Tensor, value: Tensor | float) -> Tensor:
+    """Store lambda (dead channels -> 1, spec 2) and return it in float64 for the normalisation."""
+    v = torch.as_tensor(value, dtype=torch.float64).expand(buf.shape).clone()
+    v = torch.where(v > 0, v, torch.ones_like(v))
+    buf.copy_(v.to(buf.dtype))
+    return v
+
+
+# ------------------------------------------------------------------------------------------------ fully connected
+class SpikingFC(OneSpikeLayer):
+    r"""One-spike neurons after a fully-connected layer of a CNN head (layer-wise :math:`\lambda`).
+
+    .. math::
+        \hat a^l_j = \mathrm{Enc}\Big(\tilde b_j + \sum_f \tilde W_{jf}\, [\mathrm{pool}(\hat a^{l-1})]_f\Big),
+        \qquad \tilde W_{jf} = W_{jf}\,\lambda^{l-1}_{c(f)} / \lambda^l
+
+    The input may be a feature map (it is flattened; :math:`\lambda^{l-1}_{c(f)}` is the scale of the channel
+    feature :math:`f` came from). An average pool between the feature map and this layer can be folded in
+    (``pool``, spec A8 option): it is linear, so the layer reads the un-pooled spikes, each with fan-out
+    (windows covering it) x ``out_features``, and no extra neuron layer or wait is needed.
+
+    Args:
+        in_features (int): input features (after pooling and flattening).
+        out_features (int): output features.
+        bias (bool): bias.
+        pool (dict, optional): keyword arguments of :func:`torch.nn.functional.avg_pool2d` (``kernel_size``,
+            ``stride``, ``padding``, ``ceil_mode``, ``count_include_pad``, ``divisor_override``) of a folded
+            average pool.
+        code, mode, output: see :class:`OneSpikeLayer`.
+    """
+
+    kind = "linear"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, pool: dict | None = None,
+                 code: PhaseCode | None = None, mode: str = "exact", output: str = "spikes"):
+        super().__init__()
+        self._init_layer(out_features, code, mode, output)
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.pool = dict(pool) if pool is not None else None
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0
+            nn.init.uniform_(self.bias, -bound, bound)
+        self.scale.fill_(1.0)
+        self.weight_bits = None
+
+    @classmethod
+    def from_linear(cls, lin: nn.Linear, in_scale: Tensor | float = 1.0, scale: Tensor | float = 1.0,
+                    bn: nn.BatchNorm1d | None = None, **kwargs) -> "SpikingFC":
+        """From a trained :class:`torch.nn.Linear`; ``in_scale`` per input feature (or scalar), ``scale`` the
+        layer-wise output :math:`\\lambda` (1 for an output layer)."""
+        w, b = fold_batchnorm(lin.weight, lin.bias, bn)
+        layer = cls(lin.in_features, lin.out_features, bias=(lin.bias is not None or bn is not None), **kwargs)
+        layer.load_normalized_(w, b, in_scale, scale)
+        return layer
+
+    @torch.no_grad()
+    def load_normalized_(self, weight: Tensor, bias: Tensor | None, in_scale: Tensor | float,
+                         scale: Tensor | float) -> "SpikingFC":
+        lam_in = torch.as_tensor(in_scale, dtype=torch.float64).expand(self.in_features)
+        lam_out = _set_scale(self.scale, scale)
+        self.weight.copy_(weight.double() * lam_in[None, :] / lam_out[:, None])
+        if self.bias is not None:
+            self.bias.copy_((torch.zeros(self.out_features, dtype=torch.float64) if bias is None else bias.double())
+                            / lam_out)
+        return self
+
+    def _prepare(self, x: Tensor) -> Tensor:
+        if self.pool is not None:
+            x = F.avg_pool2d(x, **self.pool)
+        return x.flatten(1) if x.dim() > 2 else x
+
+    def synapse(self, i: int, x: Tensor) -> Tensor:
+        return F.linear(self._prepare(x), self.weight)
+
+    def fanout(self, i: int, in_shape: torch.Size) -> Tensor:
+        if self.pool is None:
+            return torch.tensor(float(self.out_features))
+        hw = tuple(in_shape[-2:])
+        pool = {**self.pool, "divisor_override": 1}  # window sums: d(sum)/dx = windows covering x
+        return self._cached_fanout(hw, lambda: _window_counts(hw, lambda x: F.avg_pool2d(x, **pool))
+                                   * self.out_features)
+
+    def macs(self, i: int, in_shape: torch.Size) -> float:
+        return float(self.in_features * self.out_features)  # the pooling itself is not counted (spec 10)
+
+    def weight_tensors(self) -> list[Tensor]:
+        return [self.weight]
+
+    def __repr__(self) -> str:
+        p = f", pool={self.pool}" if self.pool else ""
+        return f"{self.__class__.__name__}({self.in_features}, {self.out_features}{p}, {self._layer_repr()})"
+
+
+# ------------------------------------------------------------------------------------------------ flatten
+class SpikingFlatten(nn.Module):
+    r"""Flatten spikes from dimension ``start_dim`` on (``[N, C, H, W] -> [N, C H W]``): a relabelling of
+    neurons, no computation; the per-channel :math:`\lambda` becomes per feature."""
+
+    def __init__(self, start_dim: int = 1):
+        super().__init__()
+        if start_dim != 1:
+            raise ValueError(f"only flattening from dimension 1 is supported, got start_dim={start_dim}")
+        self.start_dim = start_dim
+
+    def reset_parameters(self) -> None:
+        pass
+
+    def forward(self, x: CNNSpikes) -> CNNSpikes:
+        data = x.phase if isinstance(x, PhaseSpikes) else x.bits
+        scale = x.scale
+        if scale.dim():
+            scale = scale.expand(data.shape[1:]).reshape(-1)
+        sign = x.sign.flatten(1) if x.sign is not None else None
+        if isinstance(x, PhaseSpikes):
+            return PhaseSpikes(phase=data.flatten(1), code=x.code, scale=scale, sign=sign, start=x.start)
+        return BinarySpikes(bits=data.flatten(1), T=x.T, scale=scale, sign=sign, start=x.start)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}(start_dim={self.start_dim})"
