@@ -29,9 +29,11 @@ _SOURCE = r"""
 // Early inputs (fire phase <= k0 = min(Tw + 1, T_in)) arrive before the first output phase: they are summed
 // densely, row by row like an spmm (vectorised over features). Late inputs are few (small values) and are
 // binned by phase from per-source lists, then added phase by phase during the threshold compares.
+struct Late { float x; int16_t f; int16_t p; };  // one 8-byte record per late spike: one cache stream
+
 template <typename idx_t>
-static void run(const idx_t* crow, const idx_t* col, const float* val, const float* xe,
-                const int64_t* late_ptr, const int16_t* late_f, const int8_t* late_p, const float* late_x,
+static void run_packed(const idx_t* crow, const idx_t* col, const float* val, const float* xe,
+                const int64_t* late_ptr, const Late* late,
                 const float* bias, const float* inv_scale, const float* thr, int64_t N, int64_t F, int64_t T,
                 int64_t T_in, int64_t Tw, bool is_signed, int8_t* out_phase, int8_t* out_sign) {
   const int64_t k0 = std::min(Tw + 1, T_in);
@@ -49,7 +51,7 @@ static void run(const idx_t* crow, const idx_t* col, const float* val, const flo
         const float* xr = xe + n * F;
         #pragma omp simd
         for (int64_t f = 0; f < F; ++f) a[f] += w * xr[f];
-        for (int64_t j = late_ptr[n]; j < late_ptr[n + 1]; ++j) H[late_p[j] * F + late_f[j]] += w * late_x[j];
+        for (int64_t j = late_ptr[n]; j < late_ptr[n + 1]; ++j) H[late[j].p * F + late[j].f] += w * late[j].x;
       }
       for (int64_t f = 0; f < F; ++f) {
         float P = (bias ? bias[f] : 0.f) + acc[f];
@@ -138,21 +140,26 @@ std::vector<torch::Tensor> aggregate_exact(torch::Tensor crow, torch::Tensor col
                                            torch::Tensor late_p, torch::Tensor late_x, torch::Tensor bias,
                                            torch::Tensor inv_scale, torch::Tensor thr, int64_t T_in, int64_t Tw,
                                            bool is_signed) {
-  const int64_t N = crow.size(0) - 1, F = xe.size(1), T = thr.size(0);
+  const int64_t N = crow.size(0) - 1, F = xe.size(1), T = thr.size(0), L = late_x.numel();
   auto out_phase = torch::zeros({N, F}, torch::kInt8);
   auto out_sign = is_signed ? torch::zeros({N, F}, torch::kInt8) : torch::Tensor();
   const float* b = bias.numel() ? bias.data_ptr<float>() : nullptr;
   int8_t* s = is_signed ? out_sign.data_ptr<int8_t>() : nullptr;
+  std::vector<Late> late(L);
+  const float* lx = late_x.data_ptr<float>();
+  const int16_t* lf = late_f.data_ptr<int16_t>();
+  const int8_t* lp = late_p.data_ptr<int8_t>();
+  for (int64_t j = 0; j < L; ++j) late[j] = Late{lx[j], lf[j], (int16_t)lp[j]};
   if (crow.scalar_type() == torch::kInt32) {
-    run<int32_t>(crow.data_ptr<int32_t>(), col.data_ptr<int32_t>(), val.data_ptr<float>(), xe.data_ptr<float>(),
-                 late_ptr.data_ptr<int64_t>(), late_f.data_ptr<int16_t>(), late_p.data_ptr<int8_t>(),
-                 late_x.data_ptr<float>(), b, inv_scale.data_ptr<float>(), thr.data_ptr<float>(), N, F, T, T_in,
-                 Tw, is_signed, out_phase.data_ptr<int8_t>(), s);
+    run_packed<int32_t>(crow.data_ptr<int32_t>(), col.data_ptr<int32_t>(), val.data_ptr<float>(),
+                        xe.data_ptr<float>(), late_ptr.data_ptr<int64_t>(), late.data(), b,
+                        inv_scale.data_ptr<float>(), thr.data_ptr<float>(), N, F, T, T_in, Tw, is_signed,
+                        out_phase.data_ptr<int8_t>(), s);
   } else {
-    run<int64_t>(crow.data_ptr<int64_t>(), col.data_ptr<int64_t>(), val.data_ptr<float>(), xe.data_ptr<float>(),
-                 late_ptr.data_ptr<int64_t>(), late_f.data_ptr<int16_t>(), late_p.data_ptr<int8_t>(),
-                 late_x.data_ptr<float>(), b, inv_scale.data_ptr<float>(), thr.data_ptr<float>(), N, F, T, T_in,
-                 Tw, is_signed, out_phase.data_ptr<int8_t>(), s);
+    run_packed<int64_t>(crow.data_ptr<int64_t>(), col.data_ptr<int64_t>(), val.data_ptr<float>(),
+                        xe.data_ptr<float>(), late_ptr.data_ptr<int64_t>(), late.data(), b,
+                        inv_scale.data_ptr<float>(), thr.data_ptr<float>(), N, F, T, T_in, Tw, is_signed,
+                        out_phase.data_ptr<int8_t>(), s);
   }
   return {out_phase, out_sign};
 }
@@ -178,7 +185,7 @@ def load():
             from torch.utils.cpp_extension import load_inline
 
             _module = load_inline(
-                name="spikegcn_fused_cpu_v6",
+                name="spikegcn_fused_cpu_v7",
                 cpp_sources=[_SOURCE],
                 functions=["aggregate_exact", "encode_phase", "decode_phase"],
                 extra_cflags=["-O3", "-fopenmp"],
