@@ -1,0 +1,37 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from spikegcn.vision.pipeline import load_data, load_model, run_cnn, summary_table
+
+
+def _shared(var, rel):
+    root = os.environ.get(var) or str(Path(__file__).resolve().parents[2] / "shared" / rel)
+    return Path(root)
+
+
+have_cifar = (_shared("SPIKEGCN_DATA", "datasets") / "cifar10-jpg/cifar10_jpg.zip").is_file() and \
+    (_shared("SPIKEGCN_WEIGHTS", "weights") / "resnet20-12fca82f.th").is_file()
+
+
+def test_model_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="weights file .* not found"):
+        load_model("resnet20", tmp_path / "nope.pt")
+    with pytest.raises(ValueError, match="has no published weights"):
+        load_model("vgg_cifar", None)
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load_data("imagenet", 10, 10)
+
+
+@pytest.mark.skipif(not have_cifar, reason="CIFAR-10 JPEG zip or ResNet weights not available")
+def test_resnet20_pipeline_small(monkeypatch):
+    monkeypatch.setenv("SPIKEGCN_DATA", str(_shared("SPIKEGCN_DATA", "datasets")))
+    monkeypatch.setenv("SPIKEGCN_WEIGHTS", str(_shared("SPIKEGCN_WEIGHTS", "weights")))
+    rec = run_cnn("resnet20", limit=40, calib=100, modes=("functional",))
+    f = rec["snn"]["functional"]
+    assert rec["test_images"] == 40 and rec["ann_accuracy"] >= 70
+    assert f["agreement_with_ann"] >= 80
+    assert 0 < f["spikes_per_neuron"]["conv1"] <= 1 and f["input_spikes_per_pixel"] > 1
+    assert f["energy_int8"] == pytest.approx(1.5 * f["energy_fp32"]["ratio"], rel=1e-3)
+    assert "SNN functional" in summary_table(rec)
