@@ -54,6 +54,74 @@ def cmd_textgcn(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mape(args: argparse.Namespace) -> int:
+    from .sweep import flatten, mape_curves, parse_grid, write_mape
+
+    Qs = flatten(args.Q) or parse_grid("1.01:2.00:0.01", name="--Q")
+    rec = mape_curves(flatten(args.T), Qs, mu=args.mu, sigma=args.sigma, shift=not args.no_shift,
+                      progress=not args.quiet)
+    rec["command"] = "spikegcn " + " ".join(args.argv)
+    jpath, ppath = write_mape(rec, args.out)
+    for T, opt in rec["optimum"].items():
+        print(f"T = {T}: optimal Q = {opt['Q']:g} (MAPE {opt['mape_percent']:.2f} %) on "
+              f"{len(rec['Q'])} values of Q in [{rec['Q'][0]:g}, {rec['Q'][-1]:g}]")
+    print(f"curves: {jpath}\nfigure: {ppath}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import torch
+
+    from .sweep import TASKS, _cnn_available, flatten, grid_points, run_sweep, summarize_sweep
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    Ts, Qs, Tws = flatten(args.T), flatten(args.Q), flatten(args.Tw)
+    if args.task == "textgcn":
+        if not args.dataset:
+            raise SystemExit("error: --task textgcn needs --dataset (20ng, R8, R52, ohsumed, mr or demo)")
+        name = args.dataset
+        task_config = {"dataset": args.dataset, "seed": args.seed}
+        make = lambda: TASKS["textgcn"](args.dataset, seed=args.seed, progress=not args.quiet,  # noqa: E731
+                                        model_cache=not args.no_model_cache)
+    else:
+        if not _cnn_available():
+            raise SystemExit("error: CNN sweeps need the CNN converter (spikegcn.convert.convert_cnn), which this "
+                             "installation does not have")
+        name = args.model
+        task_config = {"model": args.model, "seed": args.seed, "limit": args.limit, "calib": args.calib}
+        make = lambda: TASKS["cnn"](args.model, seed=args.seed, limit=args.limit, calib=args.calib,  # noqa: E731
+                                    progress=not args.quiet)
+    out = args.out or f"results/sweep_{args.task}_{name}.json"
+    try:
+        rec, computed = run_sweep(out, args.task, task_config, grid_points(Ts, Qs, Tws), make,
+                                  shift=not args.no_shift, progress=not args.quiet,
+                                  command="spikegcn " + " ".join(args.argv))
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    n = len(grid_points(Ts, Qs, Tws))
+    print(f"{len(computed)} of {n} grid points computed now, {n - len(computed)} already in {out}")
+    from .sweep import point_key
+
+    print(summarize_sweep(rec, [point_key(*p) for p in grid_points(Ts, Qs, Tws)]))
+    print(f"\nrecord: {out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    try:
+        path = build_report(args.results, args.out)
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(f"report: {path}")
+    for line in path.read_text().splitlines():
+        if line.startswith("- `") and line.endswith(".png`"):
+            print(f"figure: {path.parent / line[3:-1]}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="spikegcn", description="One-spike SNN conversion of GCNs and CNNs")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -68,7 +136,48 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--threads", type=int, default=None)
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_textgcn)
+
+    from .sweep import grid_type
+
+    m = sub.add_parser("mape", help="Eq. 5 MAPE curves over Q, their optima, a Fig. 6-style plot")
+    m.add_argument("--T", nargs="+", type=grid_type(True, "--T", 1), required=True,
+                   help="window lengths, e.g. 16 24 (numbers or start:stop:step)")
+    m.add_argument("--Q", nargs="+", type=grid_type(False, "--Q", 1.0, strict=True), default=None,
+                   help="bases, numbers or start:stop:step ranges (default 1.01:2.00:0.01)")
+    m.add_argument("--mu", type=float, default=0.0, help="mean of the Gaussian activations (default 0)")
+    m.add_argument("--sigma", type=float, default=1.0, help="std of the Gaussian activations (default 1)")
+    m.add_argument("--no-shift", action="store_true", help="floor encoding (Eq. 3) instead of round-off")
+    m.add_argument("--out", default="results/mape", help="writes <out>.json and <out>.png (default results/mape)")
+    m.add_argument("--quiet", action="store_true", help="no progress bar")
+    m.set_defaults(func=cmd_mape)
+
+    s = sub.add_parser("sweep", help="grid sweep of T, Q (and Tw) on one trained network; resumable")
+    s.add_argument("--task", choices=["textgcn", "cnn"], default="textgcn")
+    s.add_argument("--dataset", help="Text GCN dataset: 20ng, R8, R52, ohsumed, mr or demo")
+    s.add_argument("--model", default="resnet20", choices=["resnet20", "vgg", "lenet5"], help="CNN (--task cnn)")
+    s.add_argument("--T", nargs="+", type=grid_type(True, "--T", 1), required=True,
+                   help="window lengths: numbers or start:stop:step ranges, e.g. 8 12 16 24")
+    s.add_argument("--Q", nargs="+", type=grid_type(False, "--Q", 1.0, strict=True), required=True,
+                   help="bases: numbers or start:stop:step ranges, e.g. 1.1:2.0:0.1")
+    s.add_argument("--Tw", nargs="+", type=grid_type(True, "--Tw", 0), default=None,
+                   help="wait times (default Tw = T: functional mode); Tw < T runs the exact mode")
+    s.add_argument("--seed", type=int, default=0, help="seed of the split and training (default 0)")
+    s.add_argument("--limit", type=int, default=1000, help="CNN test images, evenly spaced (0 = all; default 1000)")
+    s.add_argument("--calib", type=int, default=2000, help="CNN calibration images (default 2000)")
+    s.add_argument("--no-shift", action="store_true", help="floor encoding (no threshold shift)")
+    s.add_argument("--no-model-cache", action="store_true",
+                   help="always train the Text GCN (default: reuse the model a previous sweep cached)")
+    s.add_argument("--out", help="results file (default results/sweep_<task>_<dataset or model>.json)")
+    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_sweep)
+
+    r = sub.add_parser("report", help="CNN vs GCN report (markdown + figures) from the results records")
+    r.add_argument("--results", default="results", help="folder of the results records (default results)")
+    r.add_argument("--out", default=None, help="report file (default <results>/report.md); figures go next to it")
+    r.set_defaults(func=cmd_report)
     args = ap.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     return args.func(args)
 
 

@@ -1,0 +1,561 @@
+r"""Grid sweeps over the code (T, Q, Tw) of one trained network, resumable, and the Eq. 5 MAPE curves.
+
+A sweep trains (or loads) the ANN **once**, then converts and evaluates it at every grid point:
+functional mode where it is exact (``Tw >= T``, or no ``Tw`` given), exact (phase-by-phase) mode for ``Tw < T``.
+Every point records the SNN accuracy, the loss in points against the ANN, spikes per neuron per layer and the
+energy ratios (FP32 with the per-layer breakdown, INT8). The results file is rewritten after every point, and grid
+points already in it are skipped, so an interrupted or extended sweep only computes what is missing.
+
+The task-specific part is one function per task that returns a :class:`Task` (``evaluate(code) -> metrics``):
+:func:`textgcn_task` and :func:`cnn_task`.
+
+    spikegcn sweep --task textgcn --dataset R8 --Q 1.1:2.0:0.1 --T 8 12 16 24
+    spikegcn sweep --task textgcn --dataset R8 --T 16 --Q 1.3 --Tw 2 4 6 8 10 12 14 16
+    spikegcn mape --T 16 24
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+__all__ = [
+    "GridError", "parse_grid", "grid_type", "point_key", "Task", "textgcn_task", "cnn_task", "TASKS", "run_sweep",
+    "mape_curves", "write_mape",
+]
+
+SWEEP_FORMAT = 1
+MAPE_FORMAT = 1
+ACTIVATION_SAMPLE = 3000  # activations kept for the encoded-vs-true figure (Fig. 7)
+
+
+# ------------------------------------------------------------------------------------------------------ grids
+class GridError(ValueError):
+    """A grid specification that cannot be parsed."""
+
+
+def _number(text: str, integer: bool, where: str) -> float | int:
+    try:
+        v = float(text)
+    except ValueError:
+        raise GridError(f"{where}{text!r} is not a number") from None
+    if not math.isfinite(v):
+        raise GridError(f"{where}{text!r} is not a finite number")
+    if integer:
+        if not v.is_integer():
+            raise GridError(f"{where}{text!r} is not an integer")
+        return int(v)
+    return v
+
+
+def parse_grid(spec: str | Sequence[str], integer: bool = False, name: str = "") -> list:
+    """Values of a grid given as numbers and/or inclusive ``start:stop:step`` ranges.
+
+    ``"1.1:2.0:0.1"`` -> ``[1.1, 1.2, ..., 2.0]``; ``["8", "12", "16"]`` -> ``[8, 12, 16]``. Values are rounded to
+    10 decimals (no ``1.2000000000000002``), duplicates dropped, order kept. ``name`` prefixes error messages.
+
+    Raises:
+        GridError: a value that is not a number (an integer when ``integer``), a range whose start exceeds its
+            stop, a step that is not positive, or a range of more than 10,000 points.
+    """
+    pre = f"{name}: " if name else ""
+    tokens = [spec] if isinstance(spec, str) else list(spec)
+    if not tokens:
+        raise GridError(f"{pre}no values given")
+    out: list = []
+    for tok in tokens:
+        tok = str(tok).strip()
+        parts = tok.split(":")
+        if len(parts) == 1:
+            vals = [_number(tok, integer, pre)]
+        elif len(parts) == 3:
+            where = f"{pre}range {tok!r}: "
+            start, stop, step = (_number(p, integer, where) for p in parts)
+            if step <= 0:
+                raise GridError(f"{where}the step must be positive, got {parts[2]}")
+            if start > stop:
+                raise GridError(f"{where}start {parts[0]} is greater than stop {parts[1]} "
+                                f"(write start:stop:step with start <= stop)")
+            n = int(math.floor((stop - start) / step + 1e-9)) + 1
+            if n > 10_000:
+                raise GridError(f"{where}{n} points; at most 10,000")
+            vals = [start + i * step for i in range(n)]
+        else:
+            raise GridError(f"{pre}{tok!r} is neither a number nor a start:stop:step range")
+        for v in vals:
+            v = int(v) if integer else round(float(v), 10)
+            if v not in out:
+                out.append(v)
+    return out
+
+
+def grid_type(integer: bool, name: str, minimum: float | None = None, strict: bool = False):
+    """An ``argparse`` ``type=`` that parses one grid token (number or range) into a list, with a clear error."""
+
+    def parse(tok: str) -> list:
+        try:
+            vals = parse_grid(tok, integer=integer)
+        except GridError as exc:  # argparse prefixes "argument <name>: "
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        if minimum is not None:
+            bad = [v for v in vals if (v <= minimum if strict else v < minimum)]
+            if bad:
+                rel = ">" if strict else ">="
+                raise argparse.ArgumentTypeError(f"values must be {rel} {minimum:g}, got {bad[0]:g} in {tok!r}")
+        return vals
+
+    parse.__name__ = f"{name} grid"
+    return parse
+
+
+def flatten(lists: Iterable[Iterable] | None) -> list | None:
+    if lists is None:
+        return None
+    out: list = []
+    for lst in lists:
+        for v in lst:
+            if v not in out:
+                out.append(v)
+    return out
+
+
+def point_key(T: int, Q: float, Tw: int) -> str:
+    return f"T{int(T)}_Q{float(Q):g}_Tw{int(Tw)}"
+
+
+def grid_points(Ts: Sequence[int], Qs: Sequence[float], Tws: Sequence[int] | None) -> list[tuple[int, float, int]]:
+    """``(T, Q, Tw)`` of every grid point; no ``Tws`` means ``Tw = T`` (functional, exact there)."""
+    pts = []
+    for T in Ts:
+        for Q in Qs:
+            for Tw in (Tws if Tws else [T]):
+                pts.append((int(T), float(Q), int(Tw)))
+    return pts
+
+
+# ------------------------------------------------------------------------------------------------------ tasks
+@dataclass
+class Task:
+    """A trained ANN ready for conversion.
+
+    Attributes:
+        meta: what the record header says about it (ann_accuracy, dataset, model, seed, training...).
+        evaluate: ``evaluate(code) -> metrics`` of the SNN converted with ``code``.
+        activation_sample: ``() -> dict`` with a sample of one hidden layer's calibrated (lambda-normalised)
+            activations, for the encoded-vs-true figure; ``None`` when the task has none.
+    """
+
+    meta: dict[str, Any]
+    evaluate: Callable[[Any], dict[str, Any]]
+    activation_sample: Callable[[], dict[str, Any]] | None = None
+
+
+def _mode(code) -> str:
+    return "functional" if code.functional else "exact"
+
+
+_COUNTS = ("macs", "additions", "approx_additions", "in_neurons", "in_spikes", "out_neurons", "out_spikes")
+
+
+def _compact_energy(e: dict, inputs: int = 1, per: str = "graph") -> dict:
+    """The energy report with counts per input (``inputs`` inputs were run); ratios are unchanged."""
+    keep = ("name", "kind", *_COUNTS, "s", "spikes_per_neuron", "ratio")
+    scale = lambda k, v: v / inputs if k in _COUNTS else v  # noqa: E731
+    return {"ratio": e["ratio"], "ratio_approx": e["ratio_approx"], "counts_per": per,
+            **{k: e[k] / inputs for k in ("macs", "additions", "approx_additions")},
+            "layers": [{k: scale(k, l[k]) for k in keep if k in l} for l in e["layers"]]}
+
+
+def _sample_positive(a, n: int, seed: int) -> dict:
+    """Uniform sample of the positive entries of a normalised activation tensor."""
+    import torch
+
+    flat = a.detach().reshape(-1).float()
+    pos = flat[flat > 0]
+    g = torch.Generator().manual_seed(seed)
+    if pos.numel() > n:
+        pos = pos[torch.randperm(pos.numel(), generator=g)[:n]]
+    vals = sorted(float(f"{v:.6g}") for v in pos.tolist())
+    return {"n_activations": int(flat.numel()), "fraction_zero": float((flat <= 0).float().mean()),
+            "fraction_above_1": float((flat > 1).float().mean()), "values": vals}
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def textgcn_task(dataset: str, seed: int = 0, train: dict | None = None, progress: bool = True,
+                 model_cache: bool = True) -> Task:
+    """Text GCN on ``dataset``: build the graph, train the ANN with ``seed`` (or load the model a previous sweep
+    cached under ``cache_dir()/models``), and evaluate converted SNNs on the test documents."""
+    import torch
+
+    from .datafiles import cache_dir
+    from .text.graph import build_text_graph
+    from .text.model import TextGCN, sparse_identity, to_torch_csr
+    from .text.pipeline import evaluate_snn, prepare_textgcn
+    from .text.train import TrainConfig
+
+    graph = build_text_graph(dataset, seed=seed, progress=progress)
+    cfg = TrainConfig(seed=seed, **(train or {}))
+    key = _sha({"graph": graph.counts(), "train": asdict(cfg), "torch": torch.__version__.split("+")[0]})
+    path = cache_dir() / "models" / f"textgcn-{graph.name}-seed{seed}-{key}.pt"
+    t0 = time.perf_counter()
+    if model_cache and path.is_file():
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model = TextGCN(graph.n_nodes, graph.n_classes, cfg.hidden, cfg.dropout)
+        model.load_state_dict(state["model"])
+        model.eval()
+        x, adj_t, epochs = sparse_identity(graph.n_nodes), to_torch_csr(graph.adj_norm), state["epochs"]
+        source = f"Text GCN trained with seed {seed} ({epochs} epochs), loaded from the model cache {path}"
+    else:
+        graph, model, x, adj_t, hist, cfg, _ = prepare_textgcn(dataset, seed, train, progress)
+        epochs = len(hist)
+        source = f"Text GCN trained with seed {seed} ({epochs} epochs) by the sweep that created this record"
+        if model_cache:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                torch.save({"model": model.state_dict(), "epochs": epochs, "train": asdict(cfg)}, tmp)
+                os.replace(tmp, path)
+            except OSError as exc:  # a read-only cache only costs the training next time
+                print(f"warning: could not cache the trained model at {path}: {exc}", file=sys.stderr)
+    t_model = time.perf_counter() - t0
+    labels = torch.from_numpy(graph.labels).long()
+    test = torch.from_numpy(graph.test_idx).long()
+    with torch.no_grad():
+        out = model(x, adj_t)
+    ann = float((out[test].argmax(1) == labels[test]).float().mean() * 100)
+
+    def evaluate(code) -> dict:
+        mode = _mode(code)
+        ev = evaluate_snn(model, x, adj_t, labels, test, code, modes=(mode,), variants=(), ann_acc=ann)
+        r = ev["snn"][mode]
+        return {"mode": mode, "accuracy": r["accuracy"], "loss_points": r["loss_points"], "seconds": r["seconds"],
+                "spikes_per_neuron": r["spikes_per_neuron"],
+                "energy_fp32": _compact_energy(r["energy_fp32"], 1, "graph"),
+                "energy_int8": r["energy_int8"], "energy_int8_mult_only": r["energy_int8_mult_only"]}
+
+    def activation_sample() -> dict:
+        from .convert.observers import activation_scale
+
+        with torch.no_grad():
+            y = model.conv1(x, adj_t)
+        lam = activation_scale(y, signed=False, channel_wise=True)
+        a = y.clamp(min=0) / lam
+        return {"layer": "conv1 (AGG1: ReLU(Â X W0), the hidden ReLU layer)",
+                "normalisation": "per-channel max over all nodes (the converter's lambda)",
+                **_sample_positive(a, ACTIVATION_SAMPLE, seed)}
+
+    meta = {"task": "textgcn", "dataset": graph.name, "model": "textgcn", "seed": seed, "ann_accuracy": ann,
+            "test_size": int(test.numel()), "train_config": asdict(cfg), "epochs_run": epochs,
+            "model_source": source, "graph": graph.counts(), "seconds_model": t_model}
+    return Task(meta, evaluate, activation_sample)
+
+
+CNN_MODELS = {  # model -> dataset it was trained on, checkpoint (name, tag), how to make the checkpoint
+    "resnet20": ("CIFAR-10 JPEG", ("resnet20", "jpg-ft"), "published weights ($SPIKEGCN_WEIGHTS) if not fine-tuned"),
+    "vgg": ("CIFAR-10 JPEG", ("vgg_cifar", "small-jpg"), "python benchmarks/cnn_tables.py --models vgg"),
+    "lenet5": ("MNIST", ("lenet5", "mnist"), "python benchmarks/cnn_tables.py --models lenet5"),
+}
+
+
+def _cnn_available() -> bool:
+    import importlib
+
+    try:  # the module, not the function `spikegcn.convert` that the package exports under the same name
+        conv = importlib.import_module(f"{__package__}.convert")
+    except ImportError:
+        return False
+    return hasattr(conv, "convert_cnn")
+
+
+def cnn_task(model: str = "resnet20", seed: int = 0, limit: int = 1000, calib: int = 2000, batch: int = 250,
+             progress: bool = True) -> Task:
+    """A trained CNN (``resnet20``, ``vgg`` or ``lenet5``, from the checkpoints of ``benchmarks/cnn_tables.py``;
+    ResNet-20 falls back to the published weights), its test images (``limit`` evenly spaced, all when 0) and
+    ``calib`` random training images for lambda."""
+    if not _cnn_available():
+        raise RuntimeError("CNN sweeps need the CNN converter (spikegcn.convert.convert_cnn), which this "
+                           "installation of spikegcn does not have")
+    import torch
+
+    from .convert import convert
+    from .energy import FP32, INT8, INT8_MULT_ONLY
+    from .vision import CIFAR_MEAN, CIFAR_STD, load_checkpoint, load_cifar10, load_mnist, load_pretrained, normalize
+    from .vision.train import default_checkpoint_path
+
+    if model not in CNN_MODELS:
+        raise ValueError(f"unknown CNN model {model!r}; choose from {sorted(CNN_MODELS)}")
+    dataset, (arch, tag), how = CNN_MODELS[model]
+    ck = default_checkpoint_path(arch, tag)
+    if ck.is_file():
+        net, source = load_checkpoint(ck), f"checkpoint {ck}"
+    elif model == "resnet20":
+        net, source = load_pretrained("resnet20"), "published akamaster weights (not fine-tuned on the JPEG images)"
+    else:
+        raise FileNotFoundError(f"no trained {model} checkpoint at {ck}; make it with `{how}`")
+    net.eval()
+    if dataset.startswith("CIFAR"):
+        xtr, _ = load_cifar10("train")
+        xte, yte = load_cifar10("test")
+        prep = lambda t: normalize(t, CIFAR_MEAN, CIFAR_STD)  # noqa: E731
+    else:
+        xtr, _ = load_mnist("train")
+        xte, yte = load_mnist("test")
+        prep = lambda t: t  # noqa: E731
+    idx = torch.arange(len(yte)) if limit <= 0 or limit >= len(yte) else \
+        torch.linspace(0, len(yte) - 1, limit).round().long()
+    x, y = prep(xte[idx]), yte[idx]
+    xc = prep(xtr[torch.randperm(len(xtr), generator=torch.Generator().manual_seed(seed))[:calib]])
+    with torch.no_grad():
+        ann_logits = torch.cat([net(x[i:i + batch]) for i in range(0, len(x), batch)])
+    ann = 100.0 * float((ann_logits.argmax(1) == y).double().mean())
+    from .coding import PhaseCode
+
+    snn = convert(net, xc, PhaseCode(16, 1.3), mode="functional")  # lambdas do not depend on the code
+
+    def evaluate(code) -> dict:
+        mode = _mode(code)
+        snn.set_code(code).set_mode(mode)
+        t0 = time.perf_counter()
+        out = snn.run(x, batch)
+        secs = time.perf_counter() - t0
+        acc = 100.0 * float((out.argmax(1) == y).double().mean())
+        stats = snn.layer_stats()
+        return {"mode": mode, "accuracy": acc, "loss_points": ann - acc, "seconds": secs,
+                "agreement": 100.0 * float((out.argmax(1) == ann_logits.argmax(1)).double().mean()),
+                "spikes_per_neuron": {s.name: s.spikes_per_neuron for s in stats if s.out_neurons},
+                "energy_fp32": _compact_energy(snn.energy(FP32), len(y), "image"),
+                "energy_int8": snn.energy(INT8)["ratio"],
+                "energy_int8_mult_only": snn.energy(INT8_MULT_ONLY)["ratio"]}
+
+    def activation_sample() -> dict:
+        return _cnn_activation_sample(net, xc, batch, seed)
+
+    meta = {"task": "cnn", "dataset": dataset, "model": model, "seed": seed, "ann_accuracy": ann,
+            "test_size": int(len(y)), "calib_images": int(len(xc)), "model_source": source}
+    return Task(meta, evaluate, activation_sample)
+
+
+def _cnn_activation_sample(net, xc, batch: int, seed: int) -> dict:
+    """Calibrated activations of the middle hidden ReLU of a CNN (per-channel max for conv outputs)."""
+    import torch
+    import torch.nn.functional as F
+    from torch import fx, nn
+
+    from .convert.fx import CNNTracer
+    from .convert.observers import activation_scale
+
+    gm = fx.GraphModule(net, CNNTracer().trace(net))
+    mods = dict(gm.named_modules())
+    relus = [n for n in gm.graph.nodes if (n.op == "call_module" and isinstance(mods.get(n.target), nn.ReLU))
+             or (n.op == "call_function" and n.target in (F.relu, torch.relu))
+             or (n.op == "call_method" and n.target == "relu")]
+    if not relus:
+        raise ValueError("the CNN has no ReLU to sample")
+    target = relus[len(relus) // 2]
+    outs = []
+
+    class Rec(fx.Interpreter):
+        def run_node(self, n):
+            r = super().run_node(n)
+            if n is target:
+                outs.append(r.detach())
+            return r
+
+    with torch.no_grad():
+        for i in range(0, len(xc), batch):
+            Rec(gm).run(xc[i:i + batch])
+    y = torch.cat(outs)
+    lam = activation_scale(y, signed=False, channel_wise=y.dim() > 2)
+    a = y.clamp(min=0) / (lam.view(1, -1, *([1] * (y.dim() - 2))) if lam.dim() else lam)
+    return {"layer": f"{target.name} (hidden ReLU {relus.index(target) + 1} of {len(relus)})",
+            "normalisation": ("per-channel max over the calibration images (the converter's lambda)" if y.dim() > 2
+                              else "layer max over the calibration images (the converter's lambda)"),
+            **_sample_positive(a, ACTIVATION_SAMPLE, seed)}
+
+
+TASKS: dict[str, Callable[..., Task]] = {"textgcn": textgcn_task, "cnn": cnn_task}
+
+
+# ------------------------------------------------------------------------------------------------------ sweeping
+def _versions() -> dict[str, str]:
+    import scipy
+    import torch
+
+    from . import __version__
+
+    return {"spikegcn": __version__, "torch": torch.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
+            "python": platform.python_version()}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def load_sweep(path: Path) -> dict | None:
+    """The sweep record at ``path`` (``None`` when absent); raises ``ValueError`` naming the file if it is not
+    a sweep record."""
+    if not path.is_file():
+        return None
+    try:
+        rec = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); move it away or pick another --out") from None
+    if not isinstance(rec, dict) or rec.get("kind") != "sweep" or not isinstance(rec.get("points"), dict):
+        raise ValueError(f"{path}: not a sweep record (no 'kind': 'sweep' with 'points'); pick another --out")
+    return rec
+
+
+def run_sweep(out: str | Path, task_name: str, task_config: dict[str, Any], points: Sequence[tuple[int, float, int]],
+              make_task: Callable[[], Task], shift: bool = True, progress: bool = True,
+              command: str | None = None) -> tuple[dict, list[str]]:
+    """Evaluate every grid point not yet in the results file ``out``; the file is rewritten after each point.
+
+    ``task_config`` identifies the trained network (task, dataset/model, seed, ...): resuming a file written for
+    another configuration is an error. ``make_task`` is only called when some point is missing.
+
+    Returns:
+        ``(record, computed)``: the full record and the keys computed in this call.
+    """
+    from tqdm.auto import tqdm
+
+    from .coding import PhaseCode
+
+    path = Path(out)
+    rec = load_sweep(path)
+    cfg_norm = {k: (v.lower() if k == "dataset" and isinstance(v, str) else v) for k, v in task_config.items()}
+    if rec is not None:
+        old = {k: (v.lower() if k == "dataset" and isinstance(v, str) else v)
+               for k, v in rec.get("task_config", {}).items()}
+        if old != cfg_norm or rec.get("task") != task_name:
+            raise ValueError(f"{path} holds a sweep of task {rec.get('task')!r} with {rec.get('task_config')}, not "
+                             f"{task_name!r} with {task_config}; pick another --out")
+    codes = {point_key(T, Q, Tw): PhaseCode(T, Q, shift=shift, Tw=Tw) for T, Q, Tw in points}
+    if rec is not None and any(p.get("shift", True) != shift for p in rec["points"].values()):
+        raise ValueError(f"{path} was written with shift={not shift}; pick another --out")
+    todo = [k for k in codes if rec is None or k not in rec["points"]]
+    if not todo:
+        return rec, []
+    task = make_task()
+    if rec is None:
+        rec = {"kind": "sweep", "format": SWEEP_FORMAT, "task": task_name, "task_config": task_config,
+               **{k: task.meta[k] for k in ("dataset", "model", "seed") if k in task.meta},
+               "ann_accuracy": task.meta["ann_accuracy"], "meta": task.meta, "created": _now(), "points": {}}
+        if task.activation_sample is not None:
+            rec["activation_sample"] = task.activation_sample()
+    elif abs(rec["ann_accuracy"] - task.meta["ann_accuracy"]) > 1e-6:
+        print(f"warning: the ANN of this run has accuracy {task.meta['ann_accuracy']:.4f} %, the file's "
+              f"{rec['ann_accuracy']:.4f} %; each point keeps the ANN accuracy it was measured against",
+              file=sys.stderr)
+    rec.update(versions=_versions(), machine=f"{platform.machine()} {_threads()} threads")
+    if command:
+        rec.setdefault("commands", [])
+        if command not in rec["commands"]:
+            rec["commands"].append(command)
+    bar = tqdm(todo, desc=f"sweep {task_name} {rec.get('dataset', '')}", disable=not progress, unit="point")
+    for key in bar:
+        code = codes[key]
+        bar.set_postfix_str(key)
+        m = task.evaluate(code)
+        rec["points"][key] = {"T": code.T, "Q": code.Q, "Tw": code.Tw, "shift": code.shift,
+                              "ann_accuracy": task.meta["ann_accuracy"], **m, "computed": _now()}
+        rec["updated"] = _now()
+        _write_json(path, rec)
+    return rec, todo
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def summarize_sweep(rec: dict, keys: Iterable[str] | None = None) -> str:
+    """Plain-text table of a sweep's points (all, or ``keys``) and its best setting."""
+    pts = rec["points"]
+    keys = list(pts) if keys is None else list(keys)
+    lines = [f"{rec['task']} {rec.get('dataset', '')} (model {rec.get('model', '')}, seed {rec.get('seed')}): "
+             f"ANN {rec['ann_accuracy']:.2f} %",
+             f"{'point':>20s}{'mode':>12s}{'SNN %':>9s}{'loss pp':>9s}{'E FP32':>9s}{'E INT8':>9s}  spikes/neuron"]
+    for k in keys:
+        p = pts[k]
+        sp = ", ".join(f"{v:.3f}" for v in p["spikes_per_neuron"].values())
+        lines.append(f"{k:>20s}{p['mode']:>12s}{p['accuracy']:9.2f}{p['loss_points']:9.2f}"
+                     f"{p['energy_fp32']['ratio']:9.2f}{p['energy_int8']:9.2f}  {sp}")
+    best = best_points(rec)
+    if best:
+        b, f = best["smallest_loss"], best["fewest_phases"]
+        lines += ["", f"smallest loss: {b['key']} ({pts[b['key']]['loss_points']:.2f} pp); fewest phases within "
+                      f"{best['tolerance']} pp of it: {f['key']} ({pts[f['key']]['loss_points']:.2f} pp, "
+                      f"E FP32 {pts[f['key']]['energy_fp32']['ratio']:.2f})"]
+    return "\n".join(lines)
+
+
+def best_points(rec: dict, tolerance: float = 0.1) -> dict | None:
+    """Among the functional points (Tw >= T): the smallest loss, and the fewest phases within ``tolerance`` pp."""
+    pts = {k: p for k, p in rec["points"].items() if p["Tw"] >= p["T"]}
+    if not pts:
+        return None
+    best = min(pts, key=lambda k: (pts[k]["loss_points"], pts[k]["T"]))
+    lim = pts[best]["loss_points"] + tolerance
+    few = min((k for k in pts if pts[k]["loss_points"] <= lim),
+              key=lambda k: (pts[k]["T"], pts[k]["loss_points"], -pts[k]["energy_fp32"]["ratio"]))
+    return {"tolerance": tolerance, "smallest_loss": {"key": best}, "fewest_phases": {"key": few}}
+
+
+# ------------------------------------------------------------------------------------------------------ MAPE
+def mape_curves(Ts: Sequence[int], Qs: Sequence[float], mu: float = 0.0, sigma: float = 1.0,
+                shift: bool = True, progress: bool = False) -> dict:
+    """Eq. 5 MAPE (in %) over ``Qs`` for every ``T``, and the argmin of each curve."""
+    from tqdm.auto import tqdm
+
+    from .coding import mape
+
+    curves, optimum = {}, {}
+    bar = tqdm(total=len(Ts) * len(Qs), desc="MAPE (Eq. 5)", disable=not progress, leave=False)
+    for T in Ts:
+        vals = []
+        for q in Qs:
+            vals.append(100.0 * mape(float(q), int(T), mu, sigma, shift))
+            bar.update()
+        i = int(np.argmin(vals))
+        curves[str(T)] = vals
+        optimum[str(T)] = {"Q": float(Qs[i]), "mape_percent": vals[i]}
+    bar.close()
+    return {"kind": "mape", "format": MAPE_FORMAT, "equation": "Eq. 5, Gaussian activations, normalised by mass",
+            "mu": mu, "sigma": sigma, "shift": shift, "T": [int(t) for t in Ts], "Q": [float(q) for q in Qs],
+            "mape_percent": curves, "optimum": optimum}
+
+
+def write_mape(rec: dict, out: str | Path) -> tuple[Path, Path]:
+    """``<out>.json`` with the curves and ``<out>.png``, a Fig. 6-style plot."""
+    out = Path(out)
+    if out.suffix in (".json", ".png"):
+        out = out.with_suffix("")
+    rec = {**rec, "created": _now(), "versions": _versions()}
+    jpath, ppath = out.with_name(out.name + ".json"), out.with_name(out.name + ".png")
+    _write_json(jpath, rec)
+    from .report import plot_mape
+
+    plot_mape([(rec, jpath.name)], ppath)
+    return jpath, ppath
