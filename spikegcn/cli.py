@@ -54,6 +54,30 @@ def cmd_textgcn(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cnn(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from .vision.pipeline import run_cnn, summary_table
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        rec = run_cnn(args.model, args.dataset, weights=args.weights, T=args.T, Q=args.Q, Tw=args.Tw,
+                      limit=args.limit, calib=args.calib, seed=args.seed, modes=tuple(args.modes))
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    c = rec["code"]
+    path = out / f"{rec['model']}_{rec['dataset']}_T{c['T']}_Q{c['Q']:g}_Tw{c['Tw']}_seed{rec['seed']}.json"
+    path.write_text(json.dumps(rec, indent=2))
+    print(summary_table(rec))
+    print(f"\nrecord: {path}")
+    return 0
+
+
 def cmd_mape(args: argparse.Namespace) -> int:
     from .sweep import flatten, mape_curves, parse_grid, write_mape
 
@@ -136,6 +160,21 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--threads", type=int, default=None)
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_textgcn)
+
+    c = sub.add_parser("cnn", help="convert a trained CNN (CIFAR ResNet, VGG-style, LeNet-5) and evaluate it")
+    c.add_argument("--model", required=True, help="resnet20/32/44/56 (published weights), vgg_cifar or lenet5")
+    c.add_argument("--dataset", default="cifar10", choices=["cifar10", "mnist"])
+    c.add_argument("--weights", default=None, help="checkpoint path (default: the published ResNet weights)")
+    c.add_argument("--T", type=int, default=16, help="phases per window (default 16)")
+    c.add_argument("--Q", type=float, default=1.3, help="coding base (default 1.3)")
+    c.add_argument("--Tw", type=int, default=None, help="wait time (default T)")
+    c.add_argument("--limit", type=int, default=1000, help="test images, evenly spaced (0 = all; default 1000)")
+    c.add_argument("--calib", type=int, default=1000, help="random training images for lambda (default 1000)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--modes", nargs="+", default=["functional", "exact"], choices=["functional", "exact"])
+    c.add_argument("--out", default="results/cnn", help="folder of the JSON records")
+    c.add_argument("--threads", type=int, default=None)
+    c.set_defaults(func=cmd_cnn)
 
     from .sweep import grid_type
 

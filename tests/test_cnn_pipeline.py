@@ -35,3 +35,18 @@ def test_resnet20_pipeline_small(monkeypatch):
     assert 0 < f["spikes_per_neuron"]["conv1"] <= 1 and f["input_spikes_per_pixel"] > 1
     assert f["energy_int8"] == pytest.approx(1.5 * f["energy_fp32"]["ratio"], rel=1e-3)
     assert "SNN functional" in summary_table(rec)
+
+
+def test_cli_cnn(tmp_path, capsys, monkeypatch):
+    from spikegcn.cli import main
+
+    with pytest.raises(SystemExit, match="has no published weights"):
+        main(["cnn", "--model", "vgg_cifar", "--out", str(tmp_path)])
+    if not have_cifar:
+        pytest.skip("CIFAR-10 JPEG zip or ResNet weights not available")
+    monkeypatch.setenv("SPIKEGCN_DATA", str(_shared("SPIKEGCN_DATA", "datasets")))
+    monkeypatch.setenv("SPIKEGCN_WEIGHTS", str(_shared("SPIKEGCN_WEIGHTS", "weights")))
+    assert main(["cnn", "--model", "resnet20", "--limit", "20", "--calib", "50", "--modes", "functional",
+                 "--Tw", "8", "--out", str(tmp_path)]) == 0
+    assert "SNN functional" in capsys.readouterr().out
+    assert (tmp_path / "resnet20_cifar10_T16_Q1.3_Tw8_seed0.json").is_file()
