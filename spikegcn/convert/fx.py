@@ -39,7 +39,7 @@ from ..nn.pool import SpikingAvgPool2d, SpikingMaxPool2d, avgpool_args
 from ..nn.residual import SpikingResidual
 from ..simulate import check_mode
 from ..vision.models import OptionAShortcut
-from .graph import SpikingModel, UnsupportedModuleError
+from .graph import _RELU_FUNCS, SpikingModel, UnsupportedModuleError, _is_relu
 from .observers import activation_scale
 
 __all__ = ["CNNTracer", "SpikingCNN", "convert_cnn", "SUPPORTED_MODULES"]
@@ -48,7 +48,6 @@ SUPPORTED_MODULES: tuple[type, ...] = (
     nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Linear,
     nn.Dropout, nn.Identity, OptionAShortcut,
 )
-_RELU_FUNCS = (F.relu, torch.relu, torch.relu_)
 _ADD_FUNCS = (operator.add, operator.iadd, torch.add)
 _DROPOUT_FUNCS = (F.dropout,)
 _FLATTEN_FUNCS = (torch.flatten,)
@@ -292,14 +291,6 @@ def convert_cnn(model: nn.Module, data: Tensor | Iterable, code: PhaseCode | Non
         for _, m in snn.spiking_layers():
             m.quantize_weights_(8)
     return snn.eval()
-
-
-def _is_relu(n: fx.Node, modules: dict) -> bool:
-    if n.op == "call_module":
-        return isinstance(modules[n.target], nn.ReLU)
-    if n.op == "call_function":
-        return n.target in _RELU_FUNCS
-    return n.op == "call_method" and n.target in ("relu", "relu_")
 
 
 def _is_avgpool(n: fx.Node, modules: dict) -> bool:

@@ -34,7 +34,7 @@ from ..simulate import check_mode
 from .observers import activation_scale
 
 LAYERS = (GCNConv, nn.Linear, PygLinear)
-_RELU_FUNCS = (F.relu, torch.relu)
+_RELU_FUNCS = (F.relu, torch.relu, torch.relu_)
 _PASS_FUNCS = (F.dropout,)
 
 
