@@ -182,7 +182,12 @@ def load():
         if os.environ.get("SPIKEGCN_NO_FUSED"):
             return None
         try:
+            import sys
+
             from torch.utils.cpp_extension import load_inline
+
+            print("spikegcn: loading the compiled CPU kernels (built once per environment, about a minute)",
+                  file=sys.stderr, flush=True)
 
             _module = load_inline(
                 name="spikegcn_fused_cpu_v7",
