@@ -58,9 +58,6 @@ class DenseOp:
             return torch.sparse.mm(x, self.weight.t().to(dtype))
         return x @ self.weight.t().to(dtype)
 
-    def out_shape(self, inp: SpikeInput) -> tuple[int, int]:
-        return (inp.shape[0], self.weight.shape[0])
-
     def macs(self, inp: SpikeInput) -> float:
         if isinstance(inp, IdentitySpikes):  # sparse X with nnz = N (spec 11.3)
             return float(inp.num_nodes * self.weight.shape[0])
@@ -108,9 +105,6 @@ class GraphOp:
             return torch.sparse.mm(adj, x, "sum")  # torch's parallel CSR kernel: ~20% faster than the default
         return torch.sparse.mm(adj, x)
 
-    def out_shape(self, inp: SpikeInput) -> tuple[int, int]:
-        return (self.adj.shape[0], inp.shape[1])
-
     def macs(self, inp: SpikeInput) -> float:
         return float(self.adj._nnz() * inp.shape[1])
 
@@ -118,10 +112,6 @@ class GraphOp:
         # a spike of node n reaches deg(n) + 1 targets (its column of A-hat)
         per_node = counts.sum(1) if counts.dim() > 1 else counts
         return float((per_node.to(torch.float64) * self.fanout.to(torch.float64)).sum())
-
-
-def _input_counts(inp: SpikeInput) -> Tensor:
-    return inp.spike_counts()
 
 
 def _use_fused(inp, op, code: PhaseCode, dtype, backend: str, stepped: bool) -> bool:
@@ -174,7 +164,7 @@ def run_layer(
     """
     check_mode(mode)
     T_in = inp.T_in
-    counts = _input_counts(inp)
+    counts = inp.spike_counts()
     stats = LayerStats(
         name=name,
         macs=op.macs(inp),

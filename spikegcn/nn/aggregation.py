@@ -132,8 +132,5 @@ class SpikingAggregation(MessagePassing, SpikingMixin):
                                  out_spikes=float(out.num_spikes()))]
         return out
 
-    def message(self, x_j: Tensor, edge_weight: Tensor | None) -> Tensor:  # the ANN semantics, for reference
-        return x_j if edge_weight is None else edge_weight.view(-1, 1) * x_j
-
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.channels}, signed={self.signed}, {self._spiking_repr()})"

@@ -119,11 +119,9 @@ class SpikingGCNConv(nn.Module, SpikingMixin):
         else:
             m = self.lin(inp, start=start + Tw)
             out = self.aggr(m, edge_index, edge_weight, start=start + 2 * Tw)
-        self.stats = [self.lin.stats[0], self.aggr.stats[0]]
-        if self.variant == "agg_first":
-            self.stats = self.stats[::-1]
-        for s, part in zip(self.stats, ("mp", "agg") if self.variant != "agg_first" else ("agg", "mp")):
-            s.name = part
+        self.lin.stats[0].name, self.aggr.stats[0].name = "mp", "agg"
+        parts = (self.aggr, self.lin) if self.variant == "agg_first" else (self.lin, self.aggr)  # execution order
+        self.stats = [p.stats[0] for p in parts]
         return out
 
     def __repr__(self) -> str:
