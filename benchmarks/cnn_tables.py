@@ -9,7 +9,7 @@ rows use), exact (spikes x fan-out) and with the paper's s x MAC approximation.
 
 Weights:
 * ResNet-20: the fine-tuned JPEG checkpoint ``cache_dir()/checkpoints/resnet20-jpg-ft.pt`` (made by
-  ``python -m spikegcn.vision.train resnet20``) when present, else the published checkpoint (trained on the lossless
+  ``spikegcn finetune resnet20``) when present, else the published checkpoint (trained on the lossless
   images; the report says which).
 * VGG ("small" config) and LeNet-5: ``cache_dir()/checkpoints/vgg_cifar-small-jpg.pt`` and ``lenet5-mnist.pt``;
   trained here (seeded; ``--vgg-epochs``, ``--lenet-epochs``) and cached when missing. ``--max-train-steps`` makes a

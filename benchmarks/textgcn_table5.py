@@ -18,6 +18,7 @@ import json
 import platform
 import statistics
 import time
+from dataclasses import asdict
 from datetime import date
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def main() -> None:
             f = ev["snn"]["functional"]
             rec["runs"][f"{graph.name}/{seed}"] = {
                 "dataset": graph.name, "seed": seed, "T": code.T, "Q": code.Q, "Tw": code.Tw,
-                "epochs": len(hist), "ann": ev["ann_accuracy"], "snn": f["accuracy"], "loss": f["loss_points"],
+                "train": asdict(cfg), "epochs": len(hist), "ann": ev["ann_accuracy"], "snn": f["accuracy"], "loss": f["loss_points"],
                 "energy_fp32": f["energy_fp32"]["ratio"], "energy_fp32_approx": f["energy_fp32"]["ratio_approx"],
                 "energy_int8": f["energy_int8"], "spikes_per_neuron": f["spikes_per_neuron"],
                 "layers": [{k: l[k] for k in ("name", "macs", "additions", "s")} for l in f["energy_fp32"]["layers"]],

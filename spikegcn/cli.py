@@ -78,6 +78,24 @@ def cmd_cnn(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    import torch
+
+    from .vision.train import finetune
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        res = finetune(args.model, args.out, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
+                       batch_size=args.batch_size, label_smoothing=args.label_smoothing, seed=args.seed,
+                       progress=not args.quiet)
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(f"{res['arch']}: JPEG test accuracy {100 * res['acc_before']:.2f}% -> {100 * res['acc_after']:.2f}%, "
+          f"checkpoint {res['checkpoint']}")
+    return 0
+
+
 def cmd_mape(args: argparse.Namespace) -> int:
     from .sweep import flatten, mape_curves, parse_grid, write_mape
 
@@ -175,6 +193,19 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--out", default="results/cnn", help="folder of the JSON records")
     c.add_argument("--threads", type=int, default=None)
     c.set_defaults(func=cmd_cnn)
+
+    f = sub.add_parser("finetune", help="fine-tune a pretrained CIFAR ResNet on the CIFAR-10 JPEG training set")
+    f.add_argument("model", nargs="?", default="resnet20", choices=["resnet20", "resnet32", "resnet44", "resnet56"])
+    f.add_argument("--out", default=None, help="checkpoint (default: cache_dir()/checkpoints/<model>-jpg-ft.pt)")
+    f.add_argument("--epochs", type=int, default=5)
+    f.add_argument("--lr", type=float, default=0.01)
+    f.add_argument("--weight-decay", type=float, default=1e-4)
+    f.add_argument("--batch-size", type=int, default=128)
+    f.add_argument("--label-smoothing", type=float, default=0.0)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--threads", type=int, default=None)
+    f.add_argument("--quiet", action="store_true", help="no progress bars")
+    f.set_defaults(func=cmd_finetune)
 
     from .sweep import grid_type
 

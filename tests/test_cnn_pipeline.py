@@ -50,3 +50,27 @@ def test_cli_cnn(tmp_path, capsys, monkeypatch):
                  "--Tw", "8", "--out", str(tmp_path)]) == 0
     assert "SNN functional" in capsys.readouterr().out
     assert (tmp_path / "resnet20_cifar10_T16_Q1.3_Tw8_seed0.json").is_file()
+
+
+def test_load_model_prefers_finetuned_checkpoint(tmp_path, monkeypatch):
+    import torch
+
+    from spikegcn.vision import resnet20, save_checkpoint
+    from spikegcn.vision.train import default_checkpoint_path
+
+    monkeypatch.setenv("SPIKEGCN_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    net = resnet20()
+    save_checkpoint(default_checkpoint_path("resnet20"), net, arch="resnet20")
+    model, desc = load_model("resnet20", None)
+    assert desc.startswith("fine-tuned on CIFAR-10 JPEG") and str(tmp_path) in desc
+    for k, v in net.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_cli_finetune_rejects_unknown_model(capsys):
+    from spikegcn.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["finetune", "vgg_cifar"])
+    assert "invalid choice: 'vgg_cifar'" in capsys.readouterr().err

@@ -60,3 +60,30 @@ def test_r8_converted_within_one_point():
     rec = run_textgcn("R8", seed=0, progress=False, modes=("functional",), variants=())
     assert rec["ann_accuracy"] > 96.0
     assert rec["snn"]["functional"]["loss_points"] <= 1.0
+
+
+def test_tf_adam_eps_reproduces_tf1_update():
+    # TF1: lr_t = lr sqrt(1 - b2^t) / (1 - b1^t); p -= lr_t m / (sqrt(v) + eps)  (eps before bias correction)
+    import math
+
+    import torch
+
+    from spikegcn.text.train import tf_adam_eps
+
+    lr, b1, b2, eps = 0.02, 0.9, 0.999, 1e-8
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(50, dtype=torch.float64))
+    ref = p.detach().clone()
+    opt = torch.optim.Adam([p], lr=lr, betas=(b1, b2), eps=eps)
+    m = torch.zeros_like(ref)
+    v = torch.zeros_like(ref)
+    for t in range(1, 6):
+        g = torch.randn(50, dtype=torch.float64) * 1e-7  # gradients of W0's size: eps matters
+        p.grad = g.clone()
+        for group in opt.param_groups:
+            group["eps"] = tf_adam_eps(b2, t, eps)
+        opt.step()
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        ref -= lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m / (v.sqrt() + eps)
+        torch.testing.assert_close(p.detach(), ref, rtol=1e-12, atol=1e-15)

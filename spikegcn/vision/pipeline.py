@@ -13,7 +13,7 @@ from ..coding import PhaseCode
 from ..energy import FP32, INT8, INT8_MULT_ONLY
 from .data import CIFAR_MEAN, CIFAR_STD, load_cifar10, load_mnist, normalize
 from .models import PRETRAINED, load_pretrained
-from .train import load_checkpoint
+from .train import default_checkpoint_path, load_checkpoint
 
 DATASETS = ("cifar10", "mnist")
 
@@ -44,8 +44,9 @@ def load_data(dataset: str, limit: int | None, calib: int, seed: int = 0) -> dic
 
 
 def load_model(name: str, weights: str | Path | None) -> tuple[torch.nn.Module, str]:
-    """A trained model: a checkpoint path (``spikegcn.vision.train`` format or a published ResNet file), or the
-    published CIFAR ResNet weights for ``resnet20/32/44/56``."""
+    """A trained model: a checkpoint path (``spikegcn.vision.train`` format or a published ResNet file); without one,
+    for ``resnet20/32/44/56``, the JPEG fine-tuned checkpoint that ``spikegcn finetune`` left in the cache, else the
+    published weights."""
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
@@ -55,9 +56,13 @@ def load_model(name: str, weights: str | Path | None) -> tuple[torch.nn.Module, 
             return load_checkpoint(path).eval(), f"checkpoint {path}"
         return load_pretrained(name, path).eval(), f"weights {path}"
     if name in PRETRAINED:
-        return load_pretrained(name).eval(), "published checkpoint (trained on lossless CIFAR-10, not fine-tuned)"
-    raise ValueError(f"model {name!r} has no published weights: train it (python -m spikegcn.vision.train "
-                     f"{name} --out PATH) and pass --weights PATH")
+        ft = default_checkpoint_path(name)
+        if ft.is_file():
+            return load_checkpoint(ft, name).eval(), f"fine-tuned on CIFAR-10 JPEG ({ft})"
+        return load_pretrained(name).eval(), ("published checkpoint (trained on lossless CIFAR-10, not fine-tuned: "
+                                              f"`spikegcn finetune {name}` adapts it to the JPEG images)")
+    raise ValueError(f"model {name!r} has no published weights: train it (spikegcn.vision.fit, or "
+                     f"benchmarks/cnn_tables.py, which caches vgg and lenet5 checkpoints) and pass --weights PATH")
 
 
 def _acc(logits: torch.Tensor, y: torch.Tensor) -> float:

@@ -7,13 +7,12 @@ two runs with the same seed and thread count give the same weights on CPU.
 Checkpoints (:func:`save_checkpoint`) are results, never committed: :func:`default_checkpoint_path` puts them in
 ``cache_dir()/checkpoints/``.
 
-Command line (fine-tune a pretrained ResNet on the JPEG training set)::
+Command line (fine-tune a pretrained ResNet on the JPEG training set, checkpoint in ``cache_dir()/checkpoints/``)::
 
-    python -m spikegcn.vision.train resnet20 --epochs 3 --out ~/.cache/spikegcn/checkpoints/resnet20-jpg.pt
+    spikegcn finetune resnet20 --epochs 5
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import time
@@ -288,27 +287,3 @@ def finetune(
 def _plain(d: dict) -> dict:
     # weights_only loading accepts only plain containers: turn tuples into lists.
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    p = argparse.ArgumentParser(description="Fine-tune a pretrained CIFAR ResNet on CIFAR-10 JPEG.")
-    p.add_argument("name", nargs="?", default="resnet20", choices=["resnet20", "resnet32", "resnet44", "resnet56"])
-    p.add_argument("--out", default=None, help="checkpoint path (default: cache_dir()/checkpoints/<name>-jpg-ft.pt)")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
-    a = p.parse_args(argv)
-    res = finetune(
-        a.name, a.out, epochs=a.epochs, lr=a.lr, weight_decay=a.weight_decay, batch_size=a.batch_size,
-        label_smoothing=a.label_smoothing, seed=a.seed, progress=not a.no_progress,
-    )
-    print(f"{res['arch']}: JPEG test accuracy {100 * res['acc_before']:.2f}% -> {100 * res['acc_after']:.2f}%, "
-          f"checkpoint {res['checkpoint']}")
-
-
-if __name__ == "__main__":
-    main()
