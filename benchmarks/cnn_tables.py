@@ -11,6 +11,13 @@ Weights:
 * ResNet-20: the fine-tuned JPEG checkpoint ``cache_dir()/checkpoints/resnet20-jpg-ft.pt`` (made by
   ``spikegcn finetune resnet20``) when present, else the published checkpoint (trained on the lossless
   images; the report says which).
+* ``resnet20-an``: ResNet-20 fine-tuned the same way but conversion-aware, every ReLU output multiplied by
+  1 + U(-0.13, 0.13) during training (0.13 = (Q - 1) / (Q + 1), the code's largest round-off at Q = 1.3):
+  ``spikegcn finetune resnet20 --activation-noise 0.13`` makes ``resnet20-jpg-ft-an0.13.pt``.
+* ``resnet20-fq``: the fine-tuned ResNet-20 trained 2 more epochs through the code itself (every ReLU output
+  quantised by the T = 16, Q = 1.3 phase code over its per-channel batch max, straight-through gradients):
+  ``spikegcn finetune resnet20 --init <resnet20-jpg-ft.pt> --epochs 2 --lr 0.005 --fake-quant 16 1.3`` makes
+  ``resnet20-jpg-ft-fq16-1.3.pt``.
 * VGG ("small" config) and LeNet-5: ``cache_dir()/checkpoints/vgg_cifar-small-jpg.pt`` and ``lenet5-mnist.pt``;
   trained here (seeded; ``--vgg-epochs``, ``--lenet-epochs``) and cached when missing. ``--max-train-steps`` makes a
   quick smoke model that is *not* cached.
@@ -29,6 +36,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from datetime import date
 from pathlib import Path
@@ -58,13 +66,24 @@ def _subset(n_total: int, limit: int) -> torch.Tensor:
     return torch.linspace(0, n_total - 1, limit).round().long()
 
 
+# conversion-aware ResNet-20 variants: checkpoint tag, description, command that makes it
+VARIANTS = {
+    "resnet20-an": ("jpg-ft-an0.13", "fine-tuned on CIFAR-10 JPEG with activation noise U(-0.13, 0.13) on every ReLU",
+                    "spikegcn finetune resnet20 --activation-noise 0.13"),
+    "resnet20-fq": ("jpg-ft-fq16-1.3", "the fine-tuned checkpoint trained 2 more epochs with every ReLU output "
+                    "quantised by the T = 16, Q = 1.3 code (straight-through gradients)",
+                    "spikegcn finetune resnet20 --init ~/.cache/spikegcn/checkpoints/resnet20-jpg-ft.pt --epochs 2 "
+                    "--lr 0.005 --fake-quant 16 1.3"),
+}
+
+
 def _calib(x: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
     return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]]
 
 
 def load_model(name: str, args) -> tuple[torch.nn.Module, str, dict]:
     """The trained model, a description of its weights, and its data (calib / test tensors)."""
-    if name in ("resnet20", "vgg"):
+    if name in ("resnet20", "resnet20-an", "resnet20-fq", "vgg"):
         xtr, _ = load_cifar10("train")
         xte, yte = load_cifar10("test")
         idx = _subset(len(yte), args.limit)
@@ -82,6 +101,12 @@ def load_model(name: str, args) -> tuple[torch.nn.Module, str, dict]:
             return load_checkpoint(ck, "resnet20"), f"fine-tuned on CIFAR-10 JPEG ({ck})", data
         return load_pretrained("resnet20"), ("published akamaster checkpoint, trained on lossless CIFAR-10, NOT "
                                              "fine-tuned on the JPEG images"), data
+    if name in VARIANTS:
+        tag, how, make_it = VARIANTS[name]
+        ck = default_checkpoint_path("resnet20", tag)
+        if not ck.is_file():
+            raise SystemExit(f"{ck} is missing: run `{make_it}` first")
+        return load_checkpoint(ck, "resnet20"), f"{how} ({ck})", data
     if name == "vgg":
         ck = default_checkpoint_path("vgg_cifar", "small-jpg")
         make = lambda: get_model("vgg_cifar", cfg="small")  # noqa: E731
@@ -193,10 +218,15 @@ def evaluate_model(name: str, args) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ report
+MODELS = ("resnet20", "resnet20-an", "resnet20-fq", "vgg", "lenet5")
+
+
 def write_md(res: dict, path: Path) -> None:
-    runs = res["models"]
+    runs = {k: res["models"][k] for k in sorted(res["models"], key=lambda k: MODELS.index(k) if k in MODELS else 99)}
     L = [f"# One-spike SNN on CNNs (T = {res['T']}, Q = {res['Q']:g})", "",
-         f"{res['machine']}, torch {res['torch']}, {res['date']}. Command: `{res['command']}`.", "",
+         f"{res['machine']}, torch {res['torch']}. Commands (records merge across runs): "
+         + "; ".join(f"{k}: `{r.get('command', res['command'])}` ({r.get('date', res['date'])})" for k, r in runs.items())
+         + ".", "",
          "Functional mode at Tw = T (exact there). λ = max over the calibration images, channel-wise for conv "
          "outputs, layer-wise for pooling and fully-connected outputs; BN folded into the weights; binary signed "
          "multi-spike input with T bits; average pool re-encoded by a neuron layer. Energy: E_MAC/E_ADD = 4.6/0.9 pJ "
@@ -211,7 +241,7 @@ def write_md(res: dict, path: Path) -> None:
           "INT8-weight SNN % | paper ANN / SNN / E / INT8 SNN / E INT8 |",
           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for k, r in runs.items():
-        e, p = r["energy"], PAPER.get(k)
+        e, p = r["energy"], PAPER.get(k.split("-")[0])
         ps = f"{p['ann']} / {p['snn']} / {p['e_fp32']} / {p['int8_snn']} / {p['e_int8']}" if p else "–"
         L.append(f"| {k} | {r['ann']:.2f} | {r['snn']:.2f} | {r['loss']:.2f} | {r['agreement']:.1f} | "
                  f"{e['fp32']:.2f} / {e['fp32_approx']:.2f} | {e['int8']:.2f} | {e['int8_mult_only']:.2f} | "
@@ -221,7 +251,7 @@ def write_md(res: dict, path: Path) -> None:
           "no threshold shift SNN % | layer-wise λ SNN % | paper single-spike SNN / E |",
           "|---|---:|---:|---:|---:|---:|---:|---|"]
     for k, r in runs.items():
-        a, p = r["ablations"], PAPER.get(k)
+        a, p = r["ablations"], PAPER.get(k.split("-")[0])
         ps = f"{p['single_snn']} / {p['single_e']}" if p else "–"
         L.append(f"| {k} | {r['snn']:.2f} | {a['single_spike_input']['snn']:.2f} | "
                  f"{a['single_spike_input']['energy_fp32']:.2f} | {r['input_spikes_per_pixel']:.2f} → "
@@ -259,7 +289,8 @@ def write_md(res: dict, path: Path) -> None:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["resnet20", "vgg", "lenet5"], choices=["resnet20", "vgg", "lenet5"])
+    ap.add_argument("--models", nargs="+", default=["resnet20", "vgg", "lenet5"],
+                    choices=list(MODELS))
     ap.add_argument("--limit", type=int, default=0, help="test images (evenly spaced); 0 = all")
     ap.add_argument("--sweep-limit", type=int, default=0, help="test images of the Tw sweep; 0 = as --limit")
     ap.add_argument("--calib", type=int, default=2000, help="calibration (training) images")
@@ -278,12 +309,13 @@ def main(argv=None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     path = out.with_suffix(".json")
     res = json.loads(path.read_text()) if path.is_file() else {"models": {}}
+    command = "python benchmarks/cnn_tables.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for name in args.models:
         res["models"][name] = evaluate_model(name, args)
+        # Records merge across runs, so each model keeps the command and date that produced it.
+        res["models"][name].update(command=command, date=date.today().isoformat())
         res.update(T=args.T, Q=args.Q, torch=torch.__version__, date=date.today().isoformat(),
-                   machine=f"{platform.machine()} {os.cpu_count()} cores, {args.threads} threads",
-                   command="python benchmarks/cnn_tables.py " + " ".join(argv if argv is not None else
-                                                                          __import__("sys").argv[1:]))
+                   machine=f"{platform.machine()} {os.cpu_count()} cores, {args.threads} threads", command=command)
         path.write_text(json.dumps(res, indent=1))
         write_md(res, out.with_suffix(".md"))
 

@@ -81,15 +81,21 @@ def cmd_cnn(args: argparse.Namespace) -> int:
 def cmd_finetune(args: argparse.Namespace) -> int:
     import torch
 
+    from .coding import PhaseCode
     from .vision.train import finetune
 
+    if args.fake_quant and args.fake_quant[0] != int(args.fake_quant[0]):
+        raise SystemExit(f"error: --fake-quant T must be an integer, got {args.fake_quant[0]}")
+    if args.fake_quant:
+        args.fake_quant = (int(args.fake_quant[0]), args.fake_quant[1])
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         res = finetune(args.model, args.out, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
                        batch_size=args.batch_size, label_smoothing=args.label_smoothing, seed=args.seed,
-                       progress=not args.quiet)
-    except (ValueError, FileNotFoundError) as exc:
+                       activation_noise=args.activation_noise, init=args.init, progress=not args.quiet,
+                       fake_quant=PhaseCode(args.fake_quant[0], args.fake_quant[1]) if args.fake_quant else None)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
         raise SystemExit(f"error: {exc}") from None
     print(f"{res['arch']}: JPEG test accuracy {100 * res['acc_before']:.2f}% -> {100 * res['acc_after']:.2f}%, "
           f"checkpoint {res['checkpoint']}")
@@ -203,6 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--batch-size", type=int, default=128)
     f.add_argument("--label-smoothing", type=float, default=0.0)
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--activation-noise", type=float, default=0.0, metavar="A",
+                   help="conversion-aware training: multiply each ReLU output by 1 + U(-A, A); (Q-1)/(Q+1) = 0.13 "
+                        "matches the round-off of Q = 1.3 (default 0: plain fine-tuning; checkpoint tag jpg-ft-an<A>)")
+    f.add_argument("--fake-quant", nargs=2, type=float, metavar=("T", "Q"), default=None,
+                   help="conversion-aware training through the one-spike code itself (straight-through "
+                        "gradients), e.g. --fake-quant 16 1.3; checkpoint tag jpg-ft-fq<T>-<Q>")
+    f.add_argument("--init", default=None, help="start from this checkpoint instead of the published weights")
     f.add_argument("--threads", type=int, default=None)
     f.add_argument("--quiet", action="store_true", help="no progress bars")
     f.set_defaults(func=cmd_finetune)

@@ -44,7 +44,8 @@ PRODUCERS = {
     "sweep_cnn": "spikegcn sweep --task cnn --model resnet20 --Q 1.1:2.0:0.1 --T 16",
     "mape": "spikegcn mape --T 16 24",
 }
-NETWORK_NAMES = {"textgcn": "Text GCN", "resnet20": "ResNet-20", "vgg": "VGG (small)", "lenet5": "LeNet-5"}
+NETWORK_NAMES = {"textgcn": "Text GCN", "resnet20": "ResNet-20", "resnet20-an": "ResNet-20 (noise-aware FT)",
+                 "resnet20-fq": "ResNet-20 (code-aware FT)", "vgg": "VGG (small)", "lenet5": "LeNet-5"}
 
 
 # ================================================================================================ reading

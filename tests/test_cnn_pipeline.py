@@ -74,3 +74,7 @@ def test_cli_finetune_rejects_unknown_model(capsys):
     with pytest.raises(SystemExit):
         main(["finetune", "vgg_cifar"])
     assert "invalid choice: 'vgg_cifar'" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--fake-quant T must be an integer"):
+        main(["finetune", "resnet20", "--fake-quant", "16.5", "1.3"])
+    with pytest.raises(SystemExit, match="Q must be"):
+        main(["finetune", "resnet20", "--fake-quant", "16", "0.9"])

@@ -265,3 +265,66 @@ def test_lenet5_learns_digits(tmp_path):
     path = save_checkpoint(tmp_path / "ck" / "lenet.pt", model, arch="lenet5", model_kwargs={"in_size": 8})
     back = load_checkpoint(path)
     assert evaluate(back, D.digits_loader("test", 256)) == acc
+
+
+def test_activation_noise_training_is_seeded_train_only_and_removed():
+    from spikegcn.vision.train import code_roundoff
+
+    assert code_roundoff(1.3) == pytest.approx(0.3 / 2.3)
+    with pytest.raises(ValueError, match="Q must be > 1"):
+        code_roundoff(1.0)
+    with pytest.raises(ValueError, match="activation_noise"):
+        TrainConfig(activation_noise=1.5)
+
+    def train(noise: float) -> nn.Module:
+        torch.manual_seed(0)
+        m = M.lenet5(in_size=8)
+        cfg = TrainConfig(epochs=1, lr=0.05, seed=0, activation_noise=noise, max_steps=5)
+        fit(m, D.digits_loader("train", 32, seed=0), cfg, progress=False)
+        return m
+
+    a, b, plain = train(0.13), train(0.13), train(0.0)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)  # same seed, same noise
+    assert any(not torch.equal(p, q) for p, q in zip(a.parameters(), plain.parameters()))  # noise was applied
+    # hooks are gone after fit: eval and train forwards are deterministic and noise-free
+    x = torch.rand(4, 1, 8, 8)
+    assert all(not m._forward_hooks for m in a.modules())
+    a.train()
+    assert torch.equal(a(x), a(x))
+    with pytest.raises(ValueError, match="nn.ReLU"):
+        fit(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), D.digits_loader("train", 32, seed=0),
+            TrainConfig(epochs=1, max_steps=1, activation_noise=0.1), progress=False)
+
+
+def test_fake_quant_training_quantises_relu_outputs_with_straight_through_gradients():
+    from spikegcn.coding import PhaseCode, quantize
+    from spikegcn.vision.train import _relu_hooks
+
+    code = PhaseCode(16, 1.3)
+    with pytest.raises(ValueError, match="exclusive"):
+        TrainConfig(activation_noise=0.1, fake_quant=code)
+    with pytest.raises(TypeError, match="PhaseCode"):
+        TrainConfig(fake_quant=(16, 1.3))
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU())
+    x = torch.randn(8, 1, 6, 6)
+    ref = net(x).detach()
+    hooks = _relu_hooks(net, TrainConfig(fake_quant=code))
+    try:
+        net.train()
+        out = net(x)
+        lam = ref.amax(dim=(0, 2, 3), keepdim=True)
+        torch.testing.assert_close(out, quantize(ref / lam, code) * lam)  # per-channel batch max, the code's grid
+        assert not torch.equal(out, ref)
+        out.sum().backward()  # straight-through: the gradient of the plain ReLU network
+        g = net[0].weight.grad.clone()
+        net.zero_grad()
+        net.eval()
+        assert torch.equal(net(x), ref)  # eval forwards are untouched
+    finally:
+        for h in hooks:
+            h.remove()
+    net.train()
+    net(x).sum().backward()
+    torch.testing.assert_close(net[0].weight.grad, g)

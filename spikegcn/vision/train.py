@@ -23,6 +23,7 @@ from typing import Iterable, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from ..coding import PhaseCode, quantize
 from ..datafiles import cache_dir
 from .data import cifar10_loader
 from .models import get_model, load_pretrained
@@ -37,6 +38,7 @@ __all__ = [
     "load_checkpoint",
     "default_checkpoint_path",
     "finetune",
+    "code_roundoff",
 ]
 
 Batches = Iterable[tuple[Tensor, Tensor]]
@@ -62,6 +64,15 @@ class TrainConfig:
         seed (int): seed of :func:`torch.manual_seed`. (default: :obj:`0`)
         max_steps (int, optional): stop after this many optimiser steps (timing, smoke tests).
             (default: :obj:`None`)
+        activation_noise (float): conversion-aware training: in training mode every :class:`torch.nn.ReLU` output
+            is multiplied by :math:`1 + u`, :math:`u \sim U(-a, a)` drawn per element. The one-spike code's
+            round-off error is at most :math:`(Q - 1) / (Q + 1)` of a value (0.13 at Q = 1.3), so training with that
+            :math:`a` teaches the network margins that survive the conversion. Needs ReLU modules (not
+            ``F.relu``), as all models of :mod:`spikegcn.vision.models` have. (default: :obj:`0`, off)
+        fake_quant (PhaseCode, optional): conversion-aware training with the code itself: in training mode every
+            :class:`torch.nn.ReLU` output is replaced by its one-spike quantisation
+            (:func:`spikegcn.coding.quantize` of the output over its per-channel batch maximum, times that maximum),
+            with straight-through gradients. Exclusive with :obj:`activation_noise`. (default: :obj:`None`)
     """
 
     epochs: int = 10
@@ -76,6 +87,50 @@ class TrainConfig:
     label_smoothing: float = 0.0
     seed: int = 0
     max_steps: Optional[int] = None
+    activation_noise: float = 0.0
+    fake_quant: Optional[PhaseCode] = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.activation_noise < 1.0:
+            raise ValueError(f"activation_noise must be in [0, 1), got {self.activation_noise}")
+        if self.fake_quant is not None:
+            if not isinstance(self.fake_quant, PhaseCode):
+                raise TypeError(f"fake_quant must be a PhaseCode, got {type(self.fake_quant).__name__}")
+            if self.activation_noise > 0:
+                raise ValueError("activation_noise and fake_quant are exclusive")
+
+
+def code_roundoff(Q: float) -> float:
+    r"""Largest relative error :math:`(Q - 1) / (Q + 1)` of the round-off (threshold-shifted) phase code of base
+    :obj:`Q` inside its range: the natural :attr:`TrainConfig.activation_noise` for a conversion at that base."""
+    if not Q > 1.0:
+        raise ValueError(f"Q must be > 1, got {Q}")
+    return (Q - 1.0) / (Q + 1.0)
+
+
+def _relu_hooks(model: nn.Module, cfg: TrainConfig) -> list:
+    a, code = cfg.activation_noise, cfg.fake_quant
+    if a == 0 and code is None:
+        return []
+
+    def noise(module: nn.Module, args, out: Tensor) -> Optional[Tensor]:
+        if module.training:
+            return out * (1.0 + a * (2.0 * torch.rand_like(out) - 1.0))
+        return None
+
+    def fake_quant(module: nn.Module, args, out: Tensor) -> Optional[Tensor]:
+        if not module.training:
+            return None
+        # per-channel scale (dim 1 of conv maps, last dim of vectors), as the converter normalises conv outputs
+        dims = [d for d in range(out.dim()) if d != (1 if out.dim() == 4 else out.dim() - 1)]
+        lam = out.detach().amax(dim=dims, keepdim=True).clamp_min(1e-12)
+        q = quantize(out.detach() / lam, code) * lam
+        return out + (q - out).detach()  # straight-through
+
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    if not relus:
+        raise ValueError(f"activation_noise / fake_quant need nn.ReLU modules; {type(model).__name__} has none")
+    return [m.register_forward_hook(noise if a > 0 else fake_quant) for m in relus]
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
@@ -172,6 +227,21 @@ def fit(
     steps_per_epoch = _len(train_loader) or 1
     hist: dict = {"loss": [], "val_acc": [], "steps": 0}
     t0 = time.perf_counter()
+    hooks = _relu_hooks(model, cfg)
+    try:
+        step = _train_epochs(model, train_loader, cfg, opt, loss_fn, steps_per_epoch, hist, val_loader, progress,
+                             device)
+    finally:
+        for h in hooks:
+            h.remove()
+    hist["steps"] = step
+    hist["seconds"] = time.perf_counter() - t0
+    hist["seconds_per_step"] = hist["seconds"] / max(1, step)
+    model.eval()
+    return hist
+
+
+def _train_epochs(model, train_loader, cfg, opt, loss_fn, steps_per_epoch, hist, val_loader, progress, device) -> int:
     step = 0
     for epoch in range(cfg.epochs):
         if hasattr(train_loader, "set_epoch"):
@@ -200,11 +270,7 @@ def fit(
             hist["val_acc"].append(evaluate(model, val_loader, device=device))
         if cfg.max_steps is not None and step >= cfg.max_steps:
             break
-    hist["steps"] = step
-    hist["seconds"] = time.perf_counter() - t0
-    hist["seconds_per_step"] = hist["seconds"] / max(1, step)
-    model.eval()
-    return hist
+    return step
 
 
 def save_checkpoint(path: Union[str, os.PathLike], model: nn.Module, **meta) -> Path:
@@ -244,6 +310,9 @@ def finetune(
     batch_size: int = 128,
     label_smoothing: float = 0.0,
     seed: int = 0,
+    activation_noise: float = 0.0,
+    fake_quant: Optional[PhaseCode] = None,
+    init: Union[str, os.PathLike, None] = None,
     progress: bool = True,
     max_steps: Optional[int] = None,
 ) -> dict:
@@ -255,8 +324,12 @@ def finetune(
 
     Args:
         name (str): ``"resnet20"``, ``"resnet32"``, ``"resnet44"`` or ``"resnet56"``.
-        out (str or PathLike, optional): checkpoint path; default :func:`default_checkpoint_path`.
-        epochs, lr, weight_decay, batch_size, label_smoothing, seed: training settings (see :class:`TrainConfig`).
+        out (str or PathLike, optional): checkpoint path; default :func:`default_checkpoint_path` with tag
+            ``"jpg-ft"``, or ``"jpg-ft-an<a>"`` when :obj:`activation_noise` is set.
+        epochs, lr, weight_decay, batch_size, label_smoothing, seed, activation_noise, fake_quant: training settings
+            (see :class:`TrainConfig`); :obj:`fake_quant` sets the tag ``"jpg-ft-fq<T>-<Q>"``.
+        init (str or PathLike, optional): start from this checkpoint (e.g. a plain fine-tuned one) instead of the
+            published weights. (default: :obj:`None`)
         progress (bool, optional): tqdm bars. (default: :obj:`True`)
         max_steps (int, optional): stop early after this many steps (smoke tests). (default: :obj:`None`)
 
@@ -264,19 +337,22 @@ def finetune(
         a summary: ``{"arch", "checkpoint", "acc_before", "acc_after", "history", "config"}`` (accuracies on the
         JPEG test set, fractions).
     """
-    out = Path(out) if out is not None else default_checkpoint_path(name)
-    model = load_pretrained(name)
+    tag = "jpg-ft" if activation_noise == 0 else f"jpg-ft-an{activation_noise:g}"
+    if fake_quant is not None:
+        tag = f"jpg-ft-fq{fake_quant.T}-{fake_quant.Q:g}"
+    out = Path(out) if out is not None else default_checkpoint_path(name, tag)
+    model = load_checkpoint(init, name) if init is not None else load_pretrained(name)
     test = cifar10_loader("test", 500)
     acc_before = evaluate(model, test, progress=progress)
     cfg = TrainConfig(
         epochs=epochs, lr=lr, weight_decay=weight_decay, label_smoothing=label_smoothing, seed=seed,
-        schedule="cosine", max_steps=max_steps,
+        schedule="cosine", max_steps=max_steps, activation_noise=activation_noise, fake_quant=fake_quant,
     )
     hist = fit(model, cifar10_loader("train", batch_size, seed=seed), cfg, progress=progress)
     acc_after = evaluate(model, test, progress=progress)
     save_checkpoint(
         out, model, arch=name, accuracy=acc_after, accuracy_pretrained=acc_before, config=_plain(asdict(cfg)),
-        data="cifar10_jpg",
+        data="cifar10_jpg", init=str(init) if init is not None else "published",
     )
     return {
         "arch": name, "checkpoint": str(out), "acc_before": acc_before, "acc_after": acc_after,
