@@ -298,7 +298,7 @@ def main(argv=None) -> None:
     ap.add_argument("--Q", type=float, default=1.3)
     ap.add_argument("--tw", nargs="+", type=int, default=list(range(4, 17, 2)))
     ap.add_argument("--batch", type=int, default=250)
-    ap.add_argument("--vgg-epochs", type=int, default=30)
+    ap.add_argument("--vgg-epochs", type=int, default=40)
     ap.add_argument("--lenet-epochs", type=int, default=5)
     ap.add_argument("--max-train-steps", type=int, default=None, help="smoke runs: train this many steps, no cache")
     ap.add_argument("--threads", type=int, default=2)
