@@ -75,6 +75,7 @@ VARIANTS = {
                     "spikegcn finetune resnet20 --init ~/.cache/spikegcn/checkpoints/resnet20-jpg-ft.pt --epochs 2 "
                     "--lr 0.005 --fake-quant 16 1.3"),
 }
+MODELS = ("resnet20", *VARIANTS, "vgg", "lenet5")  # table order
 
 
 def _calib(x: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
@@ -83,7 +84,7 @@ def _calib(x: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
 
 def load_model(name: str, args) -> tuple[torch.nn.Module, str, dict]:
     """The trained model, a description of its weights, and its data (calib / test tensors)."""
-    if name in ("resnet20", "resnet20-an", "resnet20-fq", "vgg"):
+    if name in ("resnet20", *VARIANTS, "vgg"):
         xtr, _ = load_cifar10("train")
         xte, yte = load_cifar10("test")
         idx = _subset(len(yte), args.limit)
@@ -218,9 +219,6 @@ def evaluate_model(name: str, args) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ report
-MODELS = ("resnet20", "resnet20-an", "resnet20-fq", "vgg", "lenet5")
-
-
 def write_md(res: dict, path: Path) -> None:
     runs = {k: res["models"][k] for k in sorted(res["models"], key=lambda k: MODELS.index(k) if k in MODELS else 99)}
     L = [f"# One-spike SNN on CNNs (T = {res['T']}, Q = {res['Q']:g})", "",

@@ -84,18 +84,18 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from .coding import PhaseCode
     from .vision.train import finetune
 
-    if args.fake_quant and args.fake_quant[0] != int(args.fake_quant[0]):
-        raise SystemExit(f"error: --fake-quant T must be an integer, got {args.fake_quant[0]}")
-    if args.fake_quant:
-        args.fake_quant = (int(args.fake_quant[0]), args.fake_quant[1])
+    try:
+        code = PhaseCode(*args.fake_quant) if args.fake_quant else None  # PhaseCode validates T and Q
+    except ValueError as exc:
+        raise SystemExit(f"error: --fake-quant {exc}") from None
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         res = finetune(args.model, args.out, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
                        batch_size=args.batch_size, label_smoothing=args.label_smoothing, seed=args.seed,
-                       activation_noise=args.activation_noise, init=args.init, progress=not args.quiet,
-                       fake_quant=PhaseCode(args.fake_quant[0], args.fake_quant[1]) if args.fake_quant else None)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+                       activation_noise=args.activation_noise, fake_quant=code, init=args.init,
+                       progress=not args.quiet)
+    except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"error: {exc}") from None
     print(f"{res['arch']}: JPEG test accuracy {100 * res['acc_before']:.2f}% -> {100 * res['acc_after']:.2f}%, "
           f"checkpoint {res['checkpoint']}")

@@ -16,9 +16,10 @@ from __future__ import annotations
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -38,7 +39,6 @@ __all__ = [
     "load_checkpoint",
     "default_checkpoint_path",
     "finetune",
-    "code_roundoff",
 ]
 
 Batches = Iterable[tuple[Tensor, Tensor]]
@@ -66,8 +66,9 @@ class TrainConfig:
             (default: :obj:`None`)
         activation_noise (float): conversion-aware training: in training mode every :class:`torch.nn.ReLU` output
             is multiplied by :math:`1 + u`, :math:`u \sim U(-a, a)` drawn per element. The one-spike code's
-            round-off error is at most :math:`(Q - 1) / (Q + 1)` of a value (0.13 at Q = 1.3), so training with that
-            :math:`a` teaches the network margins that survive the conversion. Needs ReLU modules (not
+            round-off error is at most :attr:`PhaseCode.max_relative_error` :math:`= (Q - 1) / (Q + 1)` of a value
+            (0.13 at Q = 1.3), so training with that :math:`a` teaches the network margins that survive the
+            conversion. Needs ReLU modules (not
             ``F.relu``), as all models of :mod:`spikegcn.vision.models` have. (default: :obj:`0`, off)
         fake_quant (PhaseCode, optional): conversion-aware training with the code itself: in training mode every
             :class:`torch.nn.ReLU` output is replaced by its one-spike quantisation
@@ -100,18 +101,14 @@ class TrainConfig:
                 raise ValueError("activation_noise and fake_quant are exclusive")
 
 
-def code_roundoff(Q: float) -> float:
-    r"""Largest relative error :math:`(Q - 1) / (Q + 1)` of the round-off (threshold-shifted) phase code of base
-    :obj:`Q` inside its range: the natural :attr:`TrainConfig.activation_noise` for a conversion at that base."""
-    if not Q > 1.0:
-        raise ValueError(f"Q must be > 1, got {Q}")
-    return (Q - 1.0) / (Q + 1.0)
-
-
-def _relu_hooks(model: nn.Module, cfg: TrainConfig) -> list:
+@contextmanager
+def _relu_hooks(model: nn.Module, cfg: TrainConfig) -> Iterator[None]:
+    """Conversion-aware training hooks on every ReLU (:attr:`TrainConfig.activation_noise` / ``fake_quant``),
+    removed on exit."""
     a, code = cfg.activation_noise, cfg.fake_quant
     if a == 0 and code is None:
-        return []
+        yield
+        return
 
     def noise(module: nn.Module, args, out: Tensor) -> Optional[Tensor]:
         if module.training:
@@ -130,7 +127,12 @@ def _relu_hooks(model: nn.Module, cfg: TrainConfig) -> list:
     relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
     if not relus:
         raise ValueError(f"activation_noise / fake_quant need nn.ReLU modules; {type(model).__name__} has none")
-    return [m.register_forward_hook(noise if a > 0 else fake_quant) for m in relus]
+    hooks = [m.register_forward_hook(noise if a > 0 else fake_quant) for m in relus]
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
@@ -227,50 +229,40 @@ def fit(
     steps_per_epoch = _len(train_loader) or 1
     hist: dict = {"loss": [], "val_acc": [], "steps": 0}
     t0 = time.perf_counter()
-    hooks = _relu_hooks(model, cfg)
-    try:
-        step = _train_epochs(model, train_loader, cfg, opt, loss_fn, steps_per_epoch, hist, val_loader, progress,
-                             device)
-    finally:
-        for h in hooks:
-            h.remove()
+    with _relu_hooks(model, cfg):
+        step = 0
+        for epoch in range(cfg.epochs):
+            if hasattr(train_loader, "set_epoch"):
+                train_loader.set_epoch(epoch)
+            model.train()
+            tot, n = 0.0, 0
+            bar = _bar(train_loader, _len(train_loader), f"epoch {epoch + 1}/{cfg.epochs}", progress)
+            for x, y in bar:
+                if device is not None:
+                    x, y = x.to(device), y.to(device)
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(cfg, step, steps_per_epoch)
+                loss = loss_fn(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                tot += loss.item() * len(y)
+                n += len(y)
+                if progress and hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{tot / n:.3f}", refresh=False)
+                if cfg.max_steps is not None and step >= cfg.max_steps:
+                    break
+            hist["loss"].append(tot / max(1, n))
+            if val_loader is not None:
+                hist["val_acc"].append(evaluate(model, val_loader, device=device))
+            if cfg.max_steps is not None and step >= cfg.max_steps:
+                break
     hist["steps"] = step
     hist["seconds"] = time.perf_counter() - t0
     hist["seconds_per_step"] = hist["seconds"] / max(1, step)
     model.eval()
     return hist
-
-
-def _train_epochs(model, train_loader, cfg, opt, loss_fn, steps_per_epoch, hist, val_loader, progress, device) -> int:
-    step = 0
-    for epoch in range(cfg.epochs):
-        if hasattr(train_loader, "set_epoch"):
-            train_loader.set_epoch(epoch)
-        model.train()
-        tot, n = 0.0, 0
-        bar = _bar(train_loader, _len(train_loader), f"epoch {epoch + 1}/{cfg.epochs}", progress)
-        for x, y in bar:
-            if device is not None:
-                x, y = x.to(device), y.to(device)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(cfg, step, steps_per_epoch)
-            loss = loss_fn(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            tot += loss.item() * len(y)
-            n += len(y)
-            if progress and hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{tot / n:.3f}", refresh=False)
-            if cfg.max_steps is not None and step >= cfg.max_steps:
-                break
-        hist["loss"].append(tot / max(1, n))
-        if val_loader is not None:
-            hist["val_acc"].append(evaluate(model, val_loader, device=device))
-        if cfg.max_steps is not None and step >= cfg.max_steps:
-            break
-    return step
 
 
 def save_checkpoint(path: Union[str, os.PathLike], model: nn.Module, **meta) -> Path:
