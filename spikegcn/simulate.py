@@ -190,8 +190,8 @@ def run_layer(
     elif _use_fused(inp, op, code, dtype, backend, stepped):
         from .kernels import fused_cpu
 
-        phase, sign = fused_cpu.aggregate_exact(op.adj, inp.values(dtype), inp.phase, bias, scale_t,
-                                                code.thresholds(torch.float32), T_in, code.Tw, signed)
+        phase, sign = fused_cpu.aggregate_exact(op.adj, inp, bias, scale_t, code.thresholds(torch.float32), T_in,
+                                                code.Tw, signed)
     else:
         k0 = 1 if stepped else min(code.Tw + 1, T_in)
         first = op.apply(inp, k0, dtype)

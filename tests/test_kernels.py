@@ -105,3 +105,35 @@ def test_fused_cpu_aggregation_matches_event_path():
             if signed:
                 assert torch.equal(a.sign, b.sign)
             assert 0 < a.num_spikes() < a.phase.numel()
+
+
+@pytest.mark.parametrize("n,f,T", [(300, 200, 16), (200, 7, 12), (150, 33, 31)])
+def test_fused_int8_code_kernel_matches_float_kernel(n, f, T):
+    """The AVX-512 kernel (int8 codes, late phases in registers) gives the portable float kernel's spikes bit for bit
+    on non-dyadic values, feature tails (F % 16 != 0) and more than 16 late phases (T = 31, small Tw)."""
+    from spikegcn import PhaseCode
+    from spikegcn.kernels import fused_cpu
+    from spikegcn.nn.aggregation import build_graph_op
+    from spikegcn.spikes import PhaseSpikes
+
+    mod = fused_cpu.load()
+    if mod is None or not mod.has_avx512():
+        pytest.skip("needs the fused kernel on an AVX-512 CPU")
+    g = torch.Generator().manual_seed(f)
+    ei = torch.randint(0, n, (2, 20 * n), generator=g)
+    op = build_graph_op(ei, torch.rand(20 * n, generator=g), n)
+    ph = torch.randint(0, T + 1, (n, f), generator=g).to(torch.int8)
+    bias = torch.randn(f, generator=g)
+    for has_sign in (False, True):
+        sg = (torch.where(torch.rand(n, f, generator=g) < 0.5, -1, 1) * (ph > 0)).to(torch.int8) if has_sign else None
+        inp = PhaseSpikes(phase=ph, code=PhaseCode(T, 1.3), sign=sg, scale=torch.rand(f, generator=g) + 0.5)
+        for tw in (0, 3, 8, T - 2, T):
+            for signed in (False, True):
+                thr = PhaseCode(T, 1.3, Tw=tw).thresholds()
+                scale = torch.rand(f, generator=g) * 5 + 1
+                a = fused_cpu.aggregate_exact(op.adj, inp, bias, scale, thr, T, tw, signed, vectorized=True)
+                b = fused_cpu.aggregate_exact(op.adj, inp, bias, scale, thr, T, tw, signed, vectorized=False)
+                assert torch.equal(a[0], b[0]), (has_sign, tw, signed)
+                assert 0 < int(torch.count_nonzero(a[0])) < a[0].numel()
+                if signed:
+                    assert torch.equal(a[1], b[1])
