@@ -18,6 +18,10 @@ Weights:
   quantised by the T = 16, Q = 1.3 phase code over its per-channel batch max, straight-through gradients):
   ``spikegcn finetune resnet20 --init <resnet20-jpg-ft.pt> --epochs 2 --lr 0.005 --fake-quant 16 1.3`` makes
   ``resnet20-jpg-ft-fq16-1.3.pt``.
+* ``resnet20-fqw``: as ``resnet20-fq`` but 6 epochs, with the converter's view of the code during training: the
+  scale is the maximum over the last 16 batches (about the calibration set), the average pool is quantised too
+  and batch norm is frozen: ``... --epochs 6 --lr 0.005 --fake-quant 16 1.3 --fq-window 16 --freeze-bn`` makes
+  ``resnet20-jpg-ft-fq16-1.3-w16-fbn.pt``.
 * VGG ("small" config) and LeNet-5: ``cache_dir()/checkpoints/vgg_cifar-small-jpg.pt`` and ``lenet5-mnist.pt``;
   trained here (seeded; ``--vgg-epochs``, ``--lenet-epochs``) and cached when missing. ``--max-train-steps`` makes a
   quick smoke model that is *not* cached.
@@ -74,6 +78,11 @@ VARIANTS = {
                     "quantised by the T = 16, Q = 1.3 code (straight-through gradients)",
                     "spikegcn finetune resnet20 --init ~/.cache/spikegcn/checkpoints/resnet20-jpg-ft.pt --epochs 2 "
                     "--lr 0.005 --fake-quant 16 1.3"),
+    "resnet20-fqw": ("jpg-ft-fq16-1.3-w16-fbn", "the fine-tuned checkpoint trained 6 more epochs with every ReLU and "
+                     "the average pool quantised by the T = 16, Q = 1.3 code over the maximum of the last 16 batches "
+                     "(about the converter's calibration set), batch norm frozen (straight-through gradients)",
+                     "spikegcn finetune resnet20 --init ~/.cache/spikegcn/checkpoints/resnet20-jpg-ft.pt --epochs 6 "
+                     "--lr 0.005 --fake-quant 16 1.3 --fq-window 16 --freeze-bn"),
 }
 MODELS = ("resnet20", *VARIANTS, "vgg", "lenet5")  # table order
 

@@ -145,11 +145,15 @@ def build(args, cfg: str):
 def portable(fn):
     """``fn`` with the fused kernel's portable float path (what CPUs without AVX-512 run)."""
     def run():
+        before = os.environ.get("SPIKEGCN_NO_AVX512")
         os.environ["SPIKEGCN_NO_AVX512"] = "1"
         try:
             return fn()
         finally:
-            del os.environ["SPIKEGCN_NO_AVX512"]
+            if before is None:
+                del os.environ["SPIKEGCN_NO_AVX512"]
+            else:
+                os.environ["SPIKEGCN_NO_AVX512"] = before
     return run
 
 
@@ -159,7 +163,9 @@ def kernel_name() -> str:
     mod = fused_cpu.load()
     if mod is None:
         return "event kernel (torch-scatter), fused kernel unavailable"
-    return "fused, AVX-512 int8 codes" if mod.has_avx512() else "fused, portable float (no AVX-512)"
+    if mod.has_avx512() and not os.environ.get("SPIKEGCN_NO_AVX512"):
+        return "fused, AVX-512 int8 codes"
+    return "fused, portable float"
 
 
 def worker(args) -> dict:

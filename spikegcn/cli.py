@@ -93,7 +93,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     try:
         res = finetune(args.model, args.out, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
                        batch_size=args.batch_size, label_smoothing=args.label_smoothing, seed=args.seed,
-                       activation_noise=args.activation_noise, fake_quant=code, init=args.init,
+                       activation_noise=args.activation_noise, fake_quant=code,
+                       fake_quant_window=args.fq_window, freeze_bn=args.freeze_bn, init=args.init,
                        progress=not args.quiet)
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"error: {exc}") from None
@@ -215,6 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--fake-quant", nargs=2, type=float, metavar=("T", "Q"), default=None,
                    help="conversion-aware training through the one-spike code itself (straight-through "
                         "gradients), e.g. --fake-quant 16 1.3; checkpoint tag jpg-ft-fq<T>-<Q>")
+    f.add_argument("--fq-window", type=int, default=1, metavar="N",
+                   help="with --fake-quant: scale = maximum over the last N batches (about the converter's "
+                        "calibration set at N = 16) and average pools quantised too; tag suffix -w<N> (default 1)")
+    f.add_argument("--freeze-bn", action="store_true",
+                   help="batch-norm layers in eval mode while training (tag suffix -fbn)")
     f.add_argument("--init", default=None, help="start from this checkpoint instead of the published weights")
     f.add_argument("--threads", type=int, default=None)
     f.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -45,7 +45,9 @@ PRODUCERS = {
     "mape": "spikegcn mape --T 16 24",
 }
 NETWORK_NAMES = {"textgcn": "Text GCN", "resnet20": "ResNet-20", "resnet20-an": "ResNet-20 (noise-aware FT)",
-                 "resnet20-fq": "ResNet-20 (code-aware FT)", "vgg": "VGG (small)", "lenet5": "LeNet-5"}
+                 "resnet20-fq": "ResNet-20 (code-aware FT)",
+                 "resnet20-fqw": "ResNet-20 (code-aware FT, converter's scale)",
+                 "vgg": "VGG (small)", "lenet5": "LeNet-5"}
 
 
 # ================================================================================================ reading

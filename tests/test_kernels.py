@@ -124,16 +124,22 @@ def test_fused_int8_code_kernel_matches_float_kernel(n, f, T):
     op = build_graph_op(ei, torch.rand(20 * n, generator=g), n)
     ph = torch.randint(0, T + 1, (n, f), generator=g).to(torch.int8)
     bias = torch.randn(f, generator=g)
+    adj64 = torch.sparse_csr_tensor(op.adj.crow_indices().long(), op.adj.col_indices().long(), op.adj.values(),
+                                    op.adj.shape)
     for has_sign in (False, True):
         sg = (torch.where(torch.rand(n, f, generator=g) < 0.5, -1, 1) * (ph > 0)).to(torch.int8) if has_sign else None
-        inp = PhaseSpikes(phase=ph, code=PhaseCode(T, 1.3), sign=sg, scale=torch.rand(f, generator=g) + 0.5)
-        for tw in (0, 3, 8, T - 2, T):
+        scale_in = torch.rand(f, generator=g) + 0.5 if has_sign else torch.tensor(0.7)  # per channel, scalar
+        inp = PhaseSpikes(phase=ph, code=PhaseCode(T, 1.3), sign=sg, scale=scale_in)
+        # T = 31, Tw = 14: exactly 16 late phases (the largest register-held case); Tw = 0..3: the memory fallback
+        for tw in sorted({0, 3, 8, T - 2, T} | ({14} if T == 31 else set())):
             for signed in (False, True):
                 thr = PhaseCode(T, 1.3, Tw=tw).thresholds()
                 scale = torch.rand(f, generator=g) * 5 + 1
                 a = fused_cpu.aggregate_exact(op.adj, inp, bias, scale, thr, T, tw, signed, vectorized=True)
                 b = fused_cpu.aggregate_exact(op.adj, inp, bias, scale, thr, T, tw, signed, vectorized=False)
                 assert torch.equal(a[0], b[0]), (has_sign, tw, signed)
-                assert 0 < int(torch.count_nonzero(a[0])) < a[0].numel()
+                c = fused_cpu.aggregate_exact(adj64, inp, bias, scale, thr, T, tw, signed, vectorized=True)
+                assert torch.equal(a[0], c[0])  # int64 indices
+                assert torch.unique(a[0]).numel() > 3  # a spread of fire phases, not a degenerate case
                 if signed:
                     assert torch.equal(a[1], b[1])

@@ -320,3 +320,58 @@ def test_fake_quant_training_quantises_relu_outputs_with_straight_through_gradie
     net.train()
     net(x).sum().backward()
     torch.testing.assert_close(net[0].weight.grad, g)
+
+
+def test_fake_quant_window_uses_the_running_maximum_and_quantises_pools():
+    from spikegcn.coding import PhaseCode, quantize
+    from spikegcn.vision.train import _relu_hooks
+
+    code = PhaseCode(16, 1.3)
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="fake_quant_window"):
+            TrainConfig(fake_quant=code, fake_quant_window=bad)
+    with pytest.raises(ValueError, match="needs fake_quant"):
+        TrainConfig(fake_quant_window=4)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+    big, small = 3 * torch.randn(8, 1, 6, 6), 0.1 * torch.randn(8, 1, 6, 6)
+    with torch.no_grad():
+        a_big, a_small = net[0](big).relu(), net[0](small).relu()
+    chan = dict(dim=(0, 2, 3), keepdim=True)
+    lam_big, lam_small = a_big.amax(**chan).clamp_min(1e-12), a_small.amax(**chan).clamp_min(1e-12)
+    seen = []
+    with _relu_hooks(net, TrainConfig(fake_quant=code, fake_quant_window=2)):
+        # registered after the fake-quant hook, so it sees the quantised ReLU output
+        h = net[1].register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+        net.train()
+        out = net(small)  # first batch: its own maxima; the pool is quantised too, one scale per layer
+        torch.testing.assert_close(seen[-1], quantize(a_small / lam_small, code) * lam_small)
+        pooled = seen[-1].mean(dim=(2, 3), keepdim=True)
+        torch.testing.assert_close(out, quantize(pooled / pooled.max(), code) * pooled.max())
+        net(big)
+        net(small)  # the big batch's maxima are still in the window of 2
+        lam = torch.maximum(lam_big, lam_small)
+        torch.testing.assert_close(seen[-1], quantize(a_small / lam, code) * lam)
+        net(small)  # ... and have dropped out of it now
+        torch.testing.assert_close(seen[-1], quantize(a_small / lam_small, code) * lam_small)
+        h.remove()
+    with _relu_hooks(net, TrainConfig(fake_quant=code)):  # window 1: pools are left alone
+        h = net[1].register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+        net.train()
+        out = net(small)
+        torch.testing.assert_close(out, seen[-1].mean(dim=(2, 3), keepdim=True))
+        h.remove()
+
+
+def test_freeze_bn_keeps_running_statistics():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 10))
+    before = [b.clone() for b in m[1].buffers()]
+    w_before = m[1].weight.detach().clone()
+    fit(m, D.digits_loader("train", 32, seed=0), TrainConfig(epochs=1, lr=0.05, max_steps=3, freeze_bn=True),
+        progress=False)
+    for b, c in zip(before, m[1].buffers()):
+        assert torch.equal(b, c)
+    assert not torch.equal(w_before, m[1].weight)  # the affine parameters still train
+    fit(m, D.digits_loader("train", 32, seed=0), TrainConfig(epochs=1, lr=0.05, max_steps=3), progress=False)
+    assert not torch.equal(before[0], m[1].running_mean)

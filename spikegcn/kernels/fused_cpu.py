@@ -176,7 +176,7 @@ std::vector<torch::Tensor> aggregate_exact(torch::Tensor crow, torch::Tensor col
 // instead of one scalar scatter per (late spike, synapse). Values are decoded in registers exactly as
 // decode_phase does (table[phase] * scale[f], then the sign), and added as w * v then + (no FMA), so the
 // sums are bit-identical to run_packed's.
-#if defined(__x86_64__) || defined(_M_X64)
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 #define SPIKEGCN_X86 1
 #endif
@@ -352,10 +352,10 @@ def load():
                   file=sys.stderr, flush=True)
 
             _module = load_inline(
-                name="spikegcn_fused_cpu_v9",
+                name="spikegcn_fused_cpu_v10",
                 cpp_sources=[_SOURCE],
                 functions=["aggregate_exact", "aggregate_codes", "has_avx512", "encode_phase", "decode_phase"],
-                extra_cflags=["-O3", "-fopenmp"],
+                extra_cflags=["-O3", "-fopenmp", "-ffp-contract=off"],
                 extra_ldflags=["-fopenmp"],
                 verbose=False,
             )
@@ -380,8 +380,6 @@ def aggregate_exact(adj: Tensor, inp, bias: Tensor | None, scale: Tensor, thresh
         raise RuntimeError("fused CPU kernel is not available")
     phase = inp.phase
     N, F = phase.shape
-    if F > 32767:
-        raise ValueError(f"fused kernel supports at most 32767 features, got {F}")
     inv = (1.0 / scale.to(torch.float32).expand(F)).contiguous()
     b = bias.to(torch.float32).contiguous() if bias is not None else torch.empty(0)
     thr = thresholds.to(torch.float32).contiguous()
@@ -396,6 +394,8 @@ def aggregate_exact(adj: Tensor, inp, bias: Tensor | None, scale: Tensor, thresh
                                      inp.code.values(torch.float32).contiguous(), b, inv, thr, int(T_in), int(Tw),
                                      bool(signed))
         return ph, (sg if signed else None)
+    if F > 32767:
+        raise ValueError(f"the portable fused kernel supports at most 32767 features, got {F}")
     x = inp.values(torch.float32)
     k0 = min(Tw + 1, T_in)
     late = phase > k0

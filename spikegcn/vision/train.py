@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -72,8 +73,18 @@ class TrainConfig:
             ``F.relu``), as all models of :mod:`spikegcn.vision.models` have. (default: :obj:`0`, off)
         fake_quant (PhaseCode, optional): conversion-aware training with the code itself: in training mode every
             :class:`torch.nn.ReLU` output is replaced by its one-spike quantisation
-            (:func:`spikegcn.coding.quantize` of the output over its per-channel batch maximum, times that maximum),
-            with straight-through gradients. Exclusive with :obj:`activation_noise`. (default: :obj:`None`)
+            (:func:`spikegcn.coding.quantize` of the output over its per-channel maximum, times that maximum),
+            with straight-through gradients. With :obj:`fake_quant_window` > 1 average-pool outputs are quantised
+            too (one scale per layer), as the converter re-encodes them. Exclusive with :obj:`activation_noise`.
+            (default: :obj:`None`)
+        fake_quant_window (int): the maximum behind :obj:`fake_quant` is taken over the last this many batches
+            (1: the current batch only). The converter's :math:`\lambda` is the maximum over its calibration
+            images (a few thousand), so a window of about that many images makes training see the converter's
+            round-off, including the underflow of small values (``spikegcn cnn`` calibrates on 1,000 images,
+            ``benchmarks/cnn_tables.py`` on 2,000). (default: :obj:`1`)
+        freeze_bn (bool): keep every batch-norm layer in eval mode (running statistics frozen, affine parameters
+            trained), so that training sees the normalisation the converter folds into the thresholds.
+            (default: :obj:`False`)
     """
 
     epochs: int = 10
@@ -90,8 +101,15 @@ class TrainConfig:
     max_steps: Optional[int] = None
     activation_noise: float = 0.0
     fake_quant: Optional[PhaseCode] = None
+    fake_quant_window: int = 1
+    freeze_bn: bool = False
 
     def __post_init__(self) -> None:
+        w = self.fake_quant_window
+        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+            raise ValueError(f"fake_quant_window must be a positive integer, got {w!r}")
+        if w > 1 and self.fake_quant is None:
+            raise ValueError("fake_quant_window needs fake_quant")
         if not 0.0 <= self.activation_noise < 1.0:
             raise ValueError(f"activation_noise must be in [0, 1), got {self.activation_noise}")
         if self.fake_quant is not None:
@@ -115,19 +133,34 @@ def _relu_hooks(model: nn.Module, cfg: TrainConfig) -> Iterator[None]:
             return out * (1.0 + a * (2.0 * torch.rand_like(out) - 1.0))
         return None
 
+    window = cfg.fake_quant_window
+    recent: dict[tuple, deque] = {}
+
     def fake_quant(module: nn.Module, args, out: Tensor) -> Optional[Tensor]:
         if not module.training:
             return None
-        # per-channel scale (dim 1 of conv maps, last dim of vectors), as the converter normalises conv outputs
-        dims = [d for d in range(out.dim()) if d != (1 if out.dim() == 4 else out.dim() - 1)]
-        lam = out.detach().amax(dim=dims, keepdim=True).clamp_min(1e-12)
+        if isinstance(module, nn.ReLU):
+            # per-channel scale (dim 1 of conv maps, last dim of vectors), as the converter normalises conv outputs
+            dims = [d for d in range(out.dim()) if d != (1 if out.dim() == 4 else out.dim() - 1)]
+        else:  # pooling: one scale per layer
+            dims = list(range(out.dim()))
+        lam = out.detach().amax(dim=dims, keepdim=True)
+        if window > 1:
+            # keyed by shape too, so that a module applied at several sites keeps one window per site shape
+            past = recent.setdefault((id(module), tuple(lam.shape)), deque(maxlen=window))
+            past.append(lam)
+            lam = torch.stack(list(past)).amax(0)
+        lam = lam.clamp_min(1e-12)
         q = quantize(out.detach() / lam, code) * lam
         return out + (q - out).detach()  # straight-through
 
     relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
     if not relus:
         raise ValueError(f"activation_noise / fake_quant need nn.ReLU modules; {type(model).__name__} has none")
-    hooks = [m.register_forward_hook(noise if a > 0 else fake_quant) for m in relus]
+    sites = relus
+    if code is not None and window > 1:
+        sites = sites + [m for m in model.modules() if isinstance(m, (nn.AvgPool2d, nn.AdaptiveAvgPool2d))]
+    hooks = [m.register_forward_hook(noise if a > 0 else fake_quant) for m in sites]
     try:
         yield
     finally:
@@ -235,6 +268,10 @@ def fit(
             if hasattr(train_loader, "set_epoch"):
                 train_loader.set_epoch(epoch)
             model.train()
+            if cfg.freeze_bn:
+                for m in model.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
             tot, n = 0.0, 0
             bar = _bar(train_loader, _len(train_loader), f"epoch {epoch + 1}/{cfg.epochs}", progress)
             for x, y in bar:
@@ -304,6 +341,8 @@ def finetune(
     seed: int = 0,
     activation_noise: float = 0.0,
     fake_quant: Optional[PhaseCode] = None,
+    fake_quant_window: int = 1,
+    freeze_bn: bool = False,
     init: Union[str, os.PathLike, None] = None,
     progress: bool = True,
     max_steps: Optional[int] = None,
@@ -317,9 +356,12 @@ def finetune(
     Args:
         name (str): ``"resnet20"``, ``"resnet32"``, ``"resnet44"`` or ``"resnet56"``.
         out (str or PathLike, optional): checkpoint path; default :func:`default_checkpoint_path` with tag
-            ``"jpg-ft"``, or ``"jpg-ft-an<a>"`` when :obj:`activation_noise` is set.
-        epochs, lr, weight_decay, batch_size, label_smoothing, seed, activation_noise, fake_quant: training settings
-            (see :class:`TrainConfig`); :obj:`fake_quant` sets the tag ``"jpg-ft-fq<T>-<Q>"``.
+            ``"jpg-ft"``, ``"jpg-ft-an<a>"`` when :obj:`activation_noise` is set or the ``fake_quant`` tag below,
+            plus ``"-fbn"`` with :obj:`freeze_bn`.
+        epochs, lr, weight_decay, batch_size, label_smoothing, seed, activation_noise, fake_quant,
+            fake_quant_window, freeze_bn: training settings (see :class:`TrainConfig`); :obj:`fake_quant` sets the
+            tag ``"jpg-ft-fq<T>-<Q>"``, followed by ``"-w<window>"`` for a window > 1 and ``"-fbn"`` with
+            :obj:`freeze_bn`.
         init (str or PathLike, optional): start from this checkpoint (e.g. a plain fine-tuned one) instead of the
             published weights. (default: :obj:`None`)
         progress (bool, optional): tqdm bars. (default: :obj:`True`)
@@ -329,17 +371,20 @@ def finetune(
         a summary: ``{"arch", "checkpoint", "acc_before", "acc_after", "history", "config"}`` (accuracies on the
         JPEG test set, fractions).
     """
+    cfg = TrainConfig(  # validated before any work
+        epochs=epochs, lr=lr, weight_decay=weight_decay, label_smoothing=label_smoothing, seed=seed,
+        schedule="cosine", max_steps=max_steps, activation_noise=activation_noise, fake_quant=fake_quant,
+        fake_quant_window=fake_quant_window, freeze_bn=freeze_bn,
+    )
     tag = "jpg-ft" if activation_noise == 0 else f"jpg-ft-an{activation_noise:g}"
     if fake_quant is not None:
-        tag = f"jpg-ft-fq{fake_quant.T}-{fake_quant.Q:g}"
+        tag = f"jpg-ft-fq{fake_quant.T}-{fake_quant.Q:g}" + (f"-w{fake_quant_window}" if fake_quant_window > 1 else "")
+    if freeze_bn:
+        tag += "-fbn"
     out = Path(out) if out is not None else default_checkpoint_path(name, tag)
     model = load_checkpoint(init, name) if init is not None else load_pretrained(name)
     test = cifar10_loader("test", 500)
     acc_before = evaluate(model, test, progress=progress)
-    cfg = TrainConfig(
-        epochs=epochs, lr=lr, weight_decay=weight_decay, label_smoothing=label_smoothing, seed=seed,
-        schedule="cosine", max_steps=max_steps, activation_noise=activation_noise, fake_quant=fake_quant,
-    )
     hist = fit(model, cifar10_loader("train", batch_size, seed=seed), cfg, progress=progress)
     acc_after = evaluate(model, test, progress=progress)
     save_checkpoint(
