@@ -47,6 +47,7 @@ PRODUCERS = {
 NETWORK_NAMES = {"textgcn": "Text GCN", "resnet20": "ResNet-20", "resnet20-an": "ResNet-20 (noise-aware FT)",
                  "resnet20-fq": "ResNet-20 (code-aware FT)",
                  "resnet20-fqw": "ResNet-20 (code-aware FT, converter's scale)",
+                 "resnet20-fqw16": "ResNet-20 (code-aware FT, converter's scale, 16 ep)",
                  "vgg": "VGG (small)", "lenet5": "LeNet-5"}
 
 
