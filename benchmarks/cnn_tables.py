@@ -21,7 +21,7 @@ Weights:
 * ``resnet20-fqw``: as ``resnet20-fq`` but 6 epochs, with the converter's view of the code during training: the
   scale is the maximum over the last 16 batches (about the calibration set), the average pool is quantised too
   and batch norm is frozen: ``... --epochs 6 --lr 0.005 --fake-quant 16 1.3 --fq-window 16 --freeze-bn`` makes
-  ``resnet20-jpg-ft-fq16-1.3-w16-fbn.pt``; ``resnet20-fqw16`` trains that one 10 more epochs (lr 0.003).
+  ``resnet20-jpg-ft-fq16-1.3-w16-fbn.pt``; ``resnet20-fqw16`` trains that one 10 more epochs (lr 0.003), ``resnet20-fqw26`` 10 more again.
 * VGG ("small" config) and LeNet-5: ``cache_dir()/checkpoints/vgg_cifar-small-jpg.pt`` and ``lenet5-mnist.pt``;
   trained here (seeded; ``--vgg-epochs``, ``--lenet-epochs``) and cached when missing. ``--max-train-steps`` makes a
   quick smoke model that is *not* cached.
@@ -88,6 +88,11 @@ VARIANTS = {
                        "spikegcn finetune resnet20 --init ~/.cache/spikegcn/checkpoints/resnet20-jpg-ft-fq16-1.3-w16-fbn.pt "
                        "--epochs 10 --lr 0.003 --fake-quant 16 1.3 --fq-window 16 --freeze-bn "
                        "--out ~/.cache/spikegcn/checkpoints/resnet20-jpg-ft-fq16-1.3-w16-fbn-x10.pt"),
+    "resnet20-fqw26": ("jpg-ft-fq16-1.3-w16-fbn-x20", "resnet20-fqw16 trained 10 more epochs the same way (lr 0.003, "
+                       "cosine): 26 code-aware epochs in all",
+                       "spikegcn finetune resnet20 --init ~/.cache/spikegcn/checkpoints/resnet20-jpg-ft-fq16-1.3-w16-fbn-x10.pt "
+                       "--epochs 10 --lr 0.003 --fake-quant 16 1.3 --fq-window 16 --freeze-bn "
+                       "--out ~/.cache/spikegcn/checkpoints/resnet20-jpg-ft-fq16-1.3-w16-fbn-x20.pt"),
 }
 MODELS = ("resnet20", *VARIANTS, "vgg", "lenet5")  # table order
 

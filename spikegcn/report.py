@@ -48,6 +48,7 @@ NETWORK_NAMES = {"textgcn": "Text GCN", "resnet20": "ResNet-20", "resnet20-an": 
                  "resnet20-fq": "ResNet-20 (code-aware FT)",
                  "resnet20-fqw": "ResNet-20 (code-aware FT, converter's scale)",
                  "resnet20-fqw16": "ResNet-20 (code-aware FT, converter's scale, 16 ep)",
+                 "resnet20-fqw26": "ResNet-20 (code-aware FT, converter's scale, 26 ep)",
                  "vgg": "VGG (small)", "lenet5": "LeNet-5"}
 
 
