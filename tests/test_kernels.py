@@ -140,6 +140,66 @@ def test_fused_int8_code_kernel_matches_float_kernel(n, f, T):
                 assert torch.equal(a[0], b[0]), (has_sign, tw, signed)
                 c = fused_cpu.aggregate_exact(adj64, inp, bias, scale, thr, T, tw, signed, vectorized=True)
                 assert torch.equal(a[0], c[0])  # int64 indices
+                if signed:
+                    assert torch.equal(a[1], c[1])
                 assert torch.unique(a[0]).numel() > 3  # a spread of fire phases, not a degenerate case
                 if signed:
                     assert torch.equal(a[1], b[1])
+
+
+def test_fused_kernel_choice_and_bad_input(monkeypatch):
+    """The default picks the int8-code kernel only where it can run and SPIKEGCN_NO_AVX512 is unset or 0;
+    inconsistent arguments raise instead of reading past a table."""
+    from spikegcn import PhaseCode
+    from spikegcn.kernels import fused_cpu
+    from spikegcn.nn.aggregation import build_graph_op
+    from spikegcn.spikes import PhaseSpikes
+
+    mod = fused_cpu.load()
+    if mod is None:
+        pytest.skip("needs the fused kernel")
+    n, f, T = 40, 5, 16
+    g = torch.Generator().manual_seed(0)
+    op = build_graph_op(torch.randint(0, n, (2, 200), generator=g), torch.rand(200, generator=g), n)
+    ph = torch.randint(0, T + 1, (n, f), generator=g).to(torch.int8)
+    inp = PhaseSpikes(phase=ph, code=PhaseCode(T, 1.3))
+    thr, scale = PhaseCode(T, 1.3, Tw=4).thresholds(), torch.ones(f)
+
+    calls = []
+
+    class Spy:
+        def __getattr__(self, name):
+            fn = getattr(mod, name)
+            if name.startswith("aggregate"):
+                return lambda *a: (calls.append(name), fn(*a))[1]
+            return fn
+
+    monkeypatch.setattr(fused_cpu, "load", lambda: Spy())
+    for env, want in ((None, "aggregate_codes"), ("0", "aggregate_codes"), ("1", "aggregate_exact")):
+        if env is None:
+            monkeypatch.delenv("SPIKEGCN_NO_AVX512", raising=False)
+        else:
+            monkeypatch.setenv("SPIKEGCN_NO_AVX512", env)
+        calls.clear()
+        fused_cpu.aggregate_exact(op.adj, inp, None, scale, thr, T, 4, False)
+        assert calls == [want if mod.has_avx512() else "aggregate_exact"], env
+    monkeypatch.delenv("SPIKEGCN_NO_AVX512", raising=False)
+    long_code = PhaseSpikes(phase=ph, code=PhaseCode(40, 1.1))
+    with pytest.raises(RuntimeError, match="T <= 31"):  # vectorized=True where the int8-code kernel cannot run
+        fused_cpu.aggregate_exact(op.adj, long_code, None, scale, PhaseCode(40, 1.1, Tw=4).thresholds(), 40, 4,
+                                  False, vectorized=True)
+    calls.clear()
+    fused_cpu.aggregate_exact(op.adj, long_code, None, scale, PhaseCode(40, 1.1, Tw=4).thresholds(), 40, 4, False)
+    assert calls == ["aggregate_exact"]  # T > 31: the portable kernel
+
+    with pytest.raises(ValueError, match="T_in = 20 differs"):
+        fused_cpu.aggregate_exact(op.adj, inp, None, scale, thr, 20, 4, False)
+    bad = PhaseSpikes(phase=ph.clone().fill_(T + 1), code=PhaseCode(T, 1.3))
+    with pytest.raises(ValueError, match="fire phases must lie in 0..16"):
+        fused_cpu.aggregate_exact(op.adj, bad, None, scale, thr, T, 4, False)
+    with pytest.raises(ValueError, match="does not match 39 input nodes"):
+        fused_cpu.aggregate_exact(op.adj, PhaseSpikes(phase=ph[:39], code=inp.code), None, scale, thr, T, 4, False)
+    with pytest.raises(ValueError, match="bias has 3 entries"):
+        fused_cpu.aggregate_exact(op.adj, inp, torch.zeros(3), scale, thr, T, 4, False)
+    with pytest.raises(ValueError, match="Tw must be"):
+        fused_cpu.aggregate_exact(op.adj, inp, None, scale, thr, T, -1, False)

@@ -6,6 +6,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.fx
@@ -330,6 +331,7 @@ def test_fake_quant_window_uses_the_running_maximum_and_quantises_pools():
     for bad in (0, -2, 1.5, True):
         with pytest.raises(ValueError, match="fake_quant_window"):
             TrainConfig(fake_quant=code, fake_quant_window=bad)
+    assert TrainConfig(fake_quant=code, fake_quant_window=np.int64(3)).fake_quant_window == 3
     with pytest.raises(ValueError, match="needs fake_quant"):
         TrainConfig(fake_quant_window=4)
     torch.manual_seed(0)
@@ -361,6 +363,61 @@ def test_fake_quant_window_uses_the_running_maximum_and_quantises_pools():
         out = net(small)
         torch.testing.assert_close(out, seen[-1].mean(dim=(2, 3), keepdim=True))
         h.remove()
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())  # pool hooks too
+
+
+def test_fake_quant_window_mirrors_the_converters_scales_per_call_site():
+    """With a window: one scale per layer for fully-connected outputs (the converter's layer-wise λ), one window
+    per call site of a reused module, and nothing left registered afterwards."""
+    from spikegcn.coding import PhaseCode, quantize
+    from spikegcn.vision.train import _relu_hooks
+
+    code = PhaseCode(16, 1.3)
+    torch.manual_seed(0)
+
+    class Shared(nn.Module):  # one ReLU module applied at two sites, as many user models do
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2, self.relu = nn.Linear(6, 5), nn.Linear(5, 4), nn.ReLU()
+
+        def forward(self, x):
+            return self.relu(self.fc2(self.relu(self.fc1(x))))
+
+    net = Shared()
+    x_big, x_small = 4 * torch.randn(16, 6), 0.2 * torch.randn(16, 6)
+
+    def fq(v, lam):
+        return quantize(v / lam, code) * lam
+
+    def sites(x, lam1):  # ReLU outputs at the two sites, site 1 quantised with lam1
+        h = net.fc1(x).relu()
+        return h, net.fc2(fq(h, lam1)).relu()
+
+    with torch.no_grad(), _relu_hooks(net, TrainConfig(fake_quant=code, fake_quant_window=2)):
+        net.train()
+        h, _ = sites(x_big, 1.0)
+        l1 = h.amax()  # one scalar per layer, not per feature
+        _, z = sites(x_big, l1)
+        l2 = z.amax()
+        torch.testing.assert_close(net(x_big), fq(z, l2))
+        # second batch: each site keeps its own window (a shared window would mix l1 into site 2)
+        h, _ = sites(x_small, 1.0)
+        l1s = torch.maximum(l1, h.amax())
+        _, z = sites(x_small, l1s)
+        l2s = torch.maximum(l2, z.amax())
+        assert l2s < l1s  # the test separates the two sites
+        torch.testing.assert_close(net(x_small), fq(z, l2s))
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())
+    with torch.no_grad(), _relu_hooks(net, TrainConfig(fake_quant=code, fake_quant_window=2)):
+        net.train()  # a new fit starts with empty windows: the big batch no longer counts
+        h, _ = sites(x_small, 1.0)
+        _, z = sites(x_small, h.amax())
+        torch.testing.assert_close(net(x_small), fq(z, z.amax()))
+    with torch.no_grad(), _relu_hooks(net, TrainConfig(fake_quant=code)):
+        net.train()  # window 1: per-feature batch maxima, as before
+        h = net.fc1(x_big).relu()
+        z = net.fc2(fq(h, h.amax(0, keepdim=True).clamp_min(1e-12))).relu()
+        torch.testing.assert_close(net(x_big), fq(z, z.amax(0, keepdim=True).clamp_min(1e-12)))
 
 
 def test_freeze_bn_keeps_running_statistics():
@@ -368,7 +425,9 @@ def test_freeze_bn_keeps_running_statistics():
     m = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 10))
     before = [b.clone() for b in m[1].buffers()]
     w_before = m[1].weight.detach().clone()
-    fit(m, D.digits_loader("train", 32, seed=0), TrainConfig(epochs=1, lr=0.05, max_steps=3, freeze_bn=True),
+    # two epochs with validation: evaluate() switches the model back and forth, BN must stay frozen throughout
+    fit(m, D.digits_loader("train", 32, seed=0),
+        TrainConfig(epochs=2, lr=0.05, max_steps=6, freeze_bn=True), val_loader=D.digits_loader("test", 256),
         progress=False)
     for b, c in zip(before, m[1].buffers()):
         assert torch.equal(b, c)

@@ -14,6 +14,7 @@ Command line (fine-tune a pretrained ResNet on the JPEG training set, checkpoint
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import time
 from collections import deque
@@ -74,9 +75,10 @@ class TrainConfig:
         fake_quant (PhaseCode, optional): conversion-aware training with the code itself: in training mode every
             :class:`torch.nn.ReLU` output is replaced by its one-spike quantisation
             (:func:`spikegcn.coding.quantize` of the output over its per-channel maximum, times that maximum),
-            with straight-through gradients. With :obj:`fake_quant_window` > 1 average-pool outputs are quantised
-            too (one scale per layer), as the converter re-encodes them. Exclusive with :obj:`activation_noise`.
-            (default: :obj:`None`)
+            with straight-through gradients. With :obj:`fake_quant_window` > 1 the scale is the converter's:
+            per channel for conv outputs, one per layer for fully-connected and average-pool outputs (which are
+            then quantised too, as the converter re-encodes them), one window per call site of a module.
+            Exclusive with :obj:`activation_noise`. (default: :obj:`None`)
         fake_quant_window (int): the maximum behind :obj:`fake_quant` is taken over the last this many batches
             (1: the current batch only). The converter's :math:`\lambda` is the maximum over its calibration
             images (a few thousand), so a window of about that many images makes training see the converter's
@@ -106,8 +108,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         w = self.fake_quant_window
-        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+        if isinstance(w, bool) or not isinstance(w, numbers.Integral) or w < 1:
             raise ValueError(f"fake_quant_window must be a positive integer, got {w!r}")
+        self.fake_quant_window = int(w)
         if w > 1 and self.fake_quant is None:
             raise ValueError("fake_quant_window needs fake_quant")
         if not 0.0 <= self.activation_noise < 1.0:
@@ -135,19 +138,24 @@ def _relu_hooks(model: nn.Module, cfg: TrainConfig) -> Iterator[None]:
 
     window = cfg.fake_quant_window
     recent: dict[tuple, deque] = {}
+    calls: dict[int, int] = {}  # call count per module within the current forward pass
 
     def fake_quant(module: nn.Module, args, out: Tensor) -> Optional[Tensor]:
         if not module.training:
             return None
-        if isinstance(module, nn.ReLU):
-            # per-channel scale (dim 1 of conv maps, last dim of vectors), as the converter normalises conv outputs
-            dims = [d for d in range(out.dim()) if d != (1 if out.dim() == 4 else out.dim() - 1)]
-        else:  # pooling: one scale per layer
+        if isinstance(module, nn.ReLU) and out.dim() == 4:
+            dims = [0, 2, 3]  # per channel, as the converter normalises conv outputs
+        elif isinstance(module, nn.ReLU) and window == 1:
+            dims = list(range(out.dim() - 1))  # per feature over the batch
+        else:  # pooling, and with a window fully-connected outputs: one scale per layer, as the converter does
             dims = list(range(out.dim()))
         lam = out.detach().amax(dim=dims, keepdim=True)
         if window > 1:
-            # keyed by shape too, so that a module applied at several sites keeps one window per site shape
-            past = recent.setdefault((id(module), tuple(lam.shape)), deque(maxlen=window))
+            # one window per call site (a module reused at several sites gets one per site, like the converter's λ)
+            site = calls[id(module)] = calls.get(id(module), -1) + 1
+            past = recent.setdefault((id(module), site), deque(maxlen=window))
+            if past and past[-1].shape != lam.shape:
+                past.clear()  # a new input size (e.g. another resolution) restarts the window
             past.append(lam)
             lam = torch.stack(list(past)).amax(0)
         lam = lam.clamp_min(1e-12)
@@ -161,6 +169,7 @@ def _relu_hooks(model: nn.Module, cfg: TrainConfig) -> Iterator[None]:
     if code is not None and window > 1:
         sites = sites + [m for m in model.modules() if isinstance(m, (nn.AvgPool2d, nn.AdaptiveAvgPool2d))]
     hooks = [m.register_forward_hook(noise if a > 0 else fake_quant) for m in sites]
+    hooks.append(model.register_forward_pre_hook(lambda m, args: calls.clear()))
     try:
         yield
     finally:
