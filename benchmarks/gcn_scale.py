@@ -127,8 +127,8 @@ def build(args, cfg: str):
                                   (args.nodes, args.nodes))
     if cfg == "ann":
         return (lambda: model(eye, adj)), None, adj, model, eye
-    tw = {"functional": args.T, "exact": args.T, "exact_small": args.tw_small, "exact_small_portable": args.tw_small,
-          "clock": args.T}[cfg]
+    tw = {"functional": args.T, "exact": args.T, "exact_small": args.tw_small, "exact_small_avx2": args.tw_small,
+          "exact_small_portable": args.tw_small, "clock": args.T}[cfg]
     mode = "functional" if cfg == "functional" else "exact"
     snn = convert(model, (eye, adj), PhaseCode(args.T, args.Q, Tw=tw), mode=mode)
     for m in snn.modules():
@@ -137,23 +137,26 @@ def build(args, cfg: str):
     with torch.no_grad():
         snn(eye, adj)  # build and cache the synapse structures once (like GCNConv(cached=True))
     fn = (lambda: clock_driven(snn, adj, args.T)) if cfg == "clock" else (lambda: snn(eye, adj))
-    if cfg == "exact_small_portable":
-        fn = portable(fn)
+    if cfg in CAPPED:
+        fn = capped(fn, CAPPED[cfg])
     return fn, snn, adj, model, eye
 
 
-def portable(fn):
-    """``fn`` with the fused kernel's portable float path (what CPUs without AVX-512 run)."""
+CAPPED = {"exact_small_avx2": "avx2", "exact_small_portable": "portable"}
+
+
+def capped(fn, isa: str):
+    """``fn`` with the fused kernel capped at ``isa`` (what CPUs without AVX-512, or without AVX2, run)."""
     def run():
-        before = os.environ.get("SPIKEGCN_NO_AVX512")
-        os.environ["SPIKEGCN_NO_AVX512"] = "1"
+        before = os.environ.get("SPIKEGCN_CPU_ISA")
+        os.environ["SPIKEGCN_CPU_ISA"] = isa
         try:
             return fn()
         finally:
             if before is None:
-                del os.environ["SPIKEGCN_NO_AVX512"]
+                del os.environ["SPIKEGCN_CPU_ISA"]
             else:
-                os.environ["SPIKEGCN_NO_AVX512"] = before
+                os.environ["SPIKEGCN_CPU_ISA"] = before
     return run
 
 
@@ -163,9 +166,8 @@ def kernel_name() -> str:
     mod = fused_cpu.load()
     if mod is None:
         return "event kernel (torch-scatter), fused kernel unavailable"
-    if mod.has_avx512() and not os.environ.get("SPIKEGCN_NO_AVX512"):
-        return "fused, AVX-512 int8 codes"
-    return "fused, portable float"
+    return {"avx512": "fused, AVX-512 int8 codes", "avx2": "fused, AVX2 int8 codes",
+            "portable": "fused, portable float"}[fused_cpu.max_isa()]
 
 
 def worker(args) -> dict:
@@ -215,7 +217,7 @@ def main() -> None:
     ap.add_argument("--tw-small", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--configs", default="ann,functional,exact,exact_small,exact_small_portable,clock")
+    ap.add_argument("--configs", default="ann,functional,exact,exact_small,exact_small_avx2,exact_small_portable,clock")
     ap.add_argument("--out", default="results/gcn_scale")
     ap.add_argument("--worker", default=None)
     args = ap.parse_args()
@@ -262,7 +264,8 @@ def main() -> None:
     out.with_suffix(".json").write_text(json.dumps(rec, indent=2))
     names = {"ann": "ANN forward (GCNConv, spmm)", "functional": f"SNN functional (Tw = T = {args.T})",
              "exact": f"SNN exact, Tw = T = {args.T}", "exact_small": f"SNN exact, Tw = {args.tw_small}",
-             "exact_small_portable": f"SNN exact, Tw = {args.tw_small}, portable kernel (no AVX-512)",
+             "exact_small_avx2": f"SNN exact, Tw = {args.tw_small}, AVX2 kernel (no AVX-512)",
+             "exact_small_portable": f"SNN exact, Tw = {args.tw_small}, portable kernel (no AVX2)",
              "clock": "clock-driven SNN (T full spmm per layer)"}
     lines = [f"Graph of 20NG's size: {args.nodes:,} nodes, {ann['nnz']:,} non-zeros in A-hat, X = I, "
              f"{args.hidden} hidden, {args.classes} classes; T = {args.T}, Q = {args.Q}; {args.threads} threads, "

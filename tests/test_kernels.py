@@ -108,17 +108,19 @@ def test_fused_cpu_aggregation_matches_event_path():
 
 
 @pytest.mark.parametrize("n,f,T", [(300, 200, 16), (200, 7, 12), (150, 33, 31)])
-def test_fused_int8_code_kernel_matches_float_kernel(n, f, T):
-    """The AVX-512 kernel (int8 codes, late phases in registers) gives the portable float kernel's spikes bit for bit
-    on non-dyadic values, feature tails (F % 16 != 0) and more than 16 late phases (T = 31, small Tw)."""
+def test_fused_int8_code_kernels_match_float_kernel(n, f, T):
+    """The AVX-512 and AVX2 kernels (int8 codes, late phases in registers) give the portable float kernel's spikes
+    bit for bit on non-dyadic values, feature tails (F % 16, F % 8 != 0) and many late phases (T = 31, small Tw:
+    the register-held maxima, 16 and 12 bins, and the memory fallback beyond)."""
     from spikegcn import PhaseCode
     from spikegcn.kernels import fused_cpu
     from spikegcn.nn.aggregation import build_graph_op
     from spikegcn.spikes import PhaseSpikes
 
     mod = fused_cpu.load()
-    if mod is None or not mod.has_avx512():
-        pytest.skip("needs the fused kernel on an AVX-512 CPU")
+    if mod is None or mod.cpu_isa() < 1:
+        pytest.skip("needs the fused kernel on an AVX2 or AVX-512 CPU")
+    kernels = ["avx2"] + (["avx512"] if mod.cpu_isa() >= 2 else [])
     g = torch.Generator().manual_seed(f)
     ei = torch.randint(0, n, (2, 20 * n), generator=g)
     op = build_graph_op(ei, torch.rand(20 * n, generator=g), n)
@@ -130,26 +132,24 @@ def test_fused_int8_code_kernel_matches_float_kernel(n, f, T):
         sg = (torch.where(torch.rand(n, f, generator=g) < 0.5, -1, 1) * (ph > 0)).to(torch.int8) if has_sign else None
         scale_in = torch.rand(f, generator=g) + 0.5 if has_sign else torch.tensor(0.7)  # per channel, scalar
         inp = PhaseSpikes(phase=ph, code=PhaseCode(T, 1.3), sign=sg, scale=scale_in)
-        # T = 31, Tw = 14: exactly 16 late phases (the largest register-held case); Tw = 0..3: the memory fallback
-        for tw in sorted({0, 3, 8, T - 2, T} | ({14} if T == 31 else set())):
+        # T = 31: Tw = 14 gives 16 late phases (AVX-512's register maximum), Tw = 18 gives 12 (AVX2's)
+        for tw in sorted({0, 3, 8, T - 2, T} | ({14, 18} if T == 31 else set())):
             for signed in (False, True):
                 thr = PhaseCode(T, 1.3, Tw=tw).thresholds()
                 scale = torch.rand(f, generator=g) * 5 + 1
-                a = fused_cpu.aggregate_exact(op.adj, inp, bias, scale, thr, T, tw, signed, vectorized=True)
-                b = fused_cpu.aggregate_exact(op.adj, inp, bias, scale, thr, T, tw, signed, vectorized=False)
-                assert torch.equal(a[0], b[0]), (has_sign, tw, signed)
-                c = fused_cpu.aggregate_exact(adj64, inp, bias, scale, thr, T, tw, signed, vectorized=True)
-                assert torch.equal(a[0], c[0])  # int64 indices
-                if signed:
-                    assert torch.equal(a[1], c[1])
-                assert torch.unique(a[0]).numel() > 3  # a spread of fire phases, not a degenerate case
-                if signed:
-                    assert torch.equal(a[1], b[1])
+                b = fused_cpu.aggregate_exact(op.adj, inp, bias, scale, thr, T, tw, signed, kernel="portable")
+                assert torch.unique(b[0]).numel() > 3  # a spread of fire phases, not a degenerate case
+                for k in kernels:
+                    for adj in (op.adj, adj64):  # int32 and int64 indices
+                        a = fused_cpu.aggregate_exact(adj, inp, bias, scale, thr, T, tw, signed, kernel=k)
+                        assert torch.equal(a[0], b[0]), (k, has_sign, tw, signed)
+                        if signed:
+                            assert torch.equal(a[1], b[1]), (k, has_sign, tw)
 
 
 def test_fused_kernel_choice_and_bad_input(monkeypatch):
-    """The default picks the int8-code kernel only where it can run and SPIKEGCN_NO_AVX512 is unset or 0;
-    inconsistent arguments raise instead of reading past a table."""
+    """"auto" picks the widest int8-code kernel the CPU has, capped by SPIKEGCN_CPU_ISA, and the portable one
+    where codes cannot be used; inconsistent arguments raise instead of reading past a table."""
     from spikegcn import PhaseCode
     from spikegcn.kernels import fused_cpu
     from spikegcn.nn.aggregation import build_graph_op
@@ -171,25 +171,35 @@ def test_fused_kernel_choice_and_bad_input(monkeypatch):
         def __getattr__(self, name):
             fn = getattr(mod, name)
             if name.startswith("aggregate"):
-                return lambda *a: (calls.append(name), fn(*a))[1]
+                return lambda *a: (calls.append(name if name == "aggregate_exact" else ("codes", a[-1])), fn(*a))[1]
             return fn
 
     monkeypatch.setattr(fused_cpu, "load", lambda: Spy())
-    for env, want in ((None, "aggregate_codes"), ("0", "aggregate_codes"), ("1", "aggregate_exact")):
+    have = int(mod.cpu_isa())
+    for env, cap in ((None, 2), ("avx512", 2), ("AVX2", 1), ("portable", 0)):
         if env is None:
-            monkeypatch.delenv("SPIKEGCN_NO_AVX512", raising=False)
+            monkeypatch.delenv("SPIKEGCN_CPU_ISA", raising=False)
         else:
-            monkeypatch.setenv("SPIKEGCN_NO_AVX512", env)
+            monkeypatch.setenv("SPIKEGCN_CPU_ISA", env)
         calls.clear()
         fused_cpu.aggregate_exact(op.adj, inp, None, scale, thr, T, 4, False)
-        assert calls == [want if mod.has_avx512() else "aggregate_exact"], env
-    monkeypatch.delenv("SPIKEGCN_NO_AVX512", raising=False)
+        isa = min(have, cap)
+        assert calls == [("codes", isa) if isa else "aggregate_exact"], env
+    monkeypatch.setenv("SPIKEGCN_CPU_ISA", "sse9")
+    with pytest.raises(ValueError, match="SPIKEGCN_CPU_ISA"):
+        fused_cpu.aggregate_exact(op.adj, inp, None, scale, thr, T, 4, False)
+    monkeypatch.delenv("SPIKEGCN_CPU_ISA", raising=False)
+    with pytest.raises(ValueError, match="kernel must be"):
+        fused_cpu.aggregate_exact(op.adj, inp, None, scale, thr, T, 4, False, kernel="avx")
+    if have < 2:
+        with pytest.raises(RuntimeError, match="cannot run the avx512"):
+            fused_cpu.aggregate_exact(op.adj, inp, None, scale, thr, T, 4, False, kernel="avx512")
     long_code = PhaseSpikes(phase=ph, code=PhaseCode(40, 1.1))
-    with pytest.raises(RuntimeError, match="T <= 31"):  # vectorized=True where the int8-code kernel cannot run
-        fused_cpu.aggregate_exact(op.adj, long_code, None, scale, PhaseCode(40, 1.1, Tw=4).thresholds(), 40, 4,
-                                  False, vectorized=True)
+    thr40 = PhaseCode(40, 1.1, Tw=4).thresholds()
+    with pytest.raises(RuntimeError, match="T <= 31"):  # a forced int8-code kernel where codes cannot be used
+        fused_cpu.aggregate_exact(op.adj, long_code, None, scale, thr40, 40, 4, False, kernel="avx2")
     calls.clear()
-    fused_cpu.aggregate_exact(op.adj, long_code, None, scale, PhaseCode(40, 1.1, Tw=4).thresholds(), 40, 4, False)
+    fused_cpu.aggregate_exact(op.adj, long_code, None, scale, thr40, 40, 4, False)
     assert calls == ["aggregate_exact"]  # T > 31: the portable kernel
 
     with pytest.raises(ValueError, match="T_in = 20 differs"):

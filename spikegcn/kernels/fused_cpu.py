@@ -11,9 +11,11 @@ summation order), at about the cost of one spmm plus the late spikes x fan-out.
 On CPUs with AVX-512 (checked at run time) a second variant reads the input as int8 codes (sign x fire phase:
 a quarter of the memory traffic of float rows) and decodes them in registers with a 32-entry permute; for each
 block of 16 features the early sum and one bin per late phase stay in registers while the row's edges stream by
-(a compare and a masked add per late phase, no branches, no scatters). It reproduces the portable kernel's sums
-bit for bit (same products, same order, no FMA). On a 20NG-size graph at Tw = 8 it runs layer 1 about 2.7x
-faster (5.2 s -> 1.9 s; end to end 2.5x, ``benchmarks/gcn_scale.py``).
+(a compare and a masked add per late phase, no branches, no scatters). On a 20NG-size graph at Tw = 8 it runs
+layer 1 about 2.7x faster than the portable kernel (5.2 s -> 1.9 s, ``benchmarks/gcn_scale.py``). CPUs with AVX2
+but not AVX-512 run the same scheme 8 features at a time. Both reproduce the portable kernel's sums bit for bit
+(same products, same order, no FMA; a lane left out of a sum gets +0 added, which changes no non-zero sum).
+``SPIKEGCN_CPU_ISA=avx2|portable`` caps the choice (benchmarks, tests).
 
 It is compiled on first use with :mod:`torch.utils.cpp_extension` (needs a C++ compiler and ninja) and cached
 in ``$TORCH_EXTENSIONS_DIR``. :func:`load` returns ``None`` when it cannot be built; callers then use the
@@ -38,6 +40,27 @@ _SOURCE = r"""
 // binned by phase from per-source lists, then added phase by phase during the threshold compares.
 struct Late { float x; int16_t f; int16_t p; };  // one 8-byte record per late spike: one cache stream
 
+// Fire phases of row m from its early sums acc[f] and its late-phase bins: the bin of input phase k is
+// H[(k + off) * stride + f]. The same sequence of additions in every kernel, hence the same spikes.
+static inline void fire_row(int64_t m, int64_t F, const float* acc, const float* H, int64_t off, int64_t stride,
+                            int64_t k0, int64_t T, int64_t T_in, int64_t Tw, bool is_signed, const float* bias,
+                            const float* inv_scale, const float* thr, int8_t* out_phase, int8_t* out_sign) {
+  for (int64_t f = 0; f < F; ++f) {
+    float P = (bias ? bias[f] : 0.f) + acc[f];
+    int64_t k = k0;
+    int8_t fired = 0, sgn = 0;
+    for (int64_t t = 1; t <= T; ++t) {
+      const int64_t upto = std::min(t + Tw, T_in);
+      for (; k < upto; ++k) P += H[(k + off) * stride + f];
+      const float v = P * inv_scale[f];
+      const float mag = is_signed ? std::fabs(v) : v;
+      if (mag >= thr[t - 1]) { fired = (int8_t)t; sgn = v > 0 ? 1 : (v < 0 ? -1 : 0); break; }
+    }
+    out_phase[m * F + f] = fired;
+    if (out_sign) out_sign[m * F + f] = fired ? sgn : 0;
+  }
+}
+
 template <typename idx_t>
 static void run_packed(const idx_t* crow, const idx_t* col, const float* val, const float* xe,
                 const int64_t* late_ptr, const Late* late,
@@ -60,20 +83,8 @@ static void run_packed(const idx_t* crow, const idx_t* col, const float* val, co
         for (int64_t f = 0; f < F; ++f) a[f] += w * xr[f];
         for (int64_t j = late_ptr[n]; j < late_ptr[n + 1]; ++j) H[late[j].p * F + late[j].f] += w * late[j].x;
       }
-      for (int64_t f = 0; f < F; ++f) {
-        float P = (bias ? bias[f] : 0.f) + acc[f];
-        int64_t k = k0;
-        int8_t fired = 0, sgn = 0;
-        for (int64_t t = 1; t <= T; ++t) {
-          const int64_t upto = std::min(t + Tw, T_in);
-          for (; k < upto; ++k) P += H[(k + 1) * F + f];
-          const float v = P * inv_scale[f];
-          const float mag = is_signed ? std::fabs(v) : v;
-          if (mag >= thr[t - 1]) { fired = (int8_t)t; sgn = v > 0 ? 1 : (v < 0 ? -1 : 0); break; }
-        }
-        out_phase[m * F + f] = fired;
-        if (out_sign) out_sign[m * F + f] = fired ? sgn : 0;
-      }
+      fire_row(m, F, acc.data(), H.data(), 1, F, k0, T, T_in, Tw, is_signed, bias, inv_scale, thr, out_phase,
+               out_sign);
     }
   }
 }
@@ -232,69 +243,138 @@ static void row_block_mem(idx_t e0, idx_t e1, const idx_t* col, const float* val
   _mm512_store_ps(acc + f0, ac);
 }
 
+// One (row, 16-feature block) of the AVX-512 kernel: picks the register-held variant for the number of late phases.
 template <typename idx_t>
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
-static void run_codes_avx512(const idx_t* crow, const idx_t* col, const float* val, const int8_t* codes,
-                             const float* scale, const float* table, const float* bias, const float* inv_scale,
-                             const float* thr, int64_t N, int64_t F, int64_t T, int64_t T_in, int64_t Tw,
-                             bool is_signed, int8_t* out_phase, int8_t* out_sign) {
+struct Block512 {
+  const idx_t* col; const float* val; const int8_t* codes; int64_t F; int k0, nl; const float* tb; const float* sc;
+  static constexpr int W = 16;
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+  void operator()(idx_t e0, idx_t e1, int64_t f0, float* acc, float* H, int64_t Fp) const {
+    const __mmask16 tail = (F - f0 >= 16) ? (__mmask16)0xFFFF : (__mmask16)((1u << (F - f0)) - 1);
+    const __m512 lut_lo = _mm512_load_ps(tb), lut_hi = _mm512_load_ps(tb + 16), s = _mm512_load_ps(sc + f0);
+    switch (nl) {
+#define SPIKEGCN_NL(n) case n: row_block<n>(e0, e1, col, val, codes, F, f0, tail, lut_lo, lut_hi, s, k0, acc, H, Fp); break;
+      SPIKEGCN_NL(0) SPIKEGCN_NL(1) SPIKEGCN_NL(2) SPIKEGCN_NL(3) SPIKEGCN_NL(4) SPIKEGCN_NL(5)
+      SPIKEGCN_NL(6) SPIKEGCN_NL(7) SPIKEGCN_NL(8) SPIKEGCN_NL(9) SPIKEGCN_NL(10) SPIKEGCN_NL(11)
+      SPIKEGCN_NL(12) SPIKEGCN_NL(13) SPIKEGCN_NL(14) SPIKEGCN_NL(15) SPIKEGCN_NL(16)
+#undef SPIKEGCN_NL
+      default: row_block_mem(e0, e1, col, val, codes, F, f0, tail, lut_lo, lut_hi, s, k0, nl, acc, H, Fp);
+    }
+  }
+};
+
+// AVX2 variant (CPUs without AVX-512): the same scheme on 8 features at a time. No mask registers: a lane is
+// kept out of a sum by adding +0 (and-ing w*v with the compare result), which leaves every non-zero sum
+// unchanged; the 32-entry table is four 8-entry permutes blended on bits 3 and 4 of the phase.
+struct Lut8 { __m256 t0, t1, t2, t3; };
+
+__attribute__((target("avx2"), always_inline))
+static inline __m256i load_codes8(const int8_t* p, int64_t n) {
+  if (n >= 8) return _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p));
+  int8_t tmp[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int64_t i = 0; i < n; ++i) tmp[i] = p[i];
+  return _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)tmp));
+}
+
+__attribute__((target("avx2"), always_inline))
+static inline __m256 weighted8(const __m256i ci, const Lut8& L, const __m256 sc, float w, __m256i* abs_out) {
+  const __m256i a = _mm256_abs_epi32(ci);
+  const __m256 b3 = _mm256_castsi256_ps(_mm256_slli_epi32(a, 28)), b4 = _mm256_castsi256_ps(_mm256_slli_epi32(a, 27));
+  const __m256 lo = _mm256_blendv_ps(_mm256_permutevar8x32_ps(L.t0, a), _mm256_permutevar8x32_ps(L.t1, a), b3);
+  const __m256 hi = _mm256_blendv_ps(_mm256_permutevar8x32_ps(L.t2, a), _mm256_permutevar8x32_ps(L.t3, a), b3);
+  __m256 v = _mm256_mul_ps(_mm256_blendv_ps(lo, hi, b4), sc);
+  v = _mm256_blendv_ps(v, _mm256_sub_ps(_mm256_setzero_ps(), v), _mm256_castsi256_ps(ci));  // negative codes
+  *abs_out = a;
+  return _mm256_mul_ps(_mm256_set1_ps(w), v);
+}
+
+// NL >= 0: the NL late-phase bins in registers; NL < 0: nl bins in memory (long codes with a short wait).
+template <int NL, typename idx_t>
+__attribute__((target("avx2"), always_inline))
+static inline void row_block8(idx_t e0, idx_t e1, const idx_t* col, const float* val, const int8_t* codes,
+                              int64_t F, int64_t f0, const Lut8& L, __m256 sc, int k0, int nl, float* acc, float* H,
+                              int64_t Fp) {
+  __m256 ac = _mm256_setzero_ps();
+  __m256 h[NL > 0 ? NL : 1];
+  for (int q = 0; q < NL; ++q) h[q] = _mm256_setzero_ps();
+  if constexpr (NL < 0)
+    for (int q = 0; q < nl; ++q) _mm256_store_ps(H + q * Fp + f0, _mm256_setzero_ps());
+  const __m256i early = _mm256_set1_epi32(k0 + 1);
+  const int64_t n = F - f0;
+  for (idx_t e = e0; e < e1; ++e) {
+    __m256i a;
+    const __m256 wv = weighted8(load_codes8(codes + (int64_t)col[e] * F + f0, n), L, sc, val[e], &a);
+    ac = _mm256_add_ps(ac, _mm256_and_ps(wv, _mm256_castsi256_ps(_mm256_cmpgt_epi32(early, a))));
+    for (int q = 0; q < (NL >= 0 ? NL : nl); ++q) {
+      const __m256 m = _mm256_castsi256_ps(_mm256_cmpeq_epi32(a, _mm256_set1_epi32(k0 + 1 + q)));
+      if constexpr (NL >= 0) {
+        h[q] = _mm256_add_ps(h[q], _mm256_and_ps(wv, m));
+      } else {
+        float* hp = H + q * Fp + f0;
+        _mm256_store_ps(hp, _mm256_add_ps(_mm256_load_ps(hp), _mm256_and_ps(wv, m)));
+      }
+    }
+  }
+  _mm256_store_ps(acc + f0, ac);
+  for (int q = 0; q < NL; ++q) _mm256_store_ps(H + q * Fp + f0, h[q]);
+}
+
+// One (row, 8-feature block) of the AVX2 kernel.
+template <typename idx_t>
+struct Block256 {
+  const idx_t* col; const float* val; const int8_t* codes; int64_t F; int k0, nl; const float* tb; const float* sc;
+  static constexpr int W = 8;
+  __attribute__((target("avx2")))
+  void operator()(idx_t e0, idx_t e1, int64_t f0, float* acc, float* H, int64_t Fp) const {
+    const Lut8 L{_mm256_load_ps(tb), _mm256_load_ps(tb + 8), _mm256_load_ps(tb + 16), _mm256_load_ps(tb + 24)};
+    const __m256 s = _mm256_load_ps(sc + f0);
+    switch (nl) {
+#define SPIKEGCN_NL(n) case n: row_block8<n>(e0, e1, col, val, codes, F, f0, L, s, k0, nl, acc, H, Fp); break;
+      SPIKEGCN_NL(0) SPIKEGCN_NL(1) SPIKEGCN_NL(2) SPIKEGCN_NL(3) SPIKEGCN_NL(4) SPIKEGCN_NL(5)
+      SPIKEGCN_NL(6) SPIKEGCN_NL(7) SPIKEGCN_NL(8) SPIKEGCN_NL(9) SPIKEGCN_NL(10) SPIKEGCN_NL(11)
+      SPIKEGCN_NL(12)
+#undef SPIKEGCN_NL
+      default: row_block8<-1>(e0, e1, col, val, codes, F, f0, L, s, k0, nl, acc, H, Fp);
+    }
+  }
+};
+
+static inline float* align64(std::vector<float>& v) {
+  return (float*)(((uintptr_t)v.data() + 63) & ~(uintptr_t)63);
+}
+
+// Row loop of the vectorised kernels: block(...) fills the early sums and late-phase bins of one row's
+// features f0 .. f0 + W - 1; fire_row turns them into fire phases.
+template <typename Block, typename idx_t>
+static void run_codes(const Block& block, const idx_t* crow, int64_t N, int64_t F, int64_t T, int64_t T_in,
+                      int64_t Tw, bool is_signed, const float* bias, const float* inv_scale, const float* thr,
+                      int8_t* out_phase, int8_t* out_sign) {
   const int64_t k0 = std::min(Tw + 1, T_in);
-  const int nl = (int)(T_in - k0);              // late phases k0+1 .. T_in
-  const int64_t nc = (F + 15) / 16;
-  const int64_t Fp = nc * 16;
-  alignas(64) float tb[32] = {0};
-  for (int64_t i = 0; i <= T_in; ++i) tb[i] = table[i];
-  const __m512 lut_lo = _mm512_load_ps(tb), lut_hi = _mm512_load_ps(tb + 16);
+  const int64_t nc = (F + Block::W - 1) / Block::W, Fp = nc * Block::W;
   #pragma omp parallel
   {
-    std::vector<float> accv(Fp + 16), Hv(nl * Fp + 16), scv(Fp + 16, 0.f);
-    float* acc = (float*)(((uintptr_t)accv.data() + 63) & ~(uintptr_t)63);
-    float* H = (float*)(((uintptr_t)Hv.data() + 63) & ~(uintptr_t)63);
-    float* scp = (float*)(((uintptr_t)scv.data() + 63) & ~(uintptr_t)63);
-    for (int64_t f = 0; f < F; ++f) scp[f] = scale[f];
+    std::vector<float> accv(Fp + 16), Hv(block.nl * Fp + 16);
+    float* acc = align64(accv);
+    float* H = align64(Hv);
     #pragma omp for schedule(dynamic, 64)
     for (int64_t m = 0; m < N; ++m) {
-      const idx_t e0 = crow[m], e1 = crow[m + 1];
-      for (int64_t c = 0; c < nc; ++c) {
-        const int64_t f0 = c * 16;
-        const __mmask16 tail = (F - f0 >= 16) ? (__mmask16)0xFFFF : (__mmask16)((1u << (F - f0)) - 1);
-        const __m512 sc = _mm512_load_ps(scp + f0);
-        const int k = (int)k0;
-        switch (nl) {
-#define SPIKEGCN_NL(n) case n: row_block<n>(e0, e1, col, val, codes, F, f0, tail, lut_lo, lut_hi, sc, k, acc, H, Fp); break;
-          SPIKEGCN_NL(0) SPIKEGCN_NL(1) SPIKEGCN_NL(2) SPIKEGCN_NL(3) SPIKEGCN_NL(4) SPIKEGCN_NL(5)
-          SPIKEGCN_NL(6) SPIKEGCN_NL(7) SPIKEGCN_NL(8) SPIKEGCN_NL(9) SPIKEGCN_NL(10) SPIKEGCN_NL(11)
-          SPIKEGCN_NL(12) SPIKEGCN_NL(13) SPIKEGCN_NL(14) SPIKEGCN_NL(15) SPIKEGCN_NL(16)
-#undef SPIKEGCN_NL
-          default: row_block_mem(e0, e1, col, val, codes, F, f0, tail, lut_lo, lut_hi, sc, k, nl, acc, H, Fp);
-        }
-      }
-      for (int64_t f = 0; f < F; ++f) {
-        float P = (bias ? bias[f] : 0.f) + acc[f];
-        int64_t k = k0;
-        int8_t fired = 0, sgn = 0;
-        for (int64_t t = 1; t <= T; ++t) {
-          const int64_t upto = std::min(t + Tw, T_in);
-          for (; k < upto; ++k) P += H[(k - k0) * Fp + f];
-          const float v = P * inv_scale[f];
-          const float mag = is_signed ? std::fabs(v) : v;
-          if (mag >= thr[t - 1]) { fired = (int8_t)t; sgn = v > 0 ? 1 : (v < 0 ? -1 : 0); break; }
-        }
-        out_phase[m * F + f] = fired;
-        if (out_sign) out_sign[m * F + f] = fired ? sgn : 0;
-      }
+      for (int64_t c = 0; c < nc; ++c) block(crow[m], crow[m + 1], c * Block::W, acc, H, Fp);
+      fire_row(m, F, acc, H, -k0, Fp, k0, T, T_in, Tw, is_signed, bias, inv_scale, thr, out_phase, out_sign);
     }
   }
 }
 #endif
 
-bool has_avx512() {
+// 2: AVX-512 (F, BW, VL, DQ), 1: AVX2, 0: neither (or not x86).
+int64_t cpu_isa() {
 #ifdef SPIKEGCN_X86
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+    return 2;
+  return __builtin_cpu_supports("avx2") ? 1 : 0;
 #else
-  return false;
+  return 0;
 #endif
 }
 
@@ -302,26 +382,37 @@ bool has_avx512() {
 std::vector<torch::Tensor> aggregate_codes(torch::Tensor crow, torch::Tensor col, torch::Tensor val,
                                            torch::Tensor codes, torch::Tensor scale, torch::Tensor table,
                                            torch::Tensor bias, torch::Tensor inv_scale, torch::Tensor thr,
-                                           int64_t T_in, int64_t Tw, bool is_signed) {
-  TORCH_CHECK(has_avx512(), "aggregate_codes needs AVX-512");
-  TORCH_CHECK(T_in <= 31, "aggregate_codes supports input codes with T <= 31");
+                                           int64_t T_in, int64_t Tw, bool is_signed, int64_t isa) {
+  TORCH_CHECK(isa == 1 || isa == 2, "aggregate_codes: isa must be 1 (AVX2) or 2 (AVX-512)");
+  TORCH_CHECK(isa <= cpu_isa(), "aggregate_codes: this CPU lacks the requested instruction set");
+  TORCH_CHECK(T_in >= 1 && T_in <= 31, "aggregate_codes supports input codes with 1 <= T <= 31");
+  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == torch::kInt8 && codes.is_contiguous(),
+              "aggregate_codes: codes must be a contiguous 2-D int8 tensor");
+  TORCH_CHECK(table.numel() == T_in + 1, "aggregate_codes: the value table needs T_in + 1 entries");
   const int64_t N = crow.size(0) - 1, F = codes.size(1), T = thr.size(0);
+  TORCH_CHECK(scale.numel() == F && inv_scale.numel() == F, "aggregate_codes: one scale per feature");
   auto out_phase = torch::zeros({N, F}, torch::kInt8);
   auto out_sign = is_signed ? torch::zeros({N, F}, torch::kInt8) : torch::Tensor();
 #ifdef SPIKEGCN_X86
   const float* b = bias.numel() ? bias.data_ptr<float>() : nullptr;
   int8_t* s = is_signed ? out_sign.data_ptr<int8_t>() : nullptr;
-  if (crow.scalar_type() == torch::kInt32) {
-    run_codes_avx512<int32_t>(crow.data_ptr<int32_t>(), col.data_ptr<int32_t>(), val.data_ptr<float>(),
-                              codes.data_ptr<int8_t>(), scale.data_ptr<float>(), table.data_ptr<float>(), b,
-                              inv_scale.data_ptr<float>(), thr.data_ptr<float>(), N, F, T, T_in, Tw, is_signed,
-                              out_phase.data_ptr<int8_t>(), s);
+  const int k0 = (int)std::min(Tw + 1, T_in), nl = (int)T_in - k0;  // late phases k0+1 .. T_in
+  alignas(64) float tb[32] = {0};
+  for (int64_t i = 0; i <= T_in; ++i) tb[i] = table.data_ptr<float>()[i];
+  std::vector<float> scv(F + 32, 0.f);  // zero-padded to whole blocks, aligned
+  float* sc = align64(scv);
+  for (int64_t f = 0; f < F; ++f) sc[f] = scale.data_ptr<float>()[f];
+#define SPIKEGCN_RUN(BLOCK, T_IDX)                                                                               \
+  run_codes(BLOCK<T_IDX>{col.data_ptr<T_IDX>(), val.data_ptr<float>(), codes.data_ptr<int8_t>(), F, k0, nl, tb, sc}, \
+            crow.data_ptr<T_IDX>(), N, F, T, T_in, Tw, is_signed, b, inv_scale.data_ptr<float>(),              \
+            thr.data_ptr<float>(), out_phase.data_ptr<int8_t>(), s)
+  const bool i32 = crow.scalar_type() == torch::kInt32;
+  if (isa == 2) {
+    if (i32) SPIKEGCN_RUN(Block512, int32_t); else SPIKEGCN_RUN(Block512, int64_t);
   } else {
-    run_codes_avx512<int64_t>(crow.data_ptr<int64_t>(), col.data_ptr<int64_t>(), val.data_ptr<float>(),
-                              codes.data_ptr<int8_t>(), scale.data_ptr<float>(), table.data_ptr<float>(), b,
-                              inv_scale.data_ptr<float>(), thr.data_ptr<float>(), N, F, T, T_in, Tw, is_signed,
-                              out_phase.data_ptr<int8_t>(), s);
+    if (i32) SPIKEGCN_RUN(Block256, int32_t); else SPIKEGCN_RUN(Block256, int64_t);
   }
+#undef SPIKEGCN_RUN
 #endif
   return {out_phase, out_sign};
 }
@@ -352,9 +443,9 @@ def load():
                   file=sys.stderr, flush=True)
 
             _module = load_inline(
-                name="spikegcn_fused_cpu_v10",
+                name="spikegcn_fused_cpu_v14",
                 cpp_sources=[_SOURCE],
-                functions=["aggregate_exact", "aggregate_codes", "has_avx512", "encode_phase", "decode_phase"],
+                functions=["aggregate_exact", "aggregate_codes", "cpu_isa", "encode_phase", "decode_phase"],
                 extra_cflags=["-O3", "-fopenmp", "-ffp-contract=off"],
                 extra_ldflags=["-fopenmp"],
                 verbose=False,
@@ -366,19 +457,33 @@ def load():
     return _module
 
 
-def _avx512_disabled() -> bool:
-    return os.environ.get("SPIKEGCN_NO_AVX512", "").strip().lower() not in ("", "0", "false", "no")
+_ISA = {"portable": 0, "avx2": 1, "avx512": 2}
+
+
+def max_isa() -> str:
+    """The widest kernel this CPU runs (``"avx512"``, ``"avx2"`` or ``"portable"``), capped by the environment
+    variable ``SPIKEGCN_CPU_ISA`` (one of those names) when it is set."""
+    mod = load()
+    have = int(mod.cpu_isa()) if mod is not None else 0
+    cap = os.environ.get("SPIKEGCN_CPU_ISA", "").strip().lower()
+    if cap:
+        if cap not in _ISA:
+            raise ValueError(f"SPIKEGCN_CPU_ISA must be one of {sorted(_ISA)}, got {cap!r}")
+        have = min(have, _ISA[cap])
+    return next(k for k, v in _ISA.items() if v == have)
 
 
 def aggregate_exact(adj: Tensor, inp, bias: Tensor | None, scale: Tensor, thresholds: Tensor, T_in: int, Tw: int,
-                    signed: bool, vectorized: bool | None = None) -> tuple[Tensor, Tensor | None]:
+                    signed: bool, kernel: str = "auto") -> tuple[Tensor, Tensor | None]:
     """Fire phases of the aggregation neurons ``A-hat x`` for input spikes ``inp`` (a 2-D
     :class:`~spikegcn.spikes.PhaseSpikes`; see the module docstring); CPU float32 only.
 
-    ``vectorized``: ``None`` picks the AVX-512 int8-code kernel when the CPU has it, the input code has
-    ``T <= 31`` and ``SPIKEGCN_NO_AVX512`` is unset (or ``0``); ``True`` requires it, ``False`` forces the portable float
-    kernel. Both give the same spikes bit for bit.
+    ``kernel``: ``"auto"`` picks the widest int8-code kernel the CPU has (:func:`max_isa`) when the input code has
+    ``T <= 31`` and int8 phases, else the portable float kernel; ``"avx512"``, ``"avx2"`` or ``"portable"``
+    force one (an error where it cannot run). All give the same spikes bit for bit.
     """
+    if kernel not in ("auto", *_ISA):
+        raise ValueError(f"kernel must be 'auto' or one of {sorted(_ISA)}, got {kernel!r}")
     mod = load()
     if mod is None:
         raise RuntimeError("fused CPU kernel is not available")
@@ -401,16 +506,21 @@ def aggregate_exact(adj: Tensor, inp, bias: Tensor | None, scale: Tensor, thresh
     inv = (1.0 / scale.to(torch.float32).expand(F)).contiguous()
     b = bias.to(torch.float32).contiguous() if bias is not None else torch.empty(0)
     thr = thresholds.to(torch.float32).contiguous()
-    can_vec = T_in <= 31 and phase.dtype == torch.int8 and mod.has_avx512()
-    if vectorized and not can_vec:
-        raise RuntimeError("the int8-code kernel needs an AVX-512 CPU and an input code with T <= 31")
-    if can_vec and (vectorized or (vectorized is None and not _avx512_disabled())):
+    codes_ok = T_in <= 31 and phase.dtype == torch.int8
+    if kernel == "auto":
+        kernel = max_isa() if codes_ok else "portable"
+    elif kernel != "portable":
+        if not codes_ok:
+            raise RuntimeError(f"the {kernel} int8-code kernel needs int8 phases and an input code with T <= 31")
+        if _ISA[kernel] > int(mod.cpu_isa()):
+            raise RuntimeError(f"this CPU cannot run the {kernel} kernel")
+    if kernel != "portable":
         codes = phase if inp.sign is None else phase * inp.sign.to(torch.int8)
         in_scale = inp.scale.to(torch.float32).reshape(-1).expand(F).contiguous()
         ph, sg = mod.aggregate_codes(adj.crow_indices(), adj.col_indices(),
                                      adj.values().to(torch.float32).contiguous(), codes.contiguous(), in_scale,
                                      inp.code.values(torch.float32).contiguous(), b, inv, thr, int(T_in), int(Tw),
-                                     bool(signed))
+                                     bool(signed), _ISA[kernel])
         return ph, (sg if signed else None)
     if F > 32767:
         raise ValueError(f"the portable fused kernel supports at most 32767 features, got {F}")
