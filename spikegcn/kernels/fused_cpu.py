@@ -193,16 +193,19 @@ std::vector<torch::Tensor> aggregate_exact(torch::Tensor crow, torch::Tensor col
 #endif
 
 #ifdef SPIKEGCN_X86
-// One row m, one block of 16 features: the early sum and the NL late-phase bins live in registers while the
-// row's edges stream by (branch-free: a compare and a masked add per late phase).
+// One row m, one block of 16 features: the early sum and the late-phase bins stream the row's edges
+// (branch-free: a compare and a masked add per late phase). NL >= 0: the NL bins live in registers; NL < 0: nl
+// bins in memory (more than 16 late phases: rare, long codes with a short wait).
 template <int NL, typename idx_t>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"), always_inline))
 static inline void row_block(idx_t e0, idx_t e1, const idx_t* col, const float* val, const int8_t* codes, int64_t F,
-                             int64_t f0, __mmask16 tail, __m512 lut_lo, __m512 lut_hi, __m512 sc, int k0,
+                             int64_t f0, __mmask16 tail, __m512 lut_lo, __m512 lut_hi, __m512 sc, int k0, int nl,
                              float* acc, float* H, int64_t Fp) {
   __m512 ac = _mm512_setzero_ps();
   __m512 h[NL > 0 ? NL : 1];
   for (int q = 0; q < NL; ++q) h[q] = _mm512_setzero_ps();
+  if constexpr (NL < 0)
+    for (int q = 0; q < nl; ++q) _mm512_store_ps(H + q * Fp + f0, _mm512_setzero_ps());
   const __m512i vk0 = _mm512_set1_epi32(k0);
   for (idx_t e = e0; e < e1; ++e) {
     const __m512i ci = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(tail, codes + (int64_t)col[e] * F + f0));
@@ -211,36 +214,19 @@ static inline void row_block(idx_t e0, idx_t e1, const idx_t* col, const float* 
     v = _mm512_mask_sub_ps(v, _mm512_movepi32_mask(ci), _mm512_setzero_ps(), v);
     const __m512 wv = _mm512_mul_ps(_mm512_set1_ps(val[e]), v);
     ac = _mm512_mask_add_ps(ac, _mm512_cmple_epi32_mask(a, vk0), ac, wv);
-    for (int q = 0; q < NL; ++q)
-      h[q] = _mm512_mask_add_ps(h[q], _mm512_cmpeq_epi32_mask(a, _mm512_set1_epi32(k0 + 1 + q)), h[q], wv);
-  }
-  _mm512_store_ps(acc + f0, ac);
-  for (int q = 0; q < NL; ++q) _mm512_store_ps(H + q * Fp + f0, h[q]);
-}
-
-// Late phases held in memory (more than 16 of them: rare, long codes with a short wait).
-template <typename idx_t>
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
-static void row_block_mem(idx_t e0, idx_t e1, const idx_t* col, const float* val, const int8_t* codes, int64_t F,
-                          int64_t f0, __mmask16 tail, __m512 lut_lo, __m512 lut_hi, __m512 sc, int k0, int nl,
-                          float* acc, float* H, int64_t Fp) {
-  __m512 ac = _mm512_setzero_ps();
-  for (int q = 0; q < nl; ++q) _mm512_store_ps(H + q * Fp + f0, _mm512_setzero_ps());
-  const __m512i vk0 = _mm512_set1_epi32(k0);
-  for (idx_t e = e0; e < e1; ++e) {
-    const __m512i ci = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(tail, codes + (int64_t)col[e] * F + f0));
-    const __m512i a = _mm512_abs_epi32(ci);
-    __m512 v = _mm512_mul_ps(_mm512_permutex2var_ps(lut_lo, a, lut_hi), sc);
-    v = _mm512_mask_sub_ps(v, _mm512_movepi32_mask(ci), _mm512_setzero_ps(), v);
-    const __m512 wv = _mm512_mul_ps(_mm512_set1_ps(val[e]), v);
-    ac = _mm512_mask_add_ps(ac, _mm512_cmple_epi32_mask(a, vk0), ac, wv);
-    for (int q = 0; q < nl; ++q) {
-      float* hp = H + q * Fp + f0;
-      const __m512 hv = _mm512_load_ps(hp);
-      _mm512_store_ps(hp, _mm512_mask_add_ps(hv, _mm512_cmpeq_epi32_mask(a, _mm512_set1_epi32(k0 + 1 + q)), hv, wv));
+    for (int q = 0; q < (NL >= 0 ? NL : nl); ++q) {
+      const __mmask16 m = _mm512_cmpeq_epi32_mask(a, _mm512_set1_epi32(k0 + 1 + q));
+      if constexpr (NL >= 0) {
+        h[q] = _mm512_mask_add_ps(h[q], m, h[q], wv);
+      } else {
+        float* hp = H + q * Fp + f0;
+        const __m512 hv = _mm512_load_ps(hp);
+        _mm512_store_ps(hp, _mm512_mask_add_ps(hv, m, hv, wv));
+      }
     }
   }
   _mm512_store_ps(acc + f0, ac);
+  for (int q = 0; q < NL; ++q) _mm512_store_ps(H + q * Fp + f0, h[q]);
 }
 
 // One (row, 16-feature block) of the AVX-512 kernel: picks the register-held variant for the number of late phases.
@@ -253,12 +239,12 @@ struct Block512 {
     const __mmask16 tail = (F - f0 >= 16) ? (__mmask16)0xFFFF : (__mmask16)((1u << (F - f0)) - 1);
     const __m512 lut_lo = _mm512_load_ps(tb), lut_hi = _mm512_load_ps(tb + 16), s = _mm512_load_ps(sc + f0);
     switch (nl) {
-#define SPIKEGCN_NL(n) case n: row_block<n>(e0, e1, col, val, codes, F, f0, tail, lut_lo, lut_hi, s, k0, acc, H, Fp); break;
+#define SPIKEGCN_NL(n) case n: row_block<n>(e0, e1, col, val, codes, F, f0, tail, lut_lo, lut_hi, s, k0, nl, acc, H, Fp); break;
       SPIKEGCN_NL(0) SPIKEGCN_NL(1) SPIKEGCN_NL(2) SPIKEGCN_NL(3) SPIKEGCN_NL(4) SPIKEGCN_NL(5)
       SPIKEGCN_NL(6) SPIKEGCN_NL(7) SPIKEGCN_NL(8) SPIKEGCN_NL(9) SPIKEGCN_NL(10) SPIKEGCN_NL(11)
       SPIKEGCN_NL(12) SPIKEGCN_NL(13) SPIKEGCN_NL(14) SPIKEGCN_NL(15) SPIKEGCN_NL(16)
 #undef SPIKEGCN_NL
-      default: row_block_mem(e0, e1, col, val, codes, F, f0, tail, lut_lo, lut_hi, s, k0, nl, acc, H, Fp);
+      default: row_block<-1>(e0, e1, col, val, codes, F, f0, tail, lut_lo, lut_hi, s, k0, nl, acc, H, Fp);
     }
   }
 };
@@ -443,7 +429,7 @@ def load():
                   file=sys.stderr, flush=True)
 
             _module = load_inline(
-                name="spikegcn_fused_cpu_v14",
+                name="spikegcn_fused_cpu_v15",
                 cpp_sources=[_SOURCE],
                 functions=["aggregate_exact", "aggregate_codes", "cpu_isa", "encode_phase", "decode_phase"],
                 extra_cflags=["-O3", "-fopenmp", "-ffp-contract=off"],

@@ -154,9 +154,7 @@ def _relu_hooks(model: nn.Module, cfg: TrainConfig) -> Iterator[None]:
             # one window per call site (a module reused at several sites gets one per site, like the converter's λ)
             site = calls[id(module)] = calls.get(id(module), -1) + 1
             past = recent.setdefault((id(module), site), deque(maxlen=window))
-            if past and past[-1].shape != lam.shape:
-                past.clear()  # a new input size (e.g. another resolution) restarts the window
-            past.append(lam)
+            past.append(lam)  # batch dims are reduced (keepdim), so a site's scale shape never changes
             lam = torch.stack(list(past)).amax(0)
         lam = lam.clamp_min(1e-12)
         q = quantize(out.detach() / lam, code) * lam
