@@ -87,3 +87,110 @@ def test_tf_adam_eps_reproduces_tf1_update():
         v = b2 * v + (1 - b2) * g * g
         ref -= lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m / (v.sqrt() + eps)
         torch.testing.assert_close(p.detach(), ref, rtol=1e-12, atol=1e-15)
+
+
+def _random_symmetric_csr(n: int, density: float, seed: int):
+    import numpy as np
+    import scipy.sparse as sp
+
+    a = sp.random(n, n, density=density, random_state=seed, format="csr", dtype=np.float64)
+    a = (a + a.T + sp.identity(n)).tocsr()
+    a.sort_indices()
+    return a
+
+
+def test_symmetric_gcnconv_matches_gcnconv():
+    from torch_geometric.nn import GCNConv
+
+    from spikegcn.text.model import SymmetricGCNConv, to_torch_csr
+
+    adj = to_torch_csr(_random_symmetric_csr(60, 0.1, 0))
+    torch.manual_seed(0)
+    ref = GCNConv(12, 7, bias=False, normalize=False)
+    sym = SymmetricGCNConv(12, 7, bias=False, normalize=False)
+    sym.load_state_dict(ref.state_dict())
+    x0 = torch.randn(60, 12)
+    grads = []
+    for conv in (ref, sym):
+        x = x0.clone().requires_grad_()
+        out = conv(x, adj)
+        assert (type(out.grad_fn).__name__ == "_SymmetricSpMMBackward") == (conv is sym)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads.append((out.detach(), x.grad, conv.lin.weight.grad))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert "SymmetricGCNConv(12, 7)" in repr(sym)
+
+
+def test_is_symmetric():
+    import numpy as np
+    import scipy.sparse as sp
+
+    from spikegcn.text.model import is_symmetric
+
+    a = _random_symmetric_csr(30, 0.2, 1)
+    assert is_symmetric(a)
+    b = a.tocoo(copy=True)  # tocoo shares the data array by default
+    k = int(np.flatnonzero(b.row != b.col)[0])
+    b.data[k] *= 1 + 1e-7
+    b = b.tocsr()
+    assert not is_symmetric(b) and is_symmetric(b, rtol=1e-6)
+    small = sp.csr_matrix(np.array([[10.0, 1e-6], [2e-6, 1.0]]))  # the tolerance is per entry, not absolute
+    assert not is_symmetric(small, rtol=1e-6)
+    z = a.tocoo()
+    extra = sp.coo_matrix((np.r_[z.data, 0.0], (np.r_[z.row, 0], np.r_[z.col, 29])), shape=a.shape).tocsr()
+    if a[0, 29] == 0 and a[29, 0] == 0:
+        assert is_symmetric(extra)  # a stored zero is not an entry
+    c = a.tolil()
+    c[0, 29] = 0.5 + c[0, 29]  # a structural or value change on one side only
+    c[29, 0] = 0.0
+    assert not is_symmetric(sp.csr_matrix(c), rtol=1e-6)
+    assert not is_symmetric(sp.csr_matrix((3, 4)))
+
+
+def test_training_reuses_layer1_with_the_same_numbers():
+    """train_textgcn (SymmetricGCNConv, each epoch's layer-1 output shared by validation and the next step) gives
+    the history and weights of the plain loop with PyG's GCNConv (benchmarks/textgcn_train_speed.py) bit for bit."""
+    import importlib.util
+
+    from spikegcn.text.graph import build_text_graph
+    from spikegcn.text.train import TrainConfig, train_textgcn
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "textgcn_train_speed.py"
+    spec = importlib.util.spec_from_file_location("textgcn_train_speed", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    g = build_text_graph("demo", seed=1, progress=False)
+    cfg = TrainConfig(seed=1, epochs=30, early_stopping=30)
+    model, _, _, hist = train_textgcn(g, cfg, progress=False)
+    ref, ref_hist = bench.plain_loop(g, cfg)
+    assert [(h["train_loss"], h["val_loss"]) for h in hist] == ref_hist
+    for p, q in zip(model.parameters(), ref.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_training_rejects_an_asymmetric_graph():
+    import dataclasses
+
+    from spikegcn.text.graph import build_text_graph
+    from spikegcn.text.train import TrainConfig, train_textgcn
+
+    g = build_text_graph("demo", seed=0, progress=False)
+    adj = g.adj_norm.tolil()
+    adj[0, 1] = 0.5  # demo doc 0 and doc 1 are not linked: one direction only
+    bad = dataclasses.replace(g, adj_norm=adj.tocsr())
+    with pytest.raises(ValueError, match="not symmetric"):
+        train_textgcn(bad, TrainConfig(epochs=1), progress=False)
+
+
+def test_symmetric_gcnconv_keeps_learnable_edge_weights():
+    """An adjacency whose values require a gradient takes GCNConv's own path, so they get their gradient."""
+    from spikegcn.text.model import SymmetricGCNConv, to_torch_csr
+
+    adj = to_torch_csr(_random_symmetric_csr(20, 0.2, 2))
+    vals = adj.values().clone().requires_grad_()
+    adj = torch.sparse_csr_tensor(adj.crow_indices(), adj.col_indices(), vals, adj.shape)
+    conv = SymmetricGCNConv(4, 3, bias=False, normalize=False)
+    conv(torch.randn(20, 4), adj).sum().backward()
+    assert vals.grad is not None and vals.grad.abs().sum() > 0
