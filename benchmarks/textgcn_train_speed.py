@@ -21,24 +21,17 @@ import time
 from datetime import date
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch_geometric.nn import GCNConv
 
 from spikegcn.text.graph import build_text_graph
-from spikegcn.text.model import TextGCN, sparse_identity, to_torch_csr
-from spikegcn.text.train import TrainConfig, train_textgcn
+from spikegcn.text.train import TrainConfig, setup_training, train_textgcn
 
 
 def plain_loop(graph, cfg: TrainConfig):
     """The plain loop with plain ``GCNConv`` layers; returns ``(model, history)``."""
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    adj, x = to_torch_csr(graph.adj_norm), sparse_identity(graph.n_nodes)
-    y = torch.from_numpy(graph.labels).long()
-    tr, va = torch.from_numpy(graph.train_idx).long(), torch.from_numpy(graph.val_idx).long()
-    model = TextGCN(graph.n_nodes, graph.n_classes, cfg.hidden, cfg.dropout)
+    model, x, adj, y, tr, va = setup_training(graph, cfg)
     rng = torch.get_rng_state()  # the GCNConv constructors below draw their own init: keep dropout's stream
     for name in ("conv1", "conv2"):  # same parameters (already Glorot-initialised), GCNConv's own backward
         sym = getattr(model, name)

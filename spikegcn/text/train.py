@@ -36,6 +36,18 @@ def tf_adam_eps(beta2: float, step: int, eps: float = 1e-8) -> float:
     return eps / math.sqrt(1.0 - beta2 ** step)
 
 
+def setup_training(graph: TextGraph, cfg: TrainConfig):
+    """Seed, then build the training inputs and the initialised model:
+    ``(model, x, adj_t, labels, train_idx, val_idx)``."""
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    adj_t = to_torch_csr(graph.adj_norm)
+    x = sparse_identity(graph.n_nodes)
+    y = torch.from_numpy(graph.labels).long()
+    tr, va = torch.from_numpy(graph.train_idx).long(), torch.from_numpy(graph.val_idx).long()
+    return TextGCN(graph.n_nodes, graph.n_classes, cfg.hidden, cfg.dropout), x, adj_t, y, tr, va
+
+
 def train_textgcn(graph: TextGraph, cfg: TrainConfig, progress: bool = True):
     """Train; returns ``(model, x, adj_t, history)``. Deterministic for a given ``cfg.seed``.
 
@@ -47,13 +59,7 @@ def train_textgcn(graph: TextGraph, cfg: TrainConfig, progress: bool = True):
     if not is_symmetric(graph.adj_norm, rtol=1e-6):  # the layers' backward pass relies on it
         raise ValueError(f"{graph.name}: Text GCN's normalised adjacency is not symmetric; the graph is corrupted "
                          "(rebuild it with build_text_graph(..., cache=False))")
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    adj_t = to_torch_csr(graph.adj_norm)
-    x = sparse_identity(graph.n_nodes)
-    y = torch.from_numpy(graph.labels).long()
-    tr, va = torch.from_numpy(graph.train_idx).long(), torch.from_numpy(graph.val_idx).long()
-    model = TextGCN(graph.n_nodes, graph.n_classes, cfg.hidden, cfg.dropout)
+    model, x, adj_t, y, tr, va = setup_training(graph, cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     val_losses, hist = [], []
     bar = tqdm(range(cfg.epochs), desc=f"train {graph.name}", disable=not progress, leave=False)
@@ -71,7 +77,7 @@ def train_textgcn(graph: TextGraph, cfg: TrainConfig, progress: bool = True):
         h = model.layer1(x, adj_t)  # the updated model's: validated now, trained on next epoch
         model.eval()
         with torch.no_grad():
-            out = model.layer2(h.detach(), adj_t)
+            out = model.layer2(h, adj_t)
             vl = float(F.cross_entropy(out[va], y[va])) if va.numel() else 0.0
             va_acc = float((out[va].argmax(1) == y[va]).float().mean()) if va.numel() else float("nan")
         model.train()
