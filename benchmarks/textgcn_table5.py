@@ -7,6 +7,7 @@ and the three A14 sign variants. Then, on the seed-0 model of each dataset, swee
 which is exact for Tw >= T) to find the settings with the smallest loss at the fewest phases.
 
     python benchmarks/textgcn_table5.py [--datasets 20ng R8 R52 ohsumed mr] [--seeds 0 1 ... 9] [--no-sweep]
+                                        [--torch-adam --out results/textgcn_table5_torchadam]
 
 Writes results/textgcn_table5.json and results/textgcn_table5.md (records are merged, so datasets can be run
 in separate invocations).
@@ -54,8 +55,8 @@ def main() -> None:
     ap.add_argument("--T", type=int, default=16)
     ap.add_argument("--Q", type=float, default=1.3)
     ap.add_argument("--no-sweep", action="store_true")
-    ap.add_argument("--tf-adam-eps", action="store_true",
-                    help="TF1 Adam's epsilon (TrainConfig.tf_adam_eps), as the original Text GCN; use another --out")
+    ap.add_argument("--torch-adam", action="store_true",
+                    help="torch's Adam instead of TF1's (TrainConfig.tf_adam_eps = False); use another --out")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="results/textgcn_table5")
     args = ap.parse_args()
@@ -64,8 +65,11 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     path = out.with_suffix(".json")
     rec = json.loads(path.read_text()) if path.is_file() else {"runs": {}, "sweep": {}}
+    if rec["runs"] and adam_of(rec) != (not args.torch_adam):  # refuse before training, not after
+        raise SystemExit(f"{path} holds runs trained with {'TF1' if adam_of(rec) else 'torch'}'s Adam; "
+                         f"write the {'torch' if args.torch_adam else 'TF1'} Adam runs to another --out")
     code = PhaseCode(args.T, args.Q)
-    train = {"tf_adam_eps": True} if args.tf_adam_eps else None
+    train = {"tf_adam_eps": False} if args.torch_adam else None
     for ds in args.datasets:
         for seed in args.seeds:
             t0 = time.perf_counter()
@@ -101,12 +105,21 @@ def main() -> None:
     write_md(rec, out.with_suffix(".md"))
 
 
+def adam_of(rec: dict) -> bool:
+    """Whether a record's runs were trained with TF1's Adam (``True``) or torch's (``False``); mixed records are
+    refused. Runs from before ``TrainConfig.tf_adam_eps`` existed were trained with torch's Adam."""
+    adams = {bool(r.get("train", {}).get("tf_adam_eps", False)) for r in rec["runs"].values()}
+    if len(adams) > 1:
+        raise ValueError("the record mixes runs trained with TF1's and torch's Adam; write each to its own --out")
+    return adams != {False}
+
+
 def write_md(rec: dict, path: Path) -> None:
     order = [d for d in ("20ng", "R8", "R52", "ohsumed", "mr") if any(r["dataset"] == d for r in rec["runs"].values())]
-    tf_eps = any(r.get("train", {}).get("tf_adam_eps") for r in rec["runs"].values())
-    cmd = "python benchmarks/textgcn_table5.py" + (f" --tf-adam-eps --out {path.with_suffix('')}" if tf_eps else "")
+    torch_adam = not adam_of(rec)
+    cmd = "python benchmarks/textgcn_table5.py" + (f" --torch-adam --out {path.with_suffix('')}" if torch_adam else "")
     lines = [f"Text GCN -> one-spike SNN (T = 16, Q = 1.3, Tw = T, signed MP neurons, channel-wise λ = max), "
-             f"mean ± std over seeds{' (trained with TF1 Adam epsilon)' if tf_eps else ''}; "
+             f"mean ± std over seeds, trained with {'torch' if torch_adam else 'TF1'}'s Adam; "
              f"{rec.get('machine', '')}, torch {rec.get('torch', '')}, {rec.get('date', '')}. Command: `{cmd}`.", "",
              "| dataset | seeds | ANN % | SNN % | loss (pp) | E_ANN/E_SNN FP32 | INT8 | paper ANN / SNN / E | published Text GCN |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]

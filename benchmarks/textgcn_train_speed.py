@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch_geometric.nn import GCNConv
 
 from spikegcn.text.graph import build_text_graph
-from spikegcn.text.train import TrainConfig, setup_training, train_textgcn
+from spikegcn.text.train import TrainConfig, set_tf_adam_eps, setup_training, train_textgcn
 
 
 def plain_loop(graph, cfg: TrainConfig):
@@ -41,11 +41,13 @@ def plain_loop(graph, cfg: TrainConfig):
     torch.set_rng_state(rng)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     hist = []
-    for _ in range(cfg.epochs):
+    for epoch in range(cfg.epochs):
         model.train()
         opt.zero_grad()
         loss = F.cross_entropy(model(x, adj)[tr], y[tr])
         loss.backward()
+        if cfg.tf_adam_eps:
+            set_tf_adam_eps(opt, epoch + 1)
         opt.step()
         model.eval()
         with torch.no_grad():

@@ -68,7 +68,7 @@ def test_tf_adam_eps_reproduces_tf1_update():
 
     import torch
 
-    from spikegcn.text.train import tf_adam_eps
+    from spikegcn.text.train import set_tf_adam_eps
 
     lr, b1, b2, eps = 0.02, 0.9, 0.999, 1e-8
     torch.manual_seed(0)
@@ -80,8 +80,7 @@ def test_tf_adam_eps_reproduces_tf1_update():
     for t in range(1, 6):
         g = torch.randn(50, dtype=torch.float64) * 1e-7  # gradients of W0's size: eps matters
         p.grad = g.clone()
-        for group in opt.param_groups:
-            group["eps"] = tf_adam_eps(b2, t, eps)
+        set_tf_adam_eps(opt, t, eps)
         opt.step()
         m = b1 * m + (1 - b1) * g
         v = b2 * v + (1 - b2) * g * g
@@ -148,7 +147,8 @@ def test_is_symmetric():
     assert not is_symmetric(sp.csr_matrix((3, 4)))
 
 
-def test_training_reuses_layer1_with_the_same_numbers():
+@pytest.mark.parametrize("tf_adam", [True, False])
+def test_training_reuses_layer1_with_the_same_numbers(tf_adam):
     """train_textgcn (SymmetricGCNConv, each epoch's layer-1 output shared by validation and the next step) gives
     the history and weights of the plain loop with PyG's GCNConv (benchmarks/textgcn_train_speed.py) bit for bit."""
     import importlib.util
@@ -162,7 +162,7 @@ def test_training_reuses_layer1_with_the_same_numbers():
     spec.loader.exec_module(bench)
 
     g = build_text_graph("demo", seed=1, progress=False)
-    cfg = TrainConfig(seed=1, epochs=30, early_stopping=30)
+    cfg = TrainConfig(seed=1, epochs=30, early_stopping=30, tf_adam_eps=tf_adam)
     model, _, _, hist = train_textgcn(g, cfg, progress=False)
     ref, ref_hist = bench.plain_loop(g, cfg)
     assert [(h["train_loss"], h["val_loss"]) for h in hist] == ref_hist
