@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["check_edge_index", "check_edge_weight", "check_features", "checks_enabled", "set_checks_enabled",
-           "skip_checks", "count_nonfinite"]
+           "skip_checks", "count_nonfinite", "CalibrationError", "check_calibration"]
 
 _ENABLED: contextvars.ContextVar[bool] = contextvars.ContextVar("spikegcn_checks", default=True)
 _GLOBAL = [True]
@@ -60,6 +60,30 @@ def count_nonfinite(t: Tensor) -> int:
     if t.layout != torch.strided:
         t = t.coalesce().values() if t.layout == torch.sparse_coo else t.values()
     return int((~torch.isfinite(t)).sum())
+
+
+class CalibrationError(ValueError):
+    """Calibration data (or the activations a model computes from it) hold NaN/inf values."""
+
+
+def check_calibration(y: Tensor, what: str) -> None:
+    """Raise :class:`CalibrationError` naming ``what`` and counting its NaN and inf values, if it has any.
+
+    A NaN would make every lambda of the layer 1.0 (``max`` ignores nothing, ``lambda > 0`` fails) and an inf an
+    infinite lambda; both give wrong numbers far from their cause, so calibration refuses them up front.
+    """
+    if not y.is_floating_point() or y.device.type == "meta":
+        return
+    if y.layout != torch.strided:
+        y = y.coalesce().values() if y.layout == torch.sparse_coo else y.values()
+    finite = torch.isfinite(y)
+    if bool(finite.all()):
+        return
+    n_nan = int(torch.isnan(y).sum())
+    n_inf = int((~finite).sum()) - n_nan
+    raise CalibrationError(f"calibration data: {what} holds {n_nan} NaN and {n_inf} inf value(s) of {y.numel()}; "
+                           f"calibrate on finite data (check the inputs, e.g. torch.isfinite(x).all(), and the "
+                           f"model's weights)")
 
 
 def check_edge_index(edge_index: Tensor, num_nodes: int, name: str = "edge_index") -> None:
