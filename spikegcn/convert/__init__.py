@@ -1,61 +1,108 @@
-"""Conversion of trained ReLU networks to one-spike SNNs (observe -> calibrate -> convert)."""
+"""Conversion of trained ReLU networks to one-spike SNNs, in torch.ao's shape: prepare -> calibrate -> convert.
+
+Graphs (PyG models)::
+
+    prepared = spikegcn.prepare(model, data)         # traced copy + observers (model untouched)
+    for batch in loader:                              # any calibration loop
+        prepared(batch.x, batch.edge_index, batch.batch)
+    snn = spikegcn.convert(prepared, PhaseCode(16, 1.3))
+
+or in one call, ``spikegcn.convert(model, calib, code, mode=...)`` with ``calib`` a ``Data``/``Batch``, a tuple or
+dict of forward arguments, or any iterable of those (lambda = max or percentile over all of it). CNNs (a
+``Conv2d`` model or image tensors) go to :func:`~spikegcn.convert.fx.convert_cnn`. The package keeps its name;
+the top-level ``spikegcn.convert`` is the function (``spikegcn.convert.fx`` etc. still import as modules).
+"""
 from __future__ import annotations
 
 from typing import Any
 
 from torch import Tensor, nn
+from torch_geometric.nn import MessagePassing
 
 from ..coding import PhaseCode
-from .graph import SpikingModel, UnsupportedModuleError, convert_graph_model
+from ..simulate import check_mode
+from .build import build
+from .capture import UnsupportedModuleError
 from .fx import SpikingCNN, convert_cnn
-from .observers import activation_scale
+from .graph import SpikingModel
+from .observers import CalibrationError, activation_scale
+from .prepare import PreparedGraphModule, calibrate, prepare
 
-__all__ = ["convert", "SpikingModel", "UnsupportedModuleError", "activation_scale", "SpikingCNN", "convert_cnn"]
+__all__ = ["convert", "prepare", "calibrate", "PreparedGraphModule", "SpikingModel", "UnsupportedModuleError",
+           "CalibrationError", "activation_scale", "SpikingCNN", "convert_cnn"]
 
 
-def convert(model: nn.Module, data: Any, code: PhaseCode | None = None, mode: str = "exact",
+def convert(model: nn.Module, data: Any = None, code: PhaseCode | None = None, mode: str = "exact",
             percentile: float | None = None, channel_wise: bool = True, variant: str = "signed",
             input_coding: str = "binary", backend: str = "auto", int8: bool = False,
             fold_avgpool: bool = False) -> SpikingModel:
-    """Convert a trained PyG model built from ``GCNConv``, ``Linear`` and ReLU into a one-spike SNN.
+    """Convert a trained ReLU model into a one-spike SNN.
 
-    A model without ``GCNConv`` that has a ``Conv2d`` (or is calibrated with an image tensor) is a CNN and goes
-    to :func:`~spikegcn.convert.fx.convert_cnn` (``data``: calibration images; ``variant`` and ``backend`` do
-    not apply; ``int8`` and ``fold_avgpool`` are its options).
+    ``convert(prepared, code)`` finishes the torch.ao-shaped flow (:func:`prepare`, calibration loop);
+    ``convert(model, calib, code)`` does all three steps. A model without message passing that has a ``Conv2d``
+    (or is calibrated with an image tensor) is a CNN and goes to :func:`~spikegcn.convert.fx.convert_cnn`
+    (``int8`` and ``fold_avgpool`` are its options; ``variant`` and ``backend`` are the graph converter's).
 
     Args:
-        model: the trained ANN (``torch.nn.Module``; its forward must be traceable by ``torch.fx``).
-        data: calibration data: a PyG ``Data`` (attributes matched to the forward's parameter names;
-            a missing ``x`` means featureless input ``X = I``), or a tuple / dict of forward arguments.
+        model: the trained ANN (never modified), or a :class:`PreparedGraphModule`.
+        data: calibration data: a PyG ``Data``/``Batch`` (attributes matched to the forward's parameter names;
+            a missing ``x`` means featureless input ``X = I``), a tuple / dict of forward arguments, or an
+            iterable of those (a ``DataLoader``, a list of subgraphs). With a prepared model: the code.
         code: the code of every neuron layer (default ``PhaseCode(T=16, Q=1.3)``, ``Tw = T``).
         mode: ``"exact"`` (phase by phase with ``code.Tw``: late and false spikes) or ``"functional"``
             (closed form, exactly the round-off quantised ANN; equal to exact when ``Tw >= T``).
         percentile: lambda = this percentile of each channel's activation instead of its max.
         channel_wise: lambda per feature channel (default) or one per layer.
-        variant: sign handling of GCN message passing (spec A14): ``"signed"``, ``"relu_mp"``, ``"agg_first"``.
+        variant: sign handling of GCNConv's message passing (docs/method.md, A14): ``"signed"``,
+            ``"relu_mp"``, ``"agg_first"``.
         input_coding: ``"binary"`` multi-spike input (default) or ``"single"`` spike input.
 
     Returns:
         a :class:`SpikingModel` with the model's forward signature.
     """
-    code = code if code is not None else PhaseCode(16, 1.3)
-    if not isinstance(code, PhaseCode):
-        raise TypeError(f"code must be a PhaseCode, got {type(code).__name__}")
+    check_mode(mode)
+    if isinstance(model, PreparedGraphModule):
+        if isinstance(data, PhaseCode):
+            data, code = None, data if code is None else code
+        if data is not None:
+            calibrate(model, data)
+        return build(model, _code(code), mode=mode, channel_wise=channel_wise, input_coding=input_coding,
+                     backend=backend)
+    code = _code(code)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if data is None:
+        raise ValueError("convert(model, data, code) needs calibration data (or pass a prepared model)")
     if _is_cnn(model, data):
         return convert_cnn(model, data, code, mode=mode, percentile=percentile, channel_wise=channel_wise,
                            input_coding=input_coding, int8=int8, fold_avgpool=fold_avgpool)
     if int8 or fold_avgpool:
         raise ValueError("int8 and fold_avgpool are options of the CNN converter")
-    return convert_graph_model(model, data, code, mode=mode, percentile=percentile, channel_wise=channel_wise,
-                               variant=variant, input_coding=input_coding, backend=backend)
+    items = iter([data]) if _single(data) else iter(data)
+    first = next(items, None)
+    if first is None:
+        raise ValueError("calibration data is empty")
+    prepared = prepare(model, first, variant=variant, percentile=percentile)
+    for item in items:
+        calibrate(prepared, item)
+    return build(prepared, code, mode=mode, channel_wise=channel_wise, input_coding=input_coding, backend=backend)
+
+
+def _code(code: PhaseCode | None) -> PhaseCode:
+    code = code if code is not None else PhaseCode(16, 1.3)
+    if not isinstance(code, PhaseCode):
+        raise TypeError(f"code must be a PhaseCode, got {type(code).__name__}")
+    return code
+
+
+def _single(data: Any) -> bool:
+    from .prepare import _is_single
+
+    return _is_single(data)
 
 
 def _is_cnn(model: nn.Module, data: Any) -> bool:
-    from torch_geometric.nn import GCNConv
-
     mods = list(model.modules())
-    if any(isinstance(m, GCNConv) for m in mods):
+    if any(isinstance(m, MessagePassing) for m in mods):
         return False
     return isinstance(data, Tensor) or any(isinstance(m, nn.Conv2d) for m in mods)

@@ -1,50 +1,232 @@
-"""Converting PyG models built from GCNConv, Linear and ReLU: capture -> observe -> calibrate -> build.
+"""Converting PyG models: place the neurons on the traced graph (analyse), then build the spiking twin.
 
-1. **Capture**: ``torch.fx`` traces the model's forward with ``GCNConv``, ``Linear``, ``ReLU`` and ``Dropout``
-   as leaves (ReLU as a module, ``F.relu`` or ``x.relu()``). Anything else that touches a hidden activation
-   is refused with an error that names it.
-2. **Observe**: forward hooks record every layer's output (and each ``GCNConv``'s message-passing output) on
-   the calibration data.
-3. **Calibrate**: lambda per channel (or per layer) = max or percentile of the ReLU output, or of ``|y|`` for
-   layers with no ReLU after them (signed neurons, spec A14).
-4. **Build**: each layer becomes its spiking twin (ReLU absorbed into the neuron, dropout dropped, the last
-   layer integrates without spiking); the graph input is encoded by a calibrated :class:`PhaseEncoder`
-   unless it is featureless (``X = I``). The result keeps the model's forward signature.
+The model is traced by :mod:`.capture` and observed by :mod:`.prepare`; this module decides where neurons sit
+and rewrites the graph:
+
+* every **layer** node (a PyG layer with a rule, ``Linear``, GIN's aggregation, a global pool, a join ``a + b``,
+  JumpingKnowledge ``"max"``) becomes one (``GCNConv``: two) layer(s) of one-spike neurons. A ``BatchNorm1d``
+  right after it is folded into it. Its neurons are **unsigned** when every consumer is a ReLU (the ReLU is
+  absorbed), **signed** when it feeds other layers directly, and an integrating **output** (no spikes) when its
+  value never reaches another layer (anything may follow it then: log_softmax, a loss);
+* ``torch.cat`` of layer outputs (and JumpingKnowledge ``"cat"``) is a **route**: the spike streams are put side
+  by side, no neurons;
+* dropout and identities are dropped (eval), ``relu(relu(x))`` is one ReLU;
+* the input features reach the first layers through a :class:`~spikegcn.nn.PhaseEncoder` (dropout or a ReLU may
+  come before it); a featureless ``x=None`` or sparse identity passes as it is.
+
+Everything else between layers, or between the input features and a layer, is refused naming it.
 """
 from __future__ import annotations
 
 import inspect
 import operator
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
-from torch_geometric.nn import GCNConv
-from torch_geometric.nn.dense.linear import Linear as PygLinear
+from torch_geometric.nn import JumpingKnowledge
 
 from ..coding import PhaseCode
 from ..energy import FP32, EnergyCosts, LayerStats, energy_report
-from ..nn.base import SpikingMixin, _is_identity
-from ..nn.encoder import PhaseEncoder
-from ..nn.aggregation import SpikingAggregation
+from ..nn.base import SpikingMixin
 from ..nn.gcn_conv import SpikingGCNConv
+from ..nn.graph_layer import SpikingGraphLayer
 from ..nn.linear import SpikingLinear
 from ..simulate import check_mode
-from .observers import activation_scale
+from .capture import POOLS, UnsupportedModuleError, describe, gin_aggregate
+from .rules import FUNCTION_STREAMS, rule_for
 
-LAYERS = (GCNConv, nn.Linear, PygLinear)
+__all__ = ["SpikingModel", "Plan", "LayerInfo", "analyse", "stream_nodes", "UnsupportedModuleError"]
+
 _RELU_FUNCS = (F.relu, torch.relu, torch.relu_)
-_PASS_FUNCS = (F.dropout,)
+_PASS_FUNCS = (F.dropout, F.dropout1d, F.alpha_dropout)
+_ADD_FUNCS = (operator.add, torch.add)
 
 
-class UnsupportedModuleError(TypeError):
-    """The model contains a module or operation the converter does not know how to make spiking."""
+@dataclass
+class LayerInfo:
+    kind: str  # "relu", "signed", "output" or "route"
+    site: str  # the node whose value the neurons take (the layer, or the BatchNorm folded into it)
+    fn: str | None = None  # function-call layers: "join", "cat", "gin", "pool_add", "pool_mean", "pool_max"
+    bn: str | None = None  # target of the BatchNorm1d folded into the layer
+    relus: list[str] = field(default_factory=list)
 
 
-class _Tracer(fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, LAYERS + (nn.ReLU, nn.Dropout, nn.Identity)) or super().is_leaf_module(m, qualname)
+@dataclass
+class Plan:
+    layers: dict[str, LayerInfo]  # node name -> where its neurons sit (graph order)
+    inputs: list[str]  # nodes carrying input features into layers (each gets a PhaseEncoder)
+
+
+class _FloatProp(fx.Interpreter):
+    """One run on the example: which nodes hold floating-point feature tensors (and their shapes)."""
+
+    def run_node(self, n: fx.Node):
+        out = super().run_node(n)
+        n.meta["float"] = isinstance(out, Tensor) and out.is_floating_point() and out.layout == torch.strided
+        n.meta["shape"] = tuple(out.shape) if isinstance(out, Tensor) else None
+        return out
+
+
+def _is_relu(node: fx.Node, modules: dict) -> bool:
+    """A ReLU as a module, ``F.relu``/``torch.relu`` or ``x.relu()`` (the CNN converter uses it too)."""
+    return _role(node, modules) == "relu"
+
+
+def _role(n: fx.Node, modules: dict) -> str:
+    if n.op == "call_module":
+        m = modules[n.target]
+        if isinstance(m, nn.ReLU):
+            return "relu"
+        if isinstance(m, (nn.modules.dropout._DropoutNd, nn.Identity)):
+            return "pass"
+        if isinstance(m, nn.BatchNorm1d):
+            return "bn"
+        if isinstance(m, JumpingKnowledge) and m.mode == "cat":
+            return "route"
+        return "layer" if rule_for(m) is not None else "other"
+    if n.op == "call_method":
+        return "relu" if n.target in ("relu", "relu_") else "other"
+    if n.op != "call_function":
+        return n.op
+    fn = _fn_kind(n)
+    return {"relu": "relu", "pass": "pass", "cat": "route", None: "other"}.get(fn, "layer")
+
+
+def _fn_kind(n: fx.Node) -> str | None:
+    t = n.target
+    if t in _RELU_FUNCS:
+        return "relu"
+    if t in _PASS_FUNCS:
+        return "pass"
+    if t is gin_aggregate:
+        return "gin"
+    if t in POOLS:
+        return "pool_" + POOLS[t]
+    if t is torch.cat and n.meta.get("float"):
+        return "cat"
+    if t in _ADD_FUNCS and len(n.args) == 2 and all(isinstance(a, fx.Node) and a.meta.get("float") for a in n.args):
+        if n.args[0].meta.get("shape") == n.args[1].meta.get("shape"):
+            return "join"
+    return None
+
+
+def stream_nodes(n: fx.Node, modules: dict) -> list[fx.Node]:
+    """The arguments of a layer/route node that carry node features (spikes in the converted model)."""
+    if n.op == "call_module":
+        m = modules[n.target]
+        sig = inspect.signature(m.forward)
+        bound = sig.bind(*n.args, **n.kwargs).arguments
+        first = next(iter(sig.parameters))  # e.g. a Linear subclass whose forward names its input "x"
+        vals = [bound.get(a if a in sig.parameters else first) for a in rule_for(m).stream_args]
+    else:
+        vals = [n.args[i] if i < len(n.args) else n.kwargs.get("x") for i in FUNCTION_STREAMS[_fn_kind(n)]]
+    out = []
+    for v in vals:
+        out.extend(v if isinstance(v, (list, tuple)) else [v])
+    return [v for v in out if isinstance(v, fx.Node)]
+
+
+def analyse(gm: fx.GraphModule, example_inputs: list) -> Plan:
+    """Normalise the traced graph (drop dropout, merge ReLUs) and place the neurons; refuse what cannot be."""
+    graph = gm.graph
+    modules = dict(gm.named_modules())
+    _FloatProp(gm).run(*example_inputs)
+    for n in list(graph.nodes):
+        role = _role(n, modules)
+        arg = n.args[0] if n.args and isinstance(n.args[0], fx.Node) else None
+        if role == "pass" or (role == "relu" and arg is not None and _role(arg, modules) == "relu"):
+            n.replace_all_uses_with(n.args[0])
+            graph.erase_node(n)
+    roles = {n: _role(n, modules) for n in graph.nodes}
+    layers = [n for n in graph.nodes if roles[n] == "layer"]
+    routes = [n for n in graph.nodes if roles[n] == "route"]
+    if not layers:
+        raise UnsupportedModuleError(f"{type(gm).__name__} has no GCNConv or Linear layer (nor another supported "
+                                     f"PyG layer) to convert")
+    plan = Plan(layers={}, inputs=[])
+    for n in layers:
+        plan.layers[n.name] = _place(n, roles, modules)
+    for r in routes:
+        bad = [u for u in r.users if roles[u] not in ("layer", "route")]
+        if bad:
+            raise UnsupportedModuleError(f"cannot convert {describe(bad[0], modules)} after {describe(r, modules)}: "
+                                         f"concatenated spike streams must feed a layer")
+        plan.layers[r.name] = LayerInfo("route", r.name, fn=_fn_kind(r) if r.op == "call_function" else None)
+    for n in graph.nodes:
+        if roles[n] == "bn" and not any(i.bn == n.target for i in plan.layers.values()):
+            raise UnsupportedModuleError(f"cannot convert {describe(n, modules)}: a BatchNorm folds only into the "
+                                         f"layer with weights right before it (layer -> BatchNorm -> ReLU)")
+    _find_inputs(plan, graph, roles, modules)
+    return plan
+
+
+def _place(n: fx.Node, roles: dict, modules: dict) -> LayerInfo:
+    fn = _fn_kind(n) if n.op == "call_function" else None
+    site, bn = n, None
+    if len(n.users) == 1 and roles[next(iter(n.users))] == "bn":
+        site = next(iter(n.users))
+        bn = site.target
+    users = list(site.users)
+    relus = [u for u in users if roles[u] == "relu"]
+    if relus and len(relus) != len(users):
+        raise UnsupportedModuleError(f"the output of {describe(n, modules)} is used both with and without ReLU")
+    nxt = [v for r in relus for v in r.users] if relus else users
+    hidden = [roles[v] in ("layer", "route") for v in nxt]
+    if nxt and all(hidden):
+        kind = "relu" if relus else "signed"
+    elif not any(hidden) and not any(_reaches_layer(v, roles) for v in nxt):
+        kind = "output"
+    else:
+        bad = next((v for v, h in zip(nxt, hidden) if not h), nxt[0] if nxt else n)
+        raise UnsupportedModuleError(
+            f"cannot convert {describe(bad, modules)} after {describe(n, modules)}: between spiking layers only "
+            f"ReLU, dropout, BatchNorm after a layer, +, torch.cat and the supported PyG layers are allowed")
+    return LayerInfo(kind, site.name, fn=fn, bn=bn, relus=[r.name for r in relus])
+
+
+def _reaches_layer(node: fx.Node, roles: dict) -> bool:
+    seen, todo = set(), [node]
+    while todo:
+        u = todo.pop()
+        if roles.get(u) in ("layer", "route"):
+            return True
+        if u not in seen:
+            seen.add(u)
+            todo.extend(u.users)
+    return False
+
+
+def _find_inputs(plan: Plan, graph: fx.Graph, roles: dict, modules: dict) -> None:
+    nodes = {n.name: n for n in graph.nodes}
+    streams: dict[fx.Node, fx.Node] = {}  # value node carrying spikes -> its layer
+    for name, info in plan.layers.items():
+        outs = [nodes[r] for r in info.relus] if info.kind == "relu" else [nodes[info.site]]
+        if info.kind != "output":
+            streams.update({o: nodes[name] for o in outs})
+    for name, info in plan.layers.items():
+        n = nodes[name]
+        args = stream_nodes(n, modules)
+        for s in args:
+            if s in streams:
+                continue
+            t = s
+            while roles[t] == "relu":
+                t = t.args[0]
+            if t.op != "placeholder":
+                raise UnsupportedModuleError(
+                    f"cannot convert {describe(t, modules)} on the input of {describe(n, modules)}: it is not a "
+                    f"ReLU-linear map (only dropout and ReLU may come between the input features and a layer)")
+            if info.kind == "route":
+                raise UnsupportedModuleError(f"cannot convert {describe(n, modules)}: only layer outputs can be "
+                                             f"concatenated as spike streams, not the input features")
+            if s.meta.get("float") and s.name not in plan.inputs:
+                plan.inputs.append(s.name)
+        for v in streams:
+            if v in n.all_input_nodes and v not in args:
+                raise UnsupportedModuleError(f"the output of {describe(streams[v], modules)} is used as a graph "
+                                             f"argument of {describe(n, modules)}, not as its features")
 
 
 class SpikingModel(fx.GraphModule):
@@ -53,14 +235,15 @@ class SpikingModel(fx.GraphModule):
     def spiking_layers(self) -> list[tuple[str, nn.Module]]:
         """Top-level spiking layers in execution order (a SpikingGCNConv's inner layers are its own)."""
         out, convs = [], []
+        order = {n.target: i for i, n in enumerate(self.graph.nodes) if n.op == "call_module"}
         for n, m in self.named_modules():
             if any(n.startswith(c + ".") for c in convs):
                 continue
-            if isinstance(m, (SpikingGCNConv, SpikingLinear)):
+            if isinstance(m, (SpikingGCNConv, SpikingLinear, SpikingGraphLayer)):
                 out.append((n, m))
                 if isinstance(m, SpikingGCNConv):
                     convs.append(n)
-        return out
+        return sorted(out, key=lambda nm: order.get(nm[0], len(order)))
 
     def layer_stats(self) -> list[LayerStats]:
         """Statistics of the last forward pass, one entry per neuron layer (GCNConv gives two: mp, agg)."""
@@ -90,219 +273,11 @@ class SpikingModel(fx.GraphModule):
                 m.code = code
         return self
 
+    def inference(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None, chunk_size: int = 65536,
+                  storage: str | None = None, progress: bool = False) -> Tensor:
+        """Layer-wise inference over blocks of target nodes, int8 codes between layers (bounded memory);
+        bit-identical to ``self(x, edge_index)``. See :func:`spikegcn.inference.layerwise`."""
+        from ..inference import layerwise
 
-def _call_args(model: nn.Module, data: Any) -> tuple[tuple, dict]:
-    """Map a PyG ``Data`` object (or a tuple/dict of arguments) onto the model's forward parameters."""
-    if isinstance(data, tuple):
-        return data, {}
-    if isinstance(data, dict):
-        return (), data
-    params = [p for p in inspect.signature(model.forward).parameters.values()
-              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    if len(params) == 1 and not hasattr(data, params[0].name):
-        return (data,), {}
-    kwargs = {}
-    for p in params:
-        if hasattr(data, p.name) and getattr(data, p.name) is not None:
-            kwargs[p.name] = getattr(data, p.name)
-        elif p.default is p.empty:
-            if p.name == "x":  # featureless graph: X = I
-                kwargs["x"] = None
-            else:
-                raise ValueError(f"calibration data has no attribute {p.name!r} needed by {type(model).__name__}.forward")
-    return (), kwargs
+        return layerwise(self, x, edge_index, edge_weight, chunk_size=chunk_size, storage=storage, progress=progress)
 
-
-def _is_relu(node: fx.Node, modules: dict) -> bool:
-    if node.op == "call_module":
-        return isinstance(modules[node.target], nn.ReLU)
-    if node.op == "call_function":
-        return node.target in _RELU_FUNCS
-    return node.op == "call_method" and node.target in ("relu", "relu_")
-
-
-def _is_passthrough(node: fx.Node, modules: dict) -> bool:
-    if node.op == "call_module":
-        return isinstance(modules[node.target], (nn.Dropout, nn.Identity))
-    if node.op == "call_function":
-        return node.target in _PASS_FUNCS
-    return False
-
-
-def convert_graph_model(model: nn.Module, data: Any, code: PhaseCode, mode: str = "exact",
-                        percentile: float | None = None, channel_wise: bool = True, variant: str = "signed",
-                        input_coding: str = "binary", backend: str = "auto") -> SpikingModel:
-    check_mode(mode)
-    model = model.eval()
-    gm = fx.GraphModule(model, _Tracer().trace(model), class_name=type(model).__name__)
-    modules = dict(gm.named_modules())
-    graph = gm.graph
-
-    layer_nodes = [n for n in graph.nodes if n.op == "call_module" and isinstance(modules[n.target], LAYERS)]
-    if not layer_nodes:
-        raise UnsupportedModuleError(f"{type(model).__name__} has no GCNConv or Linear layer to convert")
-
-    # ---- what follows each layer: ReLU (unsigned hidden), another layer (signed hidden) or the output
-    def consumers(node: fx.Node) -> list[fx.Node]:
-        out = []
-        for u in node.users:
-            out.extend(consumers(u) if _is_passthrough(u, modules) else [u])
-        return out
-
-    layer_set = set(layer_nodes)
-
-    def _reaches_layer(node: fx.Node) -> bool:
-        seen, todo = set(), list(node.users)
-        while todo:
-            u = todo.pop()
-            if u in layer_set:
-                return True
-            if u not in seen:
-                seen.add(u)
-                todo.extend(u.users)
-        return False
-
-    kinds: dict[str, str] = {}
-    for n in layer_nodes:
-        users = consumers(n)
-        if users and all(_is_relu(u, modules) for u in users):
-            kinds[n.name] = "relu"
-            nxt = [v for u in users for v in consumers(u)]
-        else:
-            kinds[n.name] = "signed"
-            nxt = users
-        if not all(v.op == "call_module" and isinstance(modules[v.target], LAYERS) for v in nxt):
-            kinds[n.name] = "output"
-            if len(nxt) == 0:
-                raise UnsupportedModuleError(f"layer {n.target} has no consumer")
-            # an output layer's value may go through anything, but never on into another layer
-            for v in nxt:
-                if not (v.op == "call_module" and isinstance(modules[v.target], LAYERS)) and _reaches_layer(v):
-                    raise UnsupportedModuleError(
-                        f"cannot convert {_describe(v, modules)} after layer {n.target}: between spiking layers "
-                        f"only ReLU and dropout are supported")
-
-    # every non-layer node that touches a hidden (spiking) value must be a ReLU or a pass-through
-    hidden = {n for n in layer_nodes if kinds[n.name] != "output"}
-    frontier = list(hidden)
-    while frontier:
-        n = frontier.pop()
-        for u in n.users:
-            if u in hidden or (u.op == "call_module" and isinstance(modules[u.target], LAYERS)):
-                continue
-            if _is_relu(u, modules) or _is_passthrough(u, modules):
-                hidden.add(u)
-                frontier.append(u)
-                continue
-            raise UnsupportedModuleError(
-                f"cannot convert {_describe(u, modules)}: between spiking layers only ReLU and dropout are supported")
-
-    # ---- observe
-    records: dict[str, Tensor] = {}
-    hooks = []
-    for n in layer_nodes:
-        mod = modules[n.target]
-        hooks.append(mod.register_forward_hook(lambda m, i, o, key=n.name: records.__setitem__(key, o.detach())))
-        if isinstance(mod, GCNConv):
-            hooks.append(mod.lin.register_forward_hook(
-                lambda m, i, o, key=n.name + ".mp": records.__setitem__(key, o.detach())))
-            if variant == "agg_first":
-                hooks.append(mod.register_forward_pre_hook(
-                    lambda m, a, kw, key=n.name + ".in": records.__setitem__(key, (a, kw)), with_kwargs=True))
-    args, kwargs = _call_args(model, data)
-    try:
-        with torch.no_grad():
-            model(*args, **kwargs)
-    finally:
-        for h in hooks:
-            h.remove()
-
-    # ---- build
-    first_input = None
-    for n in layer_nodes:
-        mod = modules[n.target]
-        kind = kinds[n.name]
-        out_kind = "potential" if kind == "output" else "spikes"
-        y = records[n.name]
-        if isinstance(mod, GCNConv):
-            if variant == "agg_first":
-                mp_scale = _agg_first_scale(mod, *records[n.name + ".in"], channel_wise=channel_wise,
-                                            percentile=percentile)
-            else:
-                mp_scale = activation_scale(records[n.name + ".mp"], signed=(variant == "signed"),
-                                            channel_wise=channel_wise, percentile=percentile)
-            scale = activation_scale(y, signed=(kind == "signed"), channel_wise=channel_wise, percentile=percentile)
-            new = SpikingGCNConv.from_gcnconv(mod, code=code, mp_scale=mp_scale, scale=scale, variant=variant,
-                                              mode=mode, output=out_kind, backend=backend)
-            if kind == "signed":
-                new.aggr.signed = True
-        else:
-            scale = activation_scale(y, signed=(kind == "signed"), channel_wise=channel_wise, percentile=percentile)
-            new = SpikingLinear.from_linear(mod, scale=scale, code=code, signed=(kind == "signed"), mode=mode,
-                                            output=out_kind, backend=backend)
-        _set_module(gm, n.target, new)
-
-    # ---- rewrite: drop ReLU / dropout on hidden values, encode the graph input
-    for n in list(graph.nodes):
-        if n in hidden and n not in layer_nodes:
-            n.replace_all_uses_with(n.args[0])
-            graph.erase_node(n)
-    x_node = next((n for n in graph.nodes if n.op == "placeholder" and n.target == "x"), None)
-    if x_node is None:
-        x_node = next(n for n in graph.nodes if n.op == "placeholder")
-    x_value = kwargs.get(x_node.target, args[0] if args else None)
-    if x_value is not None and not (x_value.layout != torch.strided and _is_identity(x_value)):
-        enc = PhaseEncoder(T=code.T, coding=input_coding, code=code)
-        enc.calibrate(x_value)
-        gm.add_module("input_encoder", enc)
-        users = [u for u in x_node.users if u in layer_nodes]
-        with graph.inserting_after(x_node):
-            e = graph.call_module("input_encoder", (x_node,))
-        for u in users:
-            u.replace_input_with(x_node, e)
-    graph.lint()
-    out = SpikingModel(gm, graph, class_name="Spiking" + type(model).__name__)
-    return out
-
-
-def _describe(u: fx.Node, modules: dict) -> str:
-    if u.op == "call_module":
-        return f"module {u.target} ({type(modules[u.target]).__name__})"
-    return f"{u.op} {getattr(u.target, '__name__', u.target)}"
-
-
-def _set_module(root: nn.Module, target: str, new: nn.Module) -> None:
-    *path, last = target.split(".")
-    parent = root
-    for p in path:
-        parent = getattr(parent, p)
-    setattr(parent, last, new)
-
-
-def _agg_first_scale(conv: GCNConv, args: tuple, kwargs: dict, channel_wise: bool,
-                     percentile: float | None) -> Tensor:
-    """Lambda of the aggregation neurons A-hat X that the 'agg_first' order puts before the linear map."""
-    names = ["x", "edge_index", "edge_weight"]
-    bound = dict(zip(names, args), **kwargs)
-    x = bound["x"]
-    featureless = x is None or (x.layout != torch.strided and _is_identity(x))
-    n = conv.in_channels if x is None else x.shape[0]
-    agg = SpikingAggregation(conv.in_channels, improved=conv.improved, add_self_loops=conv.add_self_loops,
-                             normalize=conv.normalize)
-    op = agg.graph_op(bound["edge_index"], bound.get("edge_weight"), n)
-    if featureless:
-        # A-hat I = A-hat: the neurons are its non-zeros, channel = column
-        if percentile is not None:
-            raise ValueError("percentile calibration is not supported for the aggregation-first layer of a "
-                             "featureless (X = I) model; use the max (percentile=None)")
-        adj = op.adj
-        vals = adj.values()
-        if not channel_wise:
-            return vals.max().clamp_min(torch.finfo(vals.dtype).tiny)
-        col = adj.col_indices().long()
-        lam = torch.zeros(adj.shape[1], dtype=vals.dtype).scatter_reduce(0, col, vals, "amax", include_self=True)
-        return torch.where(lam > 0, lam, torch.ones_like(lam))
-    if x.layout != torch.strided:
-        x = x.to_dense()
-    ahat_x = torch.sparse.mm(op.adj, x.detach().float())
-    return activation_scale(ahat_x, signed=bool((ahat_x < 0).any()), channel_wise=channel_wise, percentile=percentile)
