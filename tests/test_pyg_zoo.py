@@ -5,20 +5,35 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import sbm_graph
 from torch import nn
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
-from torch_geometric.nn import (APPNP, ChebConv, GATConv, GATv2Conv, GCN2Conv, GCNConv, GINConv, GraphConv, GraphNorm,
-                                SAGEConv, SGConv, SimpleConv, TAGConv, TransformerConv, global_add_pool,
-                                global_max_pool, global_mean_pool)
+from torch_geometric.nn import (
+    APPNP,
+    ChebConv,
+    GATConv,
+    GATv2Conv,
+    GCN2Conv,
+    GCNConv,
+    GINConv,
+    GraphConv,
+    GraphNorm,
+    SAGEConv,
+    SGConv,
+    SimpleConv,
+    TAGConv,
+    TransformerConv,
+    global_add_pool,
+    global_max_pool,
+    global_mean_pool,
+)
 from torch_geometric.nn.models import GCN, GIN, MLP, GraphSAGE
 from torch_geometric.utils import subgraph
 
 import spikegcn
 from spikegcn import PhaseCode, UnsupportedModuleError
 from spikegcn.coding import decode_binary, encode_binary, quantize
-
-from conftest import sbm_graph
 
 CODE = PhaseCode(16, 1.3)
 D = torch.float64  # round-off far below the code's steps: a quantisation boundary is never crossed by accident
@@ -33,7 +48,11 @@ def g():
 
 # ------------------------------------------------------------------ an independent quantised ANN
 def q_input(x):
-    lam = x.abs().max()
+    return _q_input_with(x, x)
+
+
+def _q_input_with(x, calib_x):
+    lam = calib_x.abs().max()
     bits, sign = encode_binary(x / lam, CODE.T, signed=True)
     return decode_binary(bits, CODE.T, sign, dtype=x.dtype) * lam
 
@@ -48,12 +67,14 @@ def lam_of(y, signed):
     return torch.where(m > 0, m, torch.ones_like(m))
 
 
-def reference(stages, x):
+def reference(stages, x, calib=None):
     """Run the ANN stage by stage twice: on the real values (for lambda) and on the quantised ones (the SNN's
-    functional mode). ``stages``: ``(fn, kind)`` with kind ``"relu"``, ``"signed"`` or ``"output"``."""
-    a, h = x, q_input(x)
-    for fn, kind in stages:
-        a, h = fn(a), fn(h)
+    functional mode). ``stages``: ``(fn, kind)`` with kind ``"relu"``, ``"signed"`` or ``"output"``.
+    ``calib``: ``(calibration stages, calibration x)`` when lambda comes from another graph."""
+    cal_stages, a = calib if calib is not None else (stages, x)
+    h = q_input(x) if calib is None else _q_input_with(x, a)
+    for (fn, kind), (cal_fn, _) in zip(stages, cal_stages):
+        a, h = cal_fn(a), fn(h)
         if kind == "relu":
             a, h = a.relu(), h.relu()
         if kind != "output":
@@ -227,3 +248,233 @@ def test_exact_small_wait_equals_prefix_reference(g, case, tw):
         ref = brute_force_phases(seen["inp"], lambda v: orig(v, g.edge_index), seen["lam"], False, code)
     assert torch.equal(seen["out"].phase.long(), ref)
     assert seen["out"].phase.count_nonzero() > 0
+
+
+# ------------------------------------------------------------------ BasicGNN models, BatchNorm, JumpingKnowledge
+def _trained_bn(model, g):
+    """Give BatchNorm non-trivial running statistics, then eval."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(g.x, g.edge_index)
+    return model.eval()
+
+
+def _ref_basic_gnn(m, x, ei, conv_stages):
+    """BasicGNN forward with quantised neurons: ``conv_stages(conv, norm)`` gives each layer's stages."""
+    a, h = x, q_input(x)
+    xs_a, xs_h = [], []
+    for i, (conv, norm) in enumerate(zip(m.convs, m.norms)):
+        last = i == m.num_layers - 1 and m.jk_mode is None
+        for fn, kind in conv_stages(conv, norm, last):
+            a, h = fn(a), fn(h)
+            if kind == "relu":
+                a, h = a.relu(), h.relu()
+            if kind != "output":
+                h = q(h, lam_of(a, kind == "signed"), kind == "signed")
+        xs_a.append(a)
+        xs_h.append(h)
+    if m.jk_mode == "cat":
+        a, h = torch.cat(xs_a, -1), torch.cat(xs_h, -1)
+    elif m.jk_mode == "max":
+        a, h = torch.stack(xs_a, -1).amax(-1), torch.stack(xs_h, -1).amax(-1)
+        h = q(h, lam_of(a, True), True)  # the max join's neurons (signed: they feed the head directly)
+    return m.lin(h) if m.jk_mode is not None else h
+
+
+def _gcn_stages(ei, n):
+    from torch_geometric.nn.conv.gcn_conv import gcn_norm
+
+    ei_n, w = gcn_norm(ei, None, n, add_self_loops=True, dtype=D)
+
+    def stages(conv, norm, last):
+        agg = lambda h: norm(conv.propagate(ei_n, x=h, edge_weight=w) + conv.bias)  # noqa: E731
+        return [(conv.lin, "signed"), (agg, "output" if last else "relu")]
+    return stages
+
+
+def test_basic_gnn_gcn_batchnorm_jk_equal_quantised_ann(g):
+    torch.manual_seed(0)
+    for jk in ("cat", "max", None):
+        m = _trained_bn(GCN(8, 16, 3, 4, norm="batch_norm", jk=jk, dropout=0.5).to(D), g)
+        ref = _ref_basic_gnn(m, g.x, g.edge_index, _gcn_stages(g.edge_index, g.num_nodes))
+        close(spikegcn.convert(m, g, CODE, mode="functional")(g.x, g.edge_index), ref)
+
+
+def test_basic_gnn_sage_gin_mlp_equal_quantised_ann(g):
+    torch.manual_seed(0)
+    ei = g.edge_index
+    sage = GraphSAGE(8, 16, 2, 4, jk="last").to(D).eval()
+    ref = _ref_basic_gnn(sage, g.x, ei, lambda conv, norm, last: [(lambda h: conv(h, ei), "relu")])
+    close(spikegcn.convert(sage, g, CODE, mode="functional")(g.x, ei), ref)
+
+    from spikegcn.convert.capture import gin_aggregate
+
+    gin = _trained_bn(GIN(8, 16, 2, 4, norm="batch_norm").to(D), g)
+
+    def gin_stages(conv, norm, last):
+        mlp = conv.nn
+        return [(lambda h: gin_aggregate(h, ei, conv.eps), "signed"),
+                (lambda h: mlp.norms[0](mlp.lins[0](h)), "relu"),
+                (lambda h: norm(mlp.lins[1](h)), "output" if last else "relu")]
+    close(spikegcn.convert(gin, g, CODE, mode="functional")(g.x, ei), _ref_basic_gnn(gin, g.x, ei, gin_stages))
+
+    mlp = MLP([8, 16, 16, 4], norm="batch_norm", dropout=0.2).to(D)
+    mlp.train()
+    with torch.no_grad():
+        mlp(g.x)
+    mlp.eval()
+    ref = reference([(lambda h: mlp.norms[0](mlp.lins[0](h)), "relu"), (lambda h: mlp.norms[1](mlp.lins[1](h)), "relu"),
+                     (mlp.lins[2], "output")], g.x)
+    close(spikegcn.convert(mlp, (g.x,), CODE, mode="functional")(g.x), ref)
+
+
+# ------------------------------------------------------------------ graph classification, batches, subgraphs
+POOLS = {"add": global_add_pool, "mean": global_mean_pool, "max": global_max_pool}
+
+
+class GraphCls(nn.Module):
+    def __init__(self, pool):
+        super().__init__()
+        self.conv1, self.conv2, self.pool = SAGEConv(8, 16), SAGEConv(16, 16, aggr="max"), pool
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x, edge_index, batch):
+        x = F.relu(self.conv1(x, edge_index))
+        x = F.relu(self.conv2(x, edge_index))
+        if self.pool == "add":  # called by name, as PyG's examples do (fx wraps the global)
+            x = global_add_pool(x, batch)
+        elif self.pool == "mean":
+            x = global_mean_pool(x, batch)
+        else:
+            x = global_max_pool(x, batch)
+        return self.head(x)
+
+
+def _graphs(k=6):
+    gen = torch.Generator().manual_seed(3)
+    out = []
+    for i in range(k):
+        n = 8 + i
+        ei = torch.randint(0, n, (2, 3 * n), generator=gen)
+        out.append(Data(x=torch.randn(n, 8, generator=gen, dtype=D), edge_index=torch.cat([ei, ei.flip(0)], 1)))
+    return out
+
+
+@pytest.mark.parametrize("pool", ["add", "mean", "max"])
+def test_graph_classification_batches(pool):
+    torch.manual_seed(0)
+    graphs = _graphs()
+    model = GraphCls(pool).to(D).eval()
+    loader = DataLoader(graphs, batch_size=4)
+    snn = spikegcn.convert(model, loader, CODE, mode="functional")  # lambda = max over every batch
+    full = next(iter(DataLoader(graphs, batch_size=len(graphs))))
+    m = model
+    stages = lambda b: [(lambda h: m.conv1(h, b.edge_index), "relu"), (lambda h: m.conv2(h, b.edge_index), "relu"),  # noqa: E731
+                        (lambda h: POOLS[pool](h, b.batch), "signed"), (m.head, "output")]
+    for b in loader:
+        out = snn(b.x, b.edge_index, b.batch)
+        close(out, reference(stages(b), b.x, calib=(stages(full), full.x)))
+        for i, gi in enumerate(b.to_data_list()):  # a graph alone gives its row of the batch
+            alone = snn(gi.x, gi.edge_index, torch.zeros(gi.num_nodes, dtype=torch.long))
+            assert torch.allclose(alone[0], out[i], rtol=1e-9, atol=1e-12)
+    # the torch.ao flow: prepare, any calibration loop, convert
+    prepared = spikegcn.prepare(model, graphs[0])
+    for b in loader:
+        prepared(b.x, b.edge_index, b.batch)
+    snn2 = spikegcn.convert(prepared, CODE, mode="functional")
+    assert torch.equal(snn2(full.x, full.edge_index, full.batch), snn(full.x, full.edge_index, full.batch))
+
+
+def test_subgraph_and_new_graph_inductive(g):
+    torch.manual_seed(0)
+    model = Two(SAGEConv(8, 16), GraphConv(16, 4)).to(D).eval()
+    snn = spikegcn.convert(model, g, CODE, mode="functional")
+    subset = torch.arange(0, g.num_nodes, 2)
+    sub_ei, _ = subgraph(subset, g.edge_index, relabel_nodes=True, num_nodes=g.num_nodes)
+    xs = g.x[subset]
+    st = lambda ei: [(lambda h: model.first(h, ei), "relu"), (lambda h: model.second(h, ei), "output")]  # noqa: E731
+    close(snn(xs, sub_ei), reference(st(sub_ei), xs, calib=(st(g.edge_index), g.x)))
+
+
+def test_user_model_untouched_and_float64(g):
+    model = GCN(8, 16, 2, 4, norm="batch_norm").to(D)
+    model.train()
+    before = copy.deepcopy(model.state_dict())
+    snn = spikegcn.convert(model, g, CODE)
+    assert model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    out = snn(g.x, g.edge_index)
+    assert out.dtype == torch.float64 and snn.training is not None
+    snn32 = spikegcn.convert(model.float(), Data(x=g.x.float(), edge_index=g.edge_index), CODE)
+    assert snn32(g.x.float(), g.edge_index).dtype == torch.float32
+
+
+# ------------------------------------------------------------------ refusals name the layer, before PyG/fx fail
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(16, 16)
+
+    def forward(self, x):
+        return self.lin(x) if x.sum() > 0 else x  # data-dependent control flow
+
+
+class WithBlock(nn.Module):
+    def __init__(self, block=None, act=None):
+        super().__init__()
+        self.conv = GCNConv(8, 16)
+        self.block = block if block is not None else nn.Identity()
+        self.act = act
+        self.out = nn.Linear(16, 4)
+
+    def forward(self, x, edge_index):
+        h = self.block(F.relu(self.conv(x, edge_index)))
+        return self.out(self.act(h) if self.act is not None else h)
+
+
+class InputTanh(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = GCNConv(8, 4)
+
+    def forward(self, x, edge_index):
+        return self.conv(torch.tanh(x), edge_index)
+
+
+class DoubleRelu(nn.Module):
+    def __init__(self, double=True):
+        super().__init__()
+        self.conv, self.out, self.double_relu = GCNConv(8, 16), nn.Linear(16, 4), double
+
+    def forward(self, x, edge_index):
+        h = F.relu(self.conv(x, edge_index))
+        return self.out(F.relu(h) if self.double_relu else h)
+
+
+@pytest.mark.parametrize("model, match", [
+    (lambda: Two(GATConv(8, 16), GCNConv(16, 4)), r"module first \(GATConv\): attention coefficients are a softmax"),
+    (lambda: Two(GCNConv(8, 16), GATv2Conv(16, 4)), r"module second \(GATv2Conv\): attention"),
+    (lambda: Two(TransformerConv(8, 16), GCNConv(16, 4)), r"module first \(TransformerConv\)"),
+    (lambda: GCN(8, 16, 2, 4, norm="layer_norm"), r"module norms.0.module \(LayerNorm\)|module norms.0 \(LayerNorm\)"),
+    (lambda: GCN(8, 16, 2, 4, norm="graph_norm"), r"module norms.0 \(GraphNorm\)"),
+    (lambda: WithBlock(GraphNorm(16)), r"module block \(GraphNorm\)"),
+    (lambda: GCN(8, 16, 2, 4, act="tanh"), r"module act \(Tanh\): only ReLU"),
+    (lambda: WithBlock(act=nn.GELU()), r"module act \(GELU\)"),
+    (lambda: InputTanh(), r"tanh on the input of module conv \(GCNConv\)"),
+    (lambda: WithBlock(Branchy()), r"cannot trace module block \(Branchy\)"),
+    (lambda: Two(SAGEConv(8, 16, project=True), SAGEConv(16, 4)), r"module first \(SAGEConv\): project=True"),
+    (lambda: GraphSAGE(8, 16, 2, 4, jk="lstm"), r"module jk \(JumpingKnowledge\)"),
+])
+def test_refusals_name_the_layer(g, model, match):
+    with pytest.raises(UnsupportedModuleError, match=match):
+        spikegcn.convert(model().to(D), g, CODE)
+
+
+def test_double_relu_converts_as_one(g):
+    torch.manual_seed(0)
+    m = DoubleRelu().to(D).eval()
+    a = spikegcn.convert(m, g, CODE, mode="functional")(g.x, g.edge_index)
+    m.double_relu = False
+    assert torch.equal(a, spikegcn.convert(m, g, CODE, mode="functional")(g.x, g.edge_index))

@@ -113,8 +113,8 @@ def call_args(model: nn.Module, data: Any) -> tuple[tuple, dict]:
         if hasattr(data, p.name) and getattr(data, p.name) is not None:
             kwargs[p.name] = getattr(data, p.name)
         elif p.default is p.empty:
-            if p.name == "x":  # featureless graph: X = I
-                kwargs["x"] = None
+            if p.name in ("x", "batch"):  # featureless graph (X = I); one graph, no batch vector
+                kwargs[p.name] = None
             else:
                 raise ValueError(f"calibration data has no attribute {p.name!r} needed by "
                                  f"{type(model).__name__}.forward")
