@@ -82,7 +82,7 @@ def _randomize_bn(model, seed=0):
             c = m.num_features
             m.running_mean.copy_(torch.rand(c, generator=g) * 0.4 - 0.2)
             m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
-            m.weight.data.copy_(torch.rand(c, generator=g) * 1.5 - 0.25)  # some gamma < 0 (spec A11)
+            m.weight.data.copy_(torch.rand(c, generator=g) * 1.5 - 0.25)  # some gamma < 0 (docs/method.md, A11)
             m.bias.data.copy_(torch.rand(c, generator=g) * 0.4 - 0.1)
     return model.eval()
 
@@ -289,7 +289,7 @@ def _brute_force(layer, inputs, code):
         P = sum(layer.synapse(i, spike_values(x, 0, t + out_start - x.start, torch.float64))
                 for i, x in enumerate(inputs))
         if layer.bias is not None:
-            P = P + layer.bias.view(-1, 1, 1)
+            P = P + layer._channel_view(layer.bias, P.dim())
         if fired is None:
             fired = torch.zeros(P.shape, dtype=torch.long)
         fired = torch.where((fired == 0) & (P >= thr[t - 1]), t, fired)
@@ -479,14 +479,14 @@ def _pretrained_available() -> bool:
 @pytest.mark.skipif(not _pretrained_available(), reason="ResNet-20 weights or CIFAR-10 JPEG not available "
                     "(set SPIKEGCN_WEIGHTS / SPIKEGCN_DATA)")
 def test_pretrained_resnet20_agrees_with_ann(monkeypatch):
-    from spikegcn.vision import CIFAR_MEAN, CIFAR_STD, load_cifar10, load_pretrained, normalize
+    from spikegcn.vision import CIFAR_MEAN, CIFAR_STD, load_cifar10_jpg, load_pretrained, normalize
 
     for k, v in _ENV_DEFAULTS.items():
         monkeypatch.setenv(k, v)
 
     model = load_pretrained("resnet20")
-    xtr, _ = load_cifar10("train")
-    xte, yte = load_cifar10("test")
+    xtr, _ = load_cifar10_jpg("train")
+    xte, yte = load_cifar10_jpg("test")
     calib = normalize(xtr[torch.randperm(len(xtr), generator=torch.Generator().manual_seed(0))[:500]],
                       CIFAR_MEAN, CIFAR_STD)
     idx = torch.linspace(0, len(yte) - 1, 200).round().long()

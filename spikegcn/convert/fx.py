@@ -8,10 +8,11 @@ r"""Converting CNNs (Conv2d/BatchNorm2d/ReLU/pooling/Linear, residual blocks) th
 2. **Observe**: an :class:`torch.fx.Interpreter` runs the calibration images batch by batch and keeps, for every
    ReLU and average-pool output, the per-channel maximum (or all values, for a percentile), and :math:`\max|x|`.
 3. **Calibrate**: :math:`\lambda` per channel for conv outputs, one per layer for fully-connected and pooling
-   outputs (spec A5; ``channel_wise=False`` makes all of them layer-wise), :math:`\lambda^L = 1` for the output.
+   outputs (docs/method.md, A5; ``channel_wise=False`` makes all of them layer-wise), :math:`\lambda^L = 1` for
+   the output.
 4. **Build**: the graph is evaluated symbolically. A conv/linear/pool output is a *pre-activation*: a sum of
    synaptic terms from spike sources plus a bias, in ANN units. BatchNorm scales the terms and shifts the bias (it
-   is folded into the weights everywhere, spec A11); ``+`` merges terms (a spike source added directly is an
+   is folded into the weights everywhere, docs/method.md, A11); ``+`` merges terms (a spike source added directly is an
    identity term); a ReLU turns a pre-activation into a neuron layer: :class:`~spikegcn.nn.SpikingConv2d`,
    :class:`~spikegcn.nn.SpikingFC`, :class:`~spikegcn.nn.SpikingAvgPool2d` or, for conv + shortcut,
    :class:`~spikegcn.nn.SpikingResidual`. Max pooling becomes the first-spike gate
@@ -23,6 +24,7 @@ The result is a :class:`SpikingCNN` with the model's forward signature: ``snn(im
 """
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -33,14 +35,15 @@ from torch import Tensor, fx, nn
 
 from ..coding import PhaseCode
 from ..energy import LayerStats
-from ..nn.conv import OneSpikeLayer, SpikingConv2d, SpikingFC, SpikingFlatten, fold_batchnorm
+from ..nn.conv import OneSpikeLayer, SpikingConv2d, fold_batchnorm
 from ..nn.encoder import PhaseEncoder
+from ..nn.fc import SpikingFC, SpikingFlatten
 from ..nn.pool import SpikingAvgPool2d, SpikingMaxPool2d, avgpool_args
 from ..nn.residual import SpikingResidual
 from ..simulate import check_mode
 from ..vision.models import OptionAShortcut
 from .graph import _RELU_FUNCS, SpikingModel, UnsupportedModuleError, _is_relu
-from .observers import activation_scale
+from .observers import activation_scale, check_calibration
 
 __all__ = ["CNNTracer", "SpikingCNN", "convert_cnn", "SUPPORTED_MODULES"]
 
@@ -126,7 +129,9 @@ def _forget_totals(module: "SpikingCNN", args) -> None:
 def _add_stats(a: LayerStats, b: LayerStats) -> LayerStats:
     return LayerStats(name=a.name, macs=a.macs + b.macs, in_neurons=a.in_neurons + b.in_neurons,
                       in_spikes=a.in_spikes + b.in_spikes, additions=a.additions + b.additions,
-                      out_neurons=a.out_neurons + b.out_neurons, out_spikes=a.out_spikes + b.out_spikes, kind=a.kind)
+                      out_neurons=a.out_neurons + b.out_neurons, out_spikes=a.out_spikes + b.out_spikes, kind=a.kind,
+                      saturated_neurons=None if None in (a.saturated_neurons, b.saturated_neurons)
+                      else a.saturated_neurons + b.saturated_neurons)
 
 
 def _batches(data, batch_size: int):
@@ -185,14 +190,18 @@ class _Observer(fx.Interpreter):
         self.shapes: dict[str, tuple] = {}
         self.amax: dict[str, Tensor] = {}
         self.values: dict[str, list[Tensor]] = {}
-        self.in_max = torch.tensor(0.0, dtype=torch.float64)
+        self.in_max: Tensor | None = None  # max |x| of the images (on their device)
 
     def run_node(self, n: fx.Node) -> Any:
         out = super().run_node(n)
         if isinstance(out, Tensor):
             self.shapes.setdefault(n.name, tuple(out.shape[1:]))
+            if n.op == "placeholder" or n.name in self.watch:
+                check_calibration(out.detach(), "the images" if n.op == "placeholder" else
+                                  f"the output of {n.target if n.op == 'call_module' else n.name}")
             if n.op == "placeholder":
-                self.in_max = torch.maximum(self.in_max, out.detach().abs().max().double())
+                m = out.detach().abs().max().double()
+                self.in_max = m if self.in_max is None else torch.maximum(self.in_max, m)
             if n.name in self.watch:
                 a = out.detach().double().clamp(min=0)
                 if self.keep:
@@ -211,7 +220,7 @@ def convert_cnn(model: nn.Module, data: Tensor | Iterable, code: PhaseCode | Non
     Args:
         model: the ANN (eval-mode BatchNorm statistics are used).
         data: calibration images ``[N, C, H, W]`` (as the model takes them), or an iterable of batches or
-            ``(images, labels)`` pairs. Spec A4: the max over a few thousand training images.
+            ``(images, labels)`` pairs. docs/method.md, A4: the max over a few thousand training images.
         code: code of every neuron layer (default ``PhaseCode(16, 1.3)``, ``Tw = T``); the input has ``code.T``
             binary phases.
         mode: ``"exact"`` (phase by phase with ``code.Tw``) or ``"functional"`` (the quantised ANN; equal to exact
@@ -219,11 +228,11 @@ def convert_cnn(model: nn.Module, data: Tensor | Iterable, code: PhaseCode | Non
         percentile: lambda = this percentile of each channel's ReLU output instead of its max (keeps all
             calibration activations in memory).
         channel_wise: lambda per conv output channel (default); ``False``: one per layer everywhere (ablation).
-        input_coding: ``"binary"`` multi-spike input (default, spec 1.1) or ``"single"`` spike input with the
-            hidden code (Table VII ablation).
+        input_coding: ``"binary"`` multi-spike input (default, docs/method.md, section 1.1) or ``"single"`` spike
+            input with the hidden code (Table VII ablation).
         int8: quantise the normalised weights to INT8, symmetric per output channel (Table VI ablation).
-        fold_avgpool: fold an average pool that feeds a fully-connected layer into it (spec A8 option) instead
-            of re-encoding it with an average-pool neuron layer.
+        fold_avgpool: fold an average pool that feeds a fully-connected layer into it (docs/method.md, A8 option)
+            instead of re-encoding it with an average-pool neuron layer.
         batch_size: calibration batch size.
 
     Returns:
@@ -247,6 +256,7 @@ def convert_cnn(model: nn.Module, data: Tensor | Iterable, code: PhaseCode | Non
     watch = {n.name for n in gm.graph.nodes if _is_relu(n, modules) or _is_avgpool(n, modules)}
     obs = _Observer(gm, watch, keep=percentile is not None)
     dtype = next((p.dtype for p in model.parameters()), torch.float32)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     seen = 0
     with torch.no_grad():
         for xb in _batches(data, batch_size):
@@ -266,27 +276,27 @@ def convert_cnn(model: nn.Module, data: Tensor | Iterable, code: PhaseCode | Non
         return lam.expand(obs.shapes[node_name][0]).clone()
 
     # ---- build
-    b = _Builder(gm, modules, code, mode, obs.shapes, lam_of, channel_wise, fold_avgpool, dtype)
+    b = _Builder(gm, modules, code, mode, obs.shapes, lam_of, channel_wise, fold_avgpool, dtype, device)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise UnsupportedModuleError(f"CNN conversion needs a forward with one image input, got "
                                      f"{[p.target for p in placeholders]}")
     x_node = placeholders[0]
-    enc = PhaseEncoder(T=code.T, coding=input_coding, code=code).to(dtype)
-    lam0 = obs.in_max if obs.in_max > 0 else torch.tensor(1.0, dtype=torch.float64)
-    enc.scale.fill_(float(lam0))
+    enc = PhaseEncoder(T=code.T, coding=input_coding, code=code).to(device=device, dtype=dtype)
+    lam0 = float(obs.in_max) if obs.in_max is not None and obs.in_max > 0 else 1.0
+    enc.scale.fill_(lam0)
     enc.calibrated.fill_(True)
     new_x = b.graph.placeholder(x_node.target)
     enc_node = b.add_module("input_encoder", enc, (new_x,))
     c_in = obs.shapes[x_node.name][0]
-    b.env[x_node] = _Spk(enc_node, torch.full((c_in,), float(enc.scale), dtype=torch.float64),
+    b.env[x_node] = _Spk(enc_node, torch.full((c_in,), float(enc.scale), dtype=torch.float64, device=device),
                          obs.shapes[x_node.name], signed=True, depth=0)
     for n in gm.graph.nodes:
         if n.op != "placeholder":
             b.visit(n)
     b.graph.lint()
     snn = SpikingCNN(b.root, b.graph, class_name="Spiking" + type(model).__name__)
-    snn.to(dtype)
+    snn.to(device=device, dtype=dtype)
     if int8:
         for _, m in snn.spiking_layers():
             m.quantize_weights_(8)
@@ -329,8 +339,10 @@ def _check_supported(gm: fx.GraphModule, modules: dict) -> None:
 class _Builder:
     """Symbolic evaluation of the traced graph into a new graph of spiking modules."""
 
-    def __init__(self, gm, modules, code, mode, shapes, lam_of, channel_wise, fold_avgpool, dtype):
+    def __init__(self, gm, modules, code, mode, shapes, lam_of, channel_wise, fold_avgpool, dtype, device):
         self.gm, self.modules, self.code, self.mode, self.dtype = gm, modules, code, mode, dtype
+        self.f64 = dict(dtype=torch.float64, device=device)  # every tensor the builder makes lives with the model
+        self.device = device
         self.shapes, self.lam_of = shapes, lam_of
         self.channel_wise, self.fold_avgpool = channel_wise, fold_avgpool
         self.graph = fx.Graph()
@@ -425,8 +437,8 @@ class _Builder:
             x = self.as_pre(x, n)
         if not isinstance(x, _Pre):
             self.fail(n, "BatchNorm of this value")
-        _, bias = fold_batchnorm(torch.zeros(m.num_features, 1), x.bias, m)
-        g, _ = fold_batchnorm(torch.ones(m.num_features, 1), None, m)
+        _, bias = fold_batchnorm(torch.zeros(m.num_features, 1, **self.f64), x.bias, m)
+        g, _ = fold_batchnorm(torch.ones(m.num_features, 1, **self.f64), None, m)
         g = g[:, 0]
         terms = []
         for t in x.terms:
@@ -445,12 +457,12 @@ class _Builder:
         x = self.spikes(n, x)
         args = avgpool_args(m, tuple(x.shape[-2:]))
         c = x.shape[0]
-        return _Pre([_Term("avgpool", x, torch.ones(c, dtype=torch.float64), args, name=n.target)], None,
+        return _Pre([_Term("avgpool", x, torch.ones(c, **self.f64), args, name=n.target)], None,
                     self.shapes[n.name], obs=n.name, name=n.target)
 
     def option_a(self, n, m: OptionAShortcut, x):
         x = self.spikes(n, x)
-        w = torch.zeros(m.out_channels, dtype=torch.float64)
+        w = torch.zeros(m.out_channels, **self.f64)
         w[m.pad_front: m.pad_front + m.in_channels] = 1.0
         return _Pre([_Term("option_a", x, w, dict(stride=m.stride, in_channels=m.in_channels), name=n.target)],
                     None, self.shapes[n.name], name=n.target)
@@ -474,7 +486,7 @@ class _Builder:
         if len(x.shape) == 1:
             return x
         node = self.add_module(n.target if n.op == "call_module" else "flatten", SpikingFlatten(1), (x.node,))
-        hw = int(torch.tensor(x.shape[1:]).prod())
+        hw = math.prod(x.shape[1:])
         return _Spk(node, x.lam.repeat_interleave(hw), self.shapes[n.name], x.signed, x.depth)
 
     def add(self, n, a, b):
@@ -516,7 +528,7 @@ class _Builder:
         if isinstance(x, _Spk):
             if len(x.shape) != 3:
                 self.fail(n, "residual additions of fully-connected features are not supported")
-            return _Pre([_Term("diag", x, torch.ones(x.shape[0], dtype=torch.float64), name="identity")], None,
+            return _Pre([_Term("diag", x, torch.ones(x.shape[0], **self.f64), name="identity")], None,
                         x.shape)
         self.fail(n, "unsupported operand")
 
@@ -535,7 +547,7 @@ class _Builder:
 
     def flatten_spk(self, x: _Spk) -> _Spk:
         node = self.add_module("flatten", SpikingFlatten(1), (x.node,))
-        hw = int(torch.tensor(x.shape[1:]).prod())
+        hw = math.prod(x.shape[1:])
         return _Spk(node, x.lam.repeat_interleave(hw), (x.shape[0] * hw,), x.signed, x.depth)
 
     # ---- neuron layers
@@ -553,14 +565,14 @@ class _Builder:
 
         def lam(layer_wise: bool) -> Tensor:
             if lam_node is None:
-                return torch.ones(out_c, dtype=torch.float64)
+                return torch.ones(out_c, **self.f64)
             return self.lam_of(lam_node, layer_wise or not self.channel_wise)
 
         if len(terms) == 1 and kinds[0] == "conv" and is_map:
             t = terms[0]
             a = t.args
             layer = SpikingConv2d(a["in_channels"], out_c, a["kernel_size"], a["stride"], a["padding"], a["dilation"],
-                                  a["groups"], bias=pre.bias is not None, **kw).to(self.dtype)
+                                  a["groups"], bias=pre.bias is not None, **kw).to(device=self.device, dtype=self.dtype)
             lam_out = lam(False)
             layer.load_normalized_(t.weight, pre.bias, t.src.lam, lam_out)
             name, srcs = t.name, [t.src]
@@ -568,7 +580,7 @@ class _Builder:
             t = terms[0]
             pool = t.args.get("pool")
             layer = SpikingFC(t.weight.shape[1], t.weight.shape[0], bias=pre.bias is not None, pool=pool,
-                              **kw).to(self.dtype)
+                              **kw).to(device=self.device, dtype=self.dtype)
             # lambda of the channel each input feature comes from (pooled or not, flattening is channel-major)
             lam_in = t.src.lam.repeat_interleave(t.weight.shape[1] // t.src.lam.numel())
             lam_out = lam(True)
@@ -576,7 +588,7 @@ class _Builder:
             name, srcs = t.name, [t.src]
         elif len(terms) == 1 and kinds[0] == "avgpool" and pre.bias is None:
             t = terms[0]
-            layer = SpikingAvgPool2d(out_c, **t.args, **kw).to(self.dtype)
+            layer = SpikingAvgPool2d(out_c, **t.args, **kw).to(device=self.device, dtype=self.dtype)
             lam_out = lam(True)
             with torch.no_grad():
                 layer.load_normalized_(t.src.lam * t.weight, lam_out)  # BN after the pool scales the gain
@@ -599,7 +611,7 @@ class _Builder:
                 self.fail(n, f"a residual shortcut of kind {sc.kind}")
             layer = SpikingResidual(a["in_channels"], out_c, a["kernel_size"], a["stride"], a["padding"],
                                     a["dilation"], a["groups"], bias=pre.bias is not None, **shortcut,
-                                    **kw).to(self.dtype)
+                                    **kw).to(device=self.device, dtype=self.dtype)
             lam_out = lam(False)
             layer.load_normalized_(main.weight, pre.bias, main.src.lam, sc.weight, sc.src.lam, lam_out)
             name, srcs = main.name, [main.src, sc.src]

@@ -1,9 +1,10 @@
 """Spiking layers to drop into PyG models (one layer a file)."""
 from .aggregation import SpikingAggregation
+from .conv import OneSpikeLayer, SpikingConv2d
 from .encoder import PhaseEncoder
+from .fc import SpikingFC, SpikingFlatten
 from .gcn_conv import SpikingGCNConv
 from .linear import SpikingLinear
-from .conv import OneSpikeLayer, SpikingConv2d, SpikingFC, SpikingFlatten
 from .pool import SpikingAvgPool2d, SpikingMaxPool2d
 from .residual import SpikingResidual
 

@@ -1,9 +1,9 @@
-r"""One-spike neuron layers for CNNs: the shared neuron core, a 2-D convolution, a fully-connected head layer and
-the flatten between them.
+r"""One-spike neuron layers for CNNs: the shared neuron core and a 2-D convolution (the fully-connected head layer
+and the flatten before it are in :mod:`spikegcn.nn.fc`).
 
 A CNN neuron layer :math:`l` works in **normalised units**: it reads the normalised values
 :math:`\hat a^{l-1} \in \{0\} \cup \{\pm v_p\}` its input spikes carry (no :math:`\lambda`) and holds the
-normalised weights of Eq. 2 with BatchNorm folded in (spec A11),
+normalised weights of Eq. 2 with BatchNorm folded in (docs/method.md, A11),
 
 .. math::
     \tilde W^l_{kc} = \frac{\gamma_k}{\sigma_k} W^l_{kc}\, \frac{\lambda^{l-1}_c}{\lambda^l_k}, \qquad
@@ -12,7 +12,7 @@ normalised weights of Eq. 2 with BatchNorm folded in (spec A11),
 so that its potential :math:`P = \tilde b + \sum_{\text{inputs}} \tilde W \star \hat a` is compared against the
 shifted thresholds :math:`c_Q Q^{-(t-1)}` (:math:`\theta = 1`). The bias is the initial potential. Binary input
 spikes are worth :math:`2^{-p}` and hidden ones :math:`Q^{-(p-1)}`, so the first layer changes the base from 2 to
-:math:`Q` with no extra work (base manipulation in the value domain, spec 5 and 8.2).
+:math:`Q` with no extra work (base manipulation in the value domain, docs/method.md, sections 5 and 8.2).
 
 Simulation (``mode``):
 
@@ -39,8 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..coding import PhaseCode, decode, decode_binary, encode
+from ..coding import PhaseCode, _check_finite, decode, decode_binary, encode, saturated_count
 from ..energy import LayerStats
+from ..kernels import conv_cpu
 from ..neuron import one_spike_fire
 from ..spikes import BinarySpikes, PhaseSpikes
 from .base import SpikingMixin
@@ -50,8 +51,6 @@ __all__ = [
     "spike_values",
     "OneSpikeLayer",
     "SpikingConv2d",
-    "SpikingFC",
-    "SpikingFlatten",
     "fold_batchnorm",
 ]
 
@@ -93,9 +92,9 @@ def _has_spikes_at(x: CNNSpikes, p: int) -> bool:
     return bool(((x.bits >> (x.T - p)) & 1).any())
 
 
-def _window_counts(in_hw: tuple[int, int], fn) -> Tensor:
+def _window_counts(in_hw: tuple[int, int], fn, device: torch.device) -> Tensor:
     """``[H, W]`` number of output positions of the linear window map ``fn`` that read each input position."""
-    x = torch.ones(1, 1, *in_hw, dtype=torch.float64, requires_grad=True)
+    x = torch.ones(1, 1, *in_hw, dtype=torch.float64, device=device, requires_grad=True)
     with torch.enable_grad():
         fn(x).sum().backward()
     return x.grad[0, 0].round()
@@ -104,9 +103,9 @@ def _window_counts(in_hw: tuple[int, int], fn) -> Tensor:
 def fold_batchnorm(weight: Tensor, bias: Tensor | None, bn: nn.BatchNorm2d | nn.BatchNorm1d | None
                    ) -> tuple[Tensor, Tensor]:
     r"""Fold an eval-mode BatchNorm into the preceding layer (float64):
-    :math:`W' = W\gamma/\sigma`, :math:`b' = (b - \mu)\gamma/\sigma + \beta` (spec 7, A11)."""
+    :math:`W' = W\gamma/\sigma`, :math:`b' = (b - \mu)\gamma/\sigma + \beta` (docs/method.md, section 7 and A11)."""
     w = weight.detach().double()
-    b = torch.zeros(w.shape[0], dtype=torch.float64) if bias is None else bias.detach().double()
+    b = w.new_zeros(w.shape[0]) if bias is None else bias.detach().double()
     if bn is None:
         return w, b
     g, beta, mu, var = _bn_params(bn)
@@ -169,6 +168,11 @@ class OneSpikeLayer(nn.Module, SpikingMixin):
     def weight_tensors(self) -> list[Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def conv_form(self, i: int) -> conv_cpu.ConvForm | None:
+        """Input ``i``'s synapses as a convolution (weight ``[kh, kw, C_in, C_out]``, stride, padding, dilation)
+        for the compiled exact-mode kernel, or ``None`` (the layer then steps phase by phase)."""
+        return None
+
     def input_kind(self, i: int) -> str:
         return self.kind if i == 0 else "shortcut"
 
@@ -203,11 +207,11 @@ class OneSpikeLayer(nn.Module, SpikingMixin):
     # ---- simulation
     def _integrate_all(self, inputs: Sequence[CNNSpikes], dtype: torch.dtype) -> Tensor:
         z = None
-        for i, x in enumerate(inputs):
+        for i, x in enumerate(inputs):  # in place: the synapse outputs are fresh tensors
             c = self.synapse(i, spike_values(x, dtype=dtype))
-            z = c if z is None else z + c
+            z = c if z is None else z.add_(c)
         if self.bias is not None:
-            z = z + self._channel_view(self.bias, z.dim())
+            z.add_(self._channel_view(self.bias, z.dim()))
         return z
 
     @torch.no_grad()
@@ -224,11 +228,12 @@ class OneSpikeLayer(nn.Module, SpikingMixin):
             z = self._integrate_all(inputs, dtype)
             return z * self._channel_view(self.scale, z.dim())
 
-        T, Tw = self.code.T, self.code.Tw
+        Tw = self.code.Tw
         out_start = max(x.start for x in inputs) + Tw
         delay = [out_start - x.start for x in inputs]  # input i is seen up to its phase t + delay[i]
         if self.mode == "functional" or all(x.T_in <= 1 + d for x, d in zip(inputs, delay)):
             z = self._integrate_all(inputs, dtype)
+            self.stats[0].saturated_neurons = float(saturated_count(z))
             phase, _ = encode(z, self.code)
         else:
             phase = self._stepped(inputs, delay, dtype)
@@ -249,9 +254,15 @@ class OneSpikeLayer(nn.Module, SpikingMixin):
         first = None
         for i, (x, o) in enumerate(zip(inputs, offset)):
             c = self.synapse(i, spike_values(x, 0, k0 - o, dtype=dtype))  # k0 - o >= 1 always
-            first = c if first is None else first + c
+            first = c if first is None else first.add_(c)
         if self.bias is not None:
-            first = first + self._channel_view(self.bias, first.dim())
+            first.add_(self._channel_view(self.bias, first.dim()))
+        _check_finite(first, "neuron input")
+        fast = conv_cpu.fire_late(first, list(inputs), [self.conv_form(i) for i in range(len(inputs))], offset, k0,
+                                  T_v, max_d, self.code.thresholds(dtype, first.device))
+        if fast is not None:  # one convolution + late spikes x fan-out (kernels/conv_cpu.py)
+            self.stats[0].saturated_neurons = float(fast[1])
+            return fast[0]
 
         def phase_input(r: int) -> Tensor | None:
             if r == 1:
@@ -266,15 +277,23 @@ class OneSpikeLayer(nn.Module, SpikingMixin):
                     acc = c if acc is None else acc + c
             return acc
 
-        phase, _ = one_spike_fire(phase_input, self.code.replace(Tw=max_d), T_in=T_v)
+        def count_saturated(P: Tensor) -> None:
+            self.stats[0].saturated_neurons = float(saturated_count(P))
+
+        phase, _ = one_spike_fire(phase_input, self.code.replace(Tw=max_d), T_in=T_v,
+                                  final_potential=count_saturated)
         return phase
 
     def _count(self, inputs: Sequence[CNNSpikes]) -> list[LayerStats]:
         out = []
         for i, x in enumerate(inputs):
-            counts = x.spike_counts()
+            if isinstance(x, PhaseSpikes):  # one pass over the int8 phases, no int64 copy of the map
+                counts = x.phase
+                per_pos = (counts != 0).sum(0, dtype=torch.float64)
+            else:
+                counts = x.spike_counts()
+                per_pos = counts.sum(0).to(torch.float64)
             n = counts.shape[0]
-            per_pos = counts.sum(0).to(torch.float64)
             fan = self.fanout(i, counts.shape[1:]).to(torch.float64)
             kind = "output" if (i == 0 and self.output == "potential") else self.input_kind(i)
             out.append(LayerStats(
@@ -358,23 +377,28 @@ class SpikingConv2d(OneSpikeLayer):
                          scale: Tensor | float) -> "SpikingConv2d":
         """Set the Eq. 2 weights from ANN-unit (BN-folded) ``weight``/``bias`` and the two scales."""
         w = weight.double()
-        lam_in = torch.as_tensor(in_scale, dtype=torch.float64).expand(self.in_channels)
+        lam_in = torch.as_tensor(in_scale, dtype=torch.float64, device=w.device).expand(self.in_channels)
         cin_g, cout_g = self.in_channels // self.groups, self.out_channels // self.groups
         # input channel of weight[k, c_local] is group(k) * cin_g + c_local
         lam_w = lam_in.view(self.groups, cin_g).repeat_interleave(cout_g, 0)  # [out, cin_g]
         lam_out = _set_scale(self.scale, scale)
         self.weight.copy_(w * lam_w[:, :, None, None] / lam_out[:, None, None, None])
         if self.bias is not None:
-            self.bias.copy_((torch.zeros(self.out_channels, dtype=torch.float64) if bias is None else bias.double())
-                            / lam_out)
+            self.bias.copy_((lam_out.new_zeros(self.out_channels) if bias is None else bias.double()) / lam_out)
         return self
 
     def synapse(self, i: int, x: Tensor) -> Tensor:
         return F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
 
+    def conv_form(self, i: int) -> conv_cpu.ConvForm | None:
+        if self.groups != 1:
+            return None
+        return self.weight.detach().permute(2, 3, 1, 0), self.stride, self.padding, self.dilation
+
     def _conv_counts(self, hw: tuple[int, int]) -> Tensor:
-        ones = torch.ones(1, 1, *self.kernel_size, dtype=torch.float64)
-        return _window_counts(hw, lambda x: F.conv2d(x, ones, None, self.stride, self.padding, self.dilation))
+        ones = torch.ones(1, 1, *self.kernel_size, dtype=torch.float64, device=self.weight.device)
+        return _window_counts(hw, lambda x: F.conv2d(x, ones, None, self.stride, self.padding, self.dilation),
+                              self.weight.device)
 
     def fanout(self, i: int, in_shape: torch.Size) -> Tensor:
         # a spike at (c, y, x) reaches out/groups channels at every output position whose window covers (y, x)
@@ -397,127 +421,8 @@ class SpikingConv2d(OneSpikeLayer):
 
 
 def _set_scale(buf: Tensor, value: Tensor | float) -> Tensor:
-    """Store lambda (dead channels -> 1, spec 2) and return it in float64 for the normalisation."""
-    v = torch.as_tensor(value, dtype=torch.float64).expand(buf.shape).clone()
+    """Store lambda (dead channels -> 1, docs/method.md, section 2) and return it in float64 for the normalisation."""
+    v = torch.as_tensor(value, dtype=torch.float64, device=buf.device).expand(buf.shape).clone()
     v = torch.where(v > 0, v, torch.ones_like(v))
     buf.copy_(v.to(buf.dtype))
     return v
-
-
-# ------------------------------------------------------------------------------------------------ fully connected
-class SpikingFC(OneSpikeLayer):
-    r"""One-spike neurons after a fully-connected layer of a CNN head (layer-wise :math:`\lambda`).
-
-    .. math::
-        \hat a^l_j = \mathrm{Enc}\Big(\tilde b_j + \sum_f \tilde W_{jf}\, [\mathrm{pool}(\hat a^{l-1})]_f\Big),
-        \qquad \tilde W_{jf} = W_{jf}\,\lambda^{l-1}_{c(f)} / \lambda^l
-
-    The input may be a feature map (it is flattened; :math:`\lambda^{l-1}_{c(f)}` is the scale of the channel
-    feature :math:`f` came from). An average pool between the feature map and this layer can be folded in
-    (``pool``, spec A8 option): it is linear, so the layer reads the un-pooled spikes, each with fan-out
-    (windows covering it) x ``out_features``, and no extra neuron layer or wait is needed.
-
-    Args:
-        in_features (int): input features (after pooling and flattening).
-        out_features (int): output features.
-        bias (bool): bias.
-        pool (dict, optional): keyword arguments of :func:`torch.nn.functional.avg_pool2d` (``kernel_size``,
-            ``stride``, ``padding``, ``ceil_mode``, ``count_include_pad``, ``divisor_override``) of a folded
-            average pool.
-        code, mode, output: see :class:`OneSpikeLayer`.
-    """
-
-    kind = "linear"
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, pool: dict | None = None,
-                 code: PhaseCode | None = None, mode: str = "exact", output: str = "spikes"):
-        super().__init__()
-        self._init_layer(out_features, code, mode, output)
-        self.in_features, self.out_features = int(in_features), int(out_features)
-        self.pool = dict(pool) if pool is not None else None
-        self.weight = nn.Parameter(torch.empty(out_features, in_features))
-        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0
-            nn.init.uniform_(self.bias, -bound, bound)
-        self.scale.fill_(1.0)
-        self.weight_bits = None
-
-    @classmethod
-    def from_linear(cls, lin: nn.Linear, in_scale: Tensor | float = 1.0, scale: Tensor | float = 1.0,
-                    bn: nn.BatchNorm1d | None = None, **kwargs) -> "SpikingFC":
-        """From a trained :class:`torch.nn.Linear`; ``in_scale`` per input feature (or scalar), ``scale`` the
-        layer-wise output :math:`\\lambda` (1 for an output layer)."""
-        w, b = fold_batchnorm(lin.weight, lin.bias, bn)
-        layer = cls(lin.in_features, lin.out_features, bias=(lin.bias is not None or bn is not None), **kwargs)
-        layer.load_normalized_(w, b, in_scale, scale)
-        return layer
-
-    @torch.no_grad()
-    def load_normalized_(self, weight: Tensor, bias: Tensor | None, in_scale: Tensor | float,
-                         scale: Tensor | float) -> "SpikingFC":
-        lam_in = torch.as_tensor(in_scale, dtype=torch.float64).expand(self.in_features)
-        lam_out = _set_scale(self.scale, scale)
-        self.weight.copy_(weight.double() * lam_in[None, :] / lam_out[:, None])
-        if self.bias is not None:
-            self.bias.copy_((torch.zeros(self.out_features, dtype=torch.float64) if bias is None else bias.double())
-                            / lam_out)
-        return self
-
-    def _prepare(self, x: Tensor) -> Tensor:
-        if self.pool is not None:
-            x = F.avg_pool2d(x, **self.pool)
-        return x.flatten(1) if x.dim() > 2 else x
-
-    def synapse(self, i: int, x: Tensor) -> Tensor:
-        return F.linear(self._prepare(x), self.weight)
-
-    def fanout(self, i: int, in_shape: torch.Size) -> Tensor:
-        if self.pool is None:
-            return torch.tensor(float(self.out_features))
-        hw = tuple(in_shape[-2:])
-        pool = {**self.pool, "divisor_override": 1}  # window sums: d(sum)/dx = windows covering x
-        return self._cached_fanout(hw, lambda: _window_counts(hw, lambda x: F.avg_pool2d(x, **pool))
-                                   * self.out_features)
-
-    def macs(self, i: int, in_shape: torch.Size) -> float:
-        return float(self.in_features * self.out_features)  # the pooling itself is not counted (spec 10)
-
-    def weight_tensors(self) -> list[Tensor]:
-        return [self.weight]
-
-    def __repr__(self) -> str:
-        p = f", pool={self.pool}" if self.pool else ""
-        return f"{self.__class__.__name__}({self.in_features}, {self.out_features}{p}, {self._layer_repr()})"
-
-
-# ------------------------------------------------------------------------------------------------ flatten
-class SpikingFlatten(nn.Module):
-    r"""Flatten spikes from dimension ``start_dim`` on (``[N, C, H, W] -> [N, C H W]``): a relabelling of
-    neurons, no computation; the per-channel :math:`\lambda` becomes per feature."""
-
-    def __init__(self, start_dim: int = 1):
-        super().__init__()
-        if start_dim != 1:
-            raise ValueError(f"only flattening from dimension 1 is supported, got start_dim={start_dim}")
-        self.start_dim = start_dim
-
-    def reset_parameters(self) -> None:
-        pass
-
-    def forward(self, x: CNNSpikes) -> CNNSpikes:
-        data = x.phase if isinstance(x, PhaseSpikes) else x.bits
-        scale = x.scale
-        if scale.dim():
-            scale = scale.expand(data.shape[1:]).reshape(-1)
-        sign = x.sign.flatten(1) if x.sign is not None else None
-        if isinstance(x, PhaseSpikes):
-            return PhaseSpikes(phase=data.flatten(1), code=x.code, scale=scale, sign=sign, start=x.start)
-        return BinarySpikes(bits=data.flatten(1), T=x.T, scale=scale, sign=sign, start=x.start)
-
-    def __repr__(self) -> str:
-        return f"{self.__class__.__name__}(start_dim={self.start_dim})"

@@ -1,8 +1,8 @@
 r"""Pooling for one-spike CNNs: max pooling as a first-spike gate, average pooling as a neuron layer.
 
-**Max pooling** (spec A9): within a window the earliest spike carries the largest value (all inputs of a channel
-share one code and one :math:`\lambda_c`, and :math:`Q^{-(t-1)}` decreases with :math:`t`), so passing on the first
-spike and ignoring the rest is exactly :math:`\max`:
+**Max pooling** (docs/method.md, A9): within a window the earliest spike carries the largest value (all inputs of a
+channel share one code and one :math:`\lambda_c`, and :math:`Q^{-(t-1)}` decreases with :math:`t`), so passing on the
+first spike and ignoring the rest is exactly :math:`\max`:
 
 .. math::
     t_{out} = \min_{i \in \text{window}} t_i \;(\text{silent inputs excluded}),\qquad
@@ -11,7 +11,7 @@ spike and ignoring the rest is exactly :math:`\max`:
 It adds no wait (the window keeps its start), no neurons and no additions; "no spike" equals zero padding after a
 ReLU.
 
-**Average pooling** (spec A8 default): a neuron layer with fixed weights :math:`1/k^2` (depthwise) and a
+**Average pooling** (docs/method.md, A8, the default): a neuron layer with fixed weights :math:`1/k^2` (depthwise) and a
 layer-wise output scale,
 
 .. math::
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..coding import PhaseCode
+from ..kernels.conv_cpu import ConvForm
 from ..spikes import PhaseSpikes
 from .conv import CNNSpikes, OneSpikeLayer, _pair, _set_scale, _window_counts
 
@@ -126,7 +127,7 @@ class SpikingAvgPool2d(OneSpikeLayer):
 
     @torch.no_grad()
     def load_normalized_(self, in_scale: Tensor | float, scale: Tensor | float) -> "SpikingAvgPool2d":
-        lam_in = torch.as_tensor(in_scale, dtype=torch.float64).expand(self.channels)
+        lam_in = torch.as_tensor(in_scale, dtype=torch.float64, device=self.weight.device).expand(self.channels)
         lam_out = _set_scale(self.scale, scale)
         self.weight.copy_(lam_in / lam_out)
         return self
@@ -134,13 +135,22 @@ class SpikingAvgPool2d(OneSpikeLayer):
     def synapse(self, i: int, x: Tensor) -> Tensor:
         return F.avg_pool2d(x, **self.pool) * self.weight.view(-1, 1, 1)
 
+    def conv_form(self, i: int) -> ConvForm | None:
+        p = self.pool
+        if tuple(p["padding"]) != (0, 0) or p["ceil_mode"] or p["divisor_override"] is not None:
+            return None
+        kh, kw = p["kernel_size"]  # a depthwise conv with the window's mean weights
+        w = torch.diag(self.weight.detach() / (kh * kw))
+        return w.expand(kh, kw, *w.shape), p["stride"], (0, 0), (1, 1)
+
     def fanout(self, i: int, in_shape: torch.Size) -> Tensor:
         hw = tuple(in_shape[-2:])
         pool = {**self.pool, "divisor_override": 1}  # window sums: d(sum)/dx = windows covering x
-        return self._cached_fanout(hw, lambda: _window_counts(hw, lambda x: F.avg_pool2d(x, **pool)))
+        return self._cached_fanout(hw, lambda: _window_counts(hw, lambda x: F.avg_pool2d(x, **pool),
+                                                              self.weight.device))
 
     def macs(self, i: int, in_shape: torch.Size) -> float:
-        return 0.0  # pooling is not counted as ANN MACs (spec 10); its SNN additions are
+        return 0.0  # pooling is not counted as ANN MACs (docs/method.md, section 10); its SNN additions are
 
     def weight_tensors(self) -> list[Tensor]:
         return [self.weight]

@@ -1,4 +1,4 @@
-r"""The residual join of a ResNet block as one layer of one-spike neurons (spec 8.4, A10).
+r"""The residual join of a ResNet block as one layer of one-spike neurons (docs/method.md, section 8.4 and A10).
 
 The block output :math:`\mathrm{ReLU}(\mathrm{BN}_2(\mathrm{conv}_2(h)) + \mathrm{sc}(x))` becomes a neuron layer
 :math:`l` that integrates two synaptic inputs: the main path from the block's hidden layer :math:`h` (layer
@@ -17,10 +17,10 @@ with the shortcut map :math:`S` one of
   padded channels;
 * ``"conv"`` (projection, "option B"): a convolution with its BN folded, normalised like the main path.
 
-BN is folded into the weights of both paths (one threshold cannot absorb two BNs, spec 7). The ReLU follows the
-addition, so :math:`\lambda^l` is the block output's scale. In exact mode the shortcut spikes keep their own,
-earlier timing: the block input's window opened :math:`T_w` phases before the hidden layer's, so at output phase
-:math:`t` the join sees hidden phases up to :math:`t + T_w` and block-input phases up to :math:`t + 2T_w`.
+BN is folded into the weights of both paths (one threshold cannot absorb two BNs, docs/method.md, section 7). The
+ReLU follows the addition, so :math:`\lambda^l` is the block output's scale. In exact mode the shortcut spikes keep
+their own, earlier timing: the block input's window opened :math:`T_w` phases before the hidden layer's, so at output
+phase :math:`t` the join sees hidden phases up to :math:`t + T_w` and block-input phases up to :math:`t + 2T_w`.
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..coding import PhaseCode
+from ..kernels.conv_cpu import ConvForm
 from .conv import OneSpikeLayer, SpikingConv2d, _pair, _set_scale, _window_counts
 
 __all__ = ["SpikingResidual"]
@@ -128,11 +129,11 @@ class SpikingResidual(OneSpikeLayer):
         w, b = fold_batchnorm(conv2.weight, conv2.bias, bn2)
         sc_kw: dict = {}
         if isinstance(shortcut, nn.Identity):
-            sc_kw, sc_w = dict(shortcut="identity"), torch.ones(conv2.out_channels, dtype=torch.float64)
+            sc_kw, sc_w = dict(shortcut="identity"), w.new_ones(conv2.out_channels)
         elif isinstance(shortcut, OptionAShortcut):
             sc_kw = dict(shortcut="option_a", shortcut_in_channels=shortcut.in_channels,
                          shortcut_stride=shortcut.stride)
-            sc_w = torch.zeros(conv2.out_channels, dtype=torch.float64)
+            sc_w = w.new_zeros(conv2.out_channels)
             sc_w[shortcut.pad_front: shortcut.pad_front + shortcut.in_channels] = 1.0
         elif isinstance(shortcut, nn.Sequential) and isinstance(shortcut[0], nn.Conv2d):
             pc = shortcut[0]
@@ -158,9 +159,10 @@ class SpikingResidual(OneSpikeLayer):
         self.main.load_normalized_(weight, None, in_scale, lam_out)
         self.main.scale.fill_(1.0)  # the child holds synapses only; the neuron is this layer
         if self.bias is not None:
-            b = torch.zeros(self.out_channels, dtype=torch.float64) if bias is None else bias.double()
+            b = lam_out.new_zeros(self.out_channels) if bias is None else bias.double()
             self.bias.copy_(b / lam_out)
-        lam_sc = torch.as_tensor(shortcut_in_scale, dtype=torch.float64).expand(self.shortcut_in_channels)
+        lam_sc = torch.as_tensor(shortcut_in_scale, dtype=torch.float64, device=lam_out.device).expand(
+            self.shortcut_in_channels)
         if self.shortcut == "conv":
             self.shortcut_conv.load_normalized_(shortcut_weight, None, lam_sc, lam_out)
             self.shortcut_conv.scale.fill_(1.0)
@@ -181,22 +183,34 @@ class SpikingResidual(OneSpikeLayer):
             x = F.pad(x[:, :, :: s[0], :: s[1]], (0, 0, 0, 0, self.pad_front, self.pad_back))
         return x * self.shortcut_weight.view(-1, 1, 1)
 
+    def conv_form(self, i: int) -> ConvForm | None:
+        if i == 0:
+            return self.main.conv_form(0)
+        if self.shortcut == "conv":
+            return self.shortcut_conv.conv_form(0)
+        # a diagonal 1 x 1 conv: input channel c feeds output channel c (+ pad_front for option A) with its gain
+        w = torch.diag(self.shortcut_weight.detach())
+        if self.shortcut == "option_a":
+            w = w[self.pad_front: self.pad_front + self.shortcut_in_channels]
+        return w[None, None], self.shortcut_stride, (0, 0), (1, 1)
+
     def fanout(self, i: int, in_shape: torch.Size) -> Tensor:
         if i == 0:
             return self.main.fanout(0, in_shape)
         if self.shortcut == "conv":
             return self.shortcut_conv.fanout(0, in_shape)
         if self.shortcut == "identity":
-            return torch.tensor(1.0)
+            return torch.tensor(1.0, device=self.scale.device)
         # option A: only the subsampled positions have a synapse (one, to channel pad_front + c)
         hw = tuple(in_shape[-2:])
         s = self.shortcut_stride
-        return self._cached_fanout(("sc", hw), lambda: _window_counts(hw, lambda x: x[:, :, :: s[0], :: s[1]]))
+        return self._cached_fanout(("sc", hw), lambda: _window_counts(hw, lambda x: x[:, :, :: s[0], :: s[1]],
+                                                                      self.scale.device))
 
     def macs(self, i: int, in_shape: torch.Size) -> float:
         if i == 0:
             return self.main.macs(0, in_shape)
-        # a parameter-free shortcut is an addition in the ANN, not a MAC; a projection counts (spec 10)
+        # a parameter-free shortcut is an addition in the ANN, not a MAC; a projection counts (docs/method.md, 10)
         return self.shortcut_conv.macs(0, in_shape) if self.shortcut == "conv" else 0.0
 
     def weight_tensors(self) -> list[Tensor]:

@@ -1,0 +1,102 @@
+r"""Exact-mode CNN neuron layers with a wait :math:`T_w < T` on the CPU: one convolution plus the late spikes.
+
+A layer's inputs are ordered by a common virtual phase :math:`r` (see
+:meth:`spikegcn.nn.conv.OneSpikeLayer._stepped`). Everything with :math:`r \le k_0 = \max_i d_i + 1` has arrived
+before output phase 1: its potential (the bias plus one dense convolution per input) is computed by the caller
+with torch. The late spikes (:math:`r > k_0`: small values, a minority at the usual waits) are listed here per
+input position (sorted, with a CSR-style pointer) and handed with the early potential to the compiled kernel
+``conv_exact`` (``csrc/conv_exact.cpp``). It walks the output positions like im2col rows: for every kernel tap
+it adds value x weight column of the late spikes under it into the bin of their phase, then runs the neuron's
+phase loop (the rule of :func:`~spikegcn.neuron.one_spike_fire`) over the bins. The cost is the dense
+convolution plus late spikes x fan-out, instead of one convolution per late phase.
+
+Every synaptic input must be a convolution (:meth:`OneSpikeLayer.conv_form`: a conv, a fully-connected layer
+as a 1 x 1 conv on a 1 x 1 map, a residual shortcut as a (strided) diagonal 1 x 1 conv, an average pool as a
+depthwise conv). The spikes equal the phase-by-phase path's up to the float summation order inside a phase bin.
+:func:`fire_late` returns ``None`` (the caller then steps phase by phase) when the compiled kernels are not built,
+the tensors are not CPU float32/float64, or an input has no convolution form.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..spikes import BinarySpikes, PhaseSpikes
+from . import fused_cpu
+
+__all__ = ["ConvForm", "late_spikes", "fire_late"]
+
+# weight [kh, kw, Cin, C] (channels last), stride, padding, dilation
+ConvForm = tuple[Tensor, tuple[int, int], tuple[int, int], tuple[int, int]]
+
+
+def _as_map(t: Tensor, flat: bool = False) -> Tensor:
+    """``[N, C, H, W]`` as it is; ``[N, F]`` features, or a map read as features (``flat``), as ``[N, F, 1, 1]``
+    (a 1 x 1 map, channel-major like ``flatten(1)``)."""
+    return t if t.dim() == 4 and not flat else t.reshape(t.shape[0], -1, 1, 1)
+
+
+def late_spikes(x: PhaseSpikes | BinarySpikes, lo: int, dtype: torch.dtype, flat: bool = False
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The spikes of ``x`` fired at phases ``p > lo``, sorted by input position ``(n, y, x)``: ``(ptr, channel,
+    phase, value)`` with ``ptr`` the ``[N H W + 1]`` offsets of each position's spikes, ``value`` normalised
+    (:math:`\\pm Q^{-(p-1)}`, or :math:`\\pm 2^{-p}` per bit of a binary input). ``flat``: read a map as
+    features (``[N, C H W]``, one position per sample)."""
+    if isinstance(x, PhaseSpikes):
+        nhwc = _as_map(x.phase, flat).permute(0, 2, 3, 1).contiguous()
+        N, H, W, C = nhwc.shape
+        flat = nhwc.reshape(-1)
+        sel = (flat > lo).nonzero().squeeze(1)
+        phase = flat[sel].to(torch.int64)
+        value = x.code.values(dtype, flat.device)[phase]
+        if x.sign is not None:
+            value = value * _as_map(x.sign, flat).permute(0, 2, 3, 1).reshape(-1)[sel].to(dtype)
+        pos, ch = sel // C, sel % C
+    else:
+        nhwc = _as_map(x.bits, flat).permute(0, 2, 3, 1).contiguous()
+        N, H, W, C = nhwc.shape
+        T = x.T
+        p = torch.arange(max(lo, 0) + 1, T + 1, device=nhwc.device)  # the late bit phases
+        nb = p.numel()
+        planes = (nhwc.unsqueeze(-1) >> (T - p).to(nhwc.dtype)) & 1  # [N, H, W, C, late bits]
+        sel = planes.reshape(-1).nonzero().squeeze(1)
+        phase = p[sel % nb]
+        value = torch.pow(torch.full((), 2.0, dtype=torch.float64, device=sel.device), -phase).to(dtype)
+        pos_c = sel // nb
+        if x.sign is not None:
+            value = value * _as_map(x.sign, flat).permute(0, 2, 3, 1).reshape(-1)[pos_c].to(dtype)
+        pos, ch = pos_c // C, pos_c % C
+    ptr = torch.zeros(N * H * W + 1, dtype=torch.int64, device=pos.device)
+    torch.cumsum(torch.bincount(pos, minlength=N * H * W), 0, out=ptr[1:])
+    return ptr, ch.to(torch.int32), phase, value
+
+
+def fire_late(first: Tensor, inputs: list, forms: list, offsets: list[int], k0: int, T_v: int, max_d: int,
+              thresholds: Tensor) -> tuple[Tensor, int] | None:
+    """Fire phases (``first``'s shape, int8) and the number of neurons whose final potential exceeds 1, for the
+    early potential ``first`` (``[N, C, Ho, Wo]`` or ``[N, C]``, bias included) and the late spikes of
+    ``inputs`` (input ``i`` is seen ``offsets[i]`` virtual phases late, through the convolution ``forms[i]``);
+    ``None`` when the compiled kernel cannot run this layer."""
+    mod = fused_cpu.load()
+    if mod is None or not hasattr(mod, "conv_exact") or any(f is None for f in forms):
+        return None
+    if first.device.type != "cpu" or first.dtype not in (torch.float32, torch.float64) or thresholds.numel() > 127:
+        return None
+    rows = _as_map(first).permute(0, 2, 3, 1).contiguous()
+    ptrs, chs, bins, vals, weights, geom = [], [], [], [], [], []
+    for x, form, o in zip(inputs, forms, offsets):
+        weight, stride, padding, dilation = form
+        data = x.phase if isinstance(x, PhaseSpikes) else x.bits
+        flat = data.dim() == 4 and weight.shape[2] != data.shape[1]  # a fully-connected layer reading a map
+        ptr, ch, phase, value = late_spikes(x, k0 - o, first.dtype, flat)
+        H, W = _as_map(data, flat).shape[-2:]
+        ptrs.append(ptr)
+        chs.append(ch)
+        bins.append((phase + o).to(torch.int16))
+        vals.append(value.contiguous())
+        weights.append(weight.to(first.dtype).contiguous())
+        geom += [H, W, *stride, *padding, *dilation]
+    phase, sat = mod.conv_exact(rows, ptrs, chs, bins, vals, weights, geom,
+                                thresholds.to(first.dtype).contiguous(), k0, T_v, max_d)
+    phase = phase.permute(0, 3, 1, 2)
+    return (phase.reshape(first.shape) if first.dim() != 4 else phase), int(sat)

@@ -1,0 +1,124 @@
+"""CNN simulation engine: the compiled exact-mode kernel (one convolution + late spikes) against the phase-by-phase
+path and a brute-force reference, batch invariance of the decoder, and device-true runs (meta default device)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from test_convert_cnn import _brute_force, _random_phase_spikes, _randomize_bn
+from torch import nn
+
+from spikegcn import PhaseCode, convert
+from spikegcn.kernels import conv_cpu, fused_cpu
+from spikegcn.nn import SpikingAvgPool2d, SpikingConv2d, SpikingFC
+from spikegcn.spikes import PhaseSpikes
+from spikegcn.vision import CifarResNet, vgg_cifar
+
+kernel = pytest.mark.skipif(fused_cpu.load() is None or not hasattr(fused_cpu.load(), "conv_exact"),
+                            reason="compiled CPU kernels not built (spikegcn build-kernels)")
+
+
+def _spy(monkeypatch) -> list[bool]:
+    """Record, per exact-mode layer call, whether the compiled kernel served it."""
+    served, real = [], conv_cpu.fire_late
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        served.append(out is not None)
+        return out
+
+    monkeypatch.setattr(conv_cpu, "fire_late", spy)
+    return served
+
+
+def _stepped(layer, *inputs, monkeypatch):
+    """The layer's output through the phase-by-phase path (compiled kernel switched off)."""
+    with monkeypatch.context() as m:
+        m.setattr(fused_cpu, "load", lambda: None)
+        return layer(*inputs)
+
+
+def _layers(code):
+    torch.manual_seed(0)
+    conv = SpikingConv2d(3, 5, 3, stride=2, padding=1, dilation=1, code=code)
+    dil = SpikingConv2d(3, 4, 3, padding=2, dilation=2, code=code)
+    fc = SpikingFC(3 * 6 * 6, 7, code=code)
+    pool = SpikingAvgPool2d(3, 2, code=code)
+    with torch.no_grad():
+        pool.weight.uniform_(0.8, 1.6)
+    return {"conv": conv, "dilated": dil, "fc": fc, "avgpool": pool}
+
+
+@kernel
+@pytest.mark.parametrize("tw", [0, 3, 7])
+@pytest.mark.parametrize("name", ["conv", "dilated", "fc", "avgpool"])
+def test_kernel_equals_brute_force(name, tw, monkeypatch):
+    code = PhaseCode(10, 1.3, Tw=tw)
+    layer = _layers(code)[name].double()
+    x = _random_phase_spikes((4, 3, 6, 6), code, start=0, seed=1)
+    served = _spy(monkeypatch)
+    out = layer(x)
+    assert served == [True]  # the compiled kernel ran this layer
+    stats = [s.as_dict() for s in layer.stats]
+    ref = _brute_force(layer, [x], code)
+    assert torch.equal(out.phase.long(), ref.reshape(out.phase.shape))
+    step = _stepped(layer, x, monkeypatch=monkeypatch)
+    assert torch.equal(out.phase, step.phase)
+    assert stats == [s.as_dict() for s in layer.stats]  # saturation count included
+
+
+NETS = {
+    "resnet_option_a": lambda: CifarResNet((1, 1, 1), num_classes=5, in_channels=2, width=4),
+    "resnet_option_b": lambda: CifarResNet((1, 1, 1), num_classes=5, in_channels=2, width=4, option="B"),
+    "vgg_hidden_linear": lambda: vgg_cifar((4, "M", 8, "M"), num_classes=5, in_channels=2, in_size=8, hidden=(16,)),
+}
+
+
+@kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", list(NETS))
+def test_converted_net_kernel_equals_stepped(name, dtype, monkeypatch):
+    torch.manual_seed(0)
+    model = _randomize_bn(NETS[name]()).to(dtype)
+    calib, x = torch.randn(64, 2, 8, 8, dtype=dtype), torch.randn(16, 2, 8, 8, dtype=dtype)
+    for tw in (0, 4, 8):
+        snn = convert(model, calib, PhaseCode(16, 1.3, Tw=tw), mode="exact")
+        served = _spy(monkeypatch)
+        out = snn(x)
+        assert served and all(served)  # every hidden layer ran on the kernel
+        monkeypatch.undo()
+        stats = [s.as_dict() for s in snn.layer_stats()]
+        with monkeypatch.context() as m:
+            m.setattr(fused_cpu, "load", lambda: None)
+            ref = snn(x)
+        assert torch.equal(out.argmax(1), ref.argmax(1))
+        assert torch.allclose(out, ref, rtol=1e-4 if dtype == torch.float32 else 1e-9, atol=1e-5)
+        assert stats == [s.as_dict() for s in snn.layer_stats()]
+
+
+def test_functional_cnn_batch_equals_one_at_a_time():
+    """Regression: the compiled decoder scaled along the last axis, so a [C, 1, 1] channel scale with C == W was
+    applied per column (a Conv2d(3, 32) + ReLU on 32 x 32 images differed by about 1 between a batch and single
+    images)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU())
+    snn = convert(model, torch.randn(8, 3, 32, 32), PhaseCode(16, 1.3), mode="functional")
+    x = torch.randn(2, 3, 32, 32)
+    batch = snn(x)
+    assert torch.equal(batch, torch.cat([snn(x[:1]), snn(x[1:])]))
+    spikes = PhaseSpikes(phase=torch.randint(0, 17, (2, 32, 32, 32), dtype=torch.int8), code=PhaseCode(16, 1.3),
+                         scale=torch.rand(32, 1, 1) + 0.5)
+    assert torch.equal(spikes.values(), spikes.normalized() * spikes.scale)
+
+
+@pytest.mark.parametrize("mode,tw", [("functional", 16), ("exact", 16), ("exact", 4)])
+def test_meta_default_device_run_equals_normal_run(mode, tw):
+    """Every tensor the CNN path creates takes its device from its inputs or buffers."""
+    torch.manual_seed(0)
+    model = _randomize_bn(CifarResNet((1, 1, 1), num_classes=5, in_channels=2, width=4))
+    calib, x = torch.randn(32, 2, 8, 8), torch.randn(8, 2, 8, 8)
+    snn = convert(model, calib, PhaseCode(16, 1.3, Tw=tw), mode=mode)
+    out = snn(x)
+    fresh = convert(model, calib, PhaseCode(16, 1.3, Tw=tw), mode=mode)  # no cached fan-out from a CPU run
+    with torch.device("meta"):
+        meta, meta_fresh = snn(x), fresh(x)
+    assert meta.device.type == "cpu" and torch.equal(meta, out) and torch.equal(meta_fresh, out)
