@@ -20,7 +20,6 @@ Writes results/cnn_calibration.json and results/cnn_calibration.md.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -33,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cnn_tables import VARIANTS, _subset  # noqa: E402
 
 from spikegcn import PhaseCode, convert  # noqa: E402
+from spikegcn.fileio import write_json, write_text  # noqa: E402
 from spikegcn.vision import CIFAR_MEAN, CIFAR_STD, load_checkpoint, load_cifar10, normalize  # noqa: E402
 from spikegcn.vision.train import default_checkpoint_path  # noqa: E402
 
@@ -97,7 +97,7 @@ def main(argv=None) -> None:
         res["models"][name] = rec
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=2))
+    write_json(out.with_suffix(".json"), res, indent=2)
     write_md(res, out.with_suffix(".md"))
 
 
@@ -125,7 +125,7 @@ def write_md(res: dict, path: Path) -> None:
         if dflt is not None:  # cnn_tables' setting
             line += f", against {dflt['test']['loss']:.2f} pp for cnn_tables' setting (2000 images, λ = max)"
         L.append(line + ".")
-    path.write_text("\n".join(L) + "\n")
+    write_text(path, "\n".join(L) + "\n")
 
 
 if __name__ == "__main__":

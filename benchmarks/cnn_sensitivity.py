@@ -31,6 +31,7 @@ from cnn_tables import VARIANTS, _calib, _subset  # noqa: E402
 
 from spikegcn import PhaseCode  # noqa: E402
 from spikegcn.coding import quantize  # noqa: E402
+from spikegcn.fileio import write_json, write_text  # noqa: E402
 from spikegcn.vision import CIFAR_MEAN, CIFAR_STD, load_checkpoint, load_cifar10, normalize  # noqa: E402
 from spikegcn.vision.train import default_checkpoint_path  # noqa: E402
 
@@ -112,7 +113,7 @@ def write_md(res: dict, path: Path) -> None:
                  f"{n['0.065']:.2f} | {n['0.03']:.2f} | {r['first_mape_percent']:.1f} "
                  f"({r['first_underflow_percent']:.1f}) | {f['T24_Q1.2']:.2f} | {f['T40_Q1.1']:.2f} | "
                  f"{f['T80_Q1.05']:.2f} |")
-    path.write_text("\n".join(L) + "\n")
+    write_text(path, "\n".join(L) + "\n")
 
 
 def main(argv=None) -> None:
@@ -137,7 +138,7 @@ def main(argv=None) -> None:
         res["models"][name] = analyse(name, x, calib)
         print(name, json.dumps(res["models"][name]), flush=True)
     out = Path(args.out)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
+    write_json(out.with_suffix(".json"), res, indent=1)
     write_md(res, out.with_suffix(".md"))
 
 

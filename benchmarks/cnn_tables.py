@@ -49,6 +49,7 @@ import torch
 
 from spikegcn import PhaseCode, convert
 from spikegcn.energy import FP32, INT8, INT8_MULT_ONLY
+from spikegcn.fileio import load_cached, load_torch, write_json, write_text
 from spikegcn.vision import (CIFAR_MEAN, CIFAR_STD, TrainConfig, cifar10_loader, fit, get_model, load_checkpoint,
                              load_cifar10, load_mnist, load_pretrained, mnist_loader, normalize, save_checkpoint)
 from spikegcn.vision.train import default_checkpoint_path
@@ -139,9 +140,10 @@ def load_model(name: str, args) -> tuple[torch.nn.Module, str, dict]:
         loader = lambda: mnist_loader("train", 128, seed=0)  # noqa: E731
         cfg = TrainConfig(epochs=args.lenet_epochs, lr=0.05, weight_decay=5e-4, seed=0, max_steps=args.max_train_steps)
         kw = {}
-    if ck.is_file() and args.max_train_steps is None:
-        ckpt = torch.load(ck, map_location="cpu", weights_only=True)
-        return load_checkpoint(ck), f"cached checkpoint {ck} ({ckpt.get('config', {}).get('epochs')} epochs)", data
+    cached = load_cached(ck, lambda p: (load_checkpoint(p), load_torch(p)), "cached checkpoint") \
+        if args.max_train_steps is None else None
+    if cached is not None:
+        return cached[0], f"cached checkpoint {ck} ({cached[1].get('config', {}).get('epochs')} epochs)", data
     torch.manual_seed(0)
     model = make()
     t0 = time.perf_counter()
@@ -301,7 +303,7 @@ def write_md(res: dict, path: Path) -> None:
         L.append("")
     L += ["Timings (s): " + "; ".join(f"{k}: " + ", ".join(f"{n} {v:.0f}" for n, v in r["seconds"].items())
                                       for k, r in runs.items())]
-    path.write_text("\n".join(L) + "\n")
+    write_text(path, "\n".join(L) + "\n")
 
 
 def main(argv=None) -> None:
@@ -333,7 +335,7 @@ def main(argv=None) -> None:
         res["models"][name].update(command=command, date=date.today().isoformat())
         res.update(T=args.T, Q=args.Q, torch=torch.__version__, date=date.today().isoformat(),
                    machine=f"{platform.machine()} {os.cpu_count()} cores, {args.threads} threads", command=command)
-        path.write_text(json.dumps(res, indent=1))
+        write_json(path, res, indent=1)
         write_md(res, out.with_suffix(".md"))
 
 

@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch_geometric.nn import GCNConv
 
+from spikegcn.fileio import write_json, write_text
+
 
 class TextGCN(nn.Module):
     def __init__(self, n, hidden, classes):
@@ -261,7 +263,7 @@ def main() -> None:
            "date": date.today().isoformat(), "command": "python benchmarks/gcn_scale.py " + " ".join(sys.argv[1:])}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(rec, indent=2))
+    write_json(out.with_suffix(".json"), rec, indent=2)
     names = {"ann": "ANN forward (GCNConv, spmm)", "functional": f"SNN functional (Tw = T = {args.T})",
              "exact": f"SNN exact, Tw = T = {args.T}", "exact_small": f"SNN exact, Tw = {args.tw_small}",
              "exact_small_avx2": f"SNN exact, Tw = {args.tw_small}, AVX2 kernel (no AVX-512)",
@@ -280,7 +282,7 @@ def main() -> None:
         sp = f"{r['speedup_vs_clock']:.1f}x" if clock else "n/a"
         lines.append(f"| {names.get(r['config'], r['config'])} | {r['time_ratio_to_ann']:.2f} | {sp} | "
                      f"{r['peak_ratio_to_ann']:.2f} |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

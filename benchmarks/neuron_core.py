@@ -10,7 +10,6 @@ Writes results/neuron_core.json and results/neuron_core.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -21,6 +20,7 @@ import torch
 
 from spikegcn import PhaseCode
 from spikegcn.coding import decode, encode
+from spikegcn.fileio import write_json, write_text
 from spikegcn.neuron import one_spike_fire
 
 
@@ -56,7 +56,8 @@ def main() -> None:
         t = best_of(fn, args.repeat)
         rows.append({"op": name, "seconds": t, "ratio": t / base, "note": note})
 
-    add("encode (fire phases, Tw >= T)", lambda: encode(x, code), "closed form: thresholds searched per neuron, int8 phases")
+    add("encode (fire phases, Tw >= T)", lambda: encode(x, code),
+        "closed form: thresholds searched per neuron, int8 phases")
     phase, _ = encode(x, code)
     add("decode (phases -> values)", lambda: decode(phase, code), "table lookup")
     add("quantize (encode + decode)", lambda: decode(encode(x, code)[0], code), "what a functional layer does")
@@ -84,7 +85,7 @@ def main() -> None:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(rec, indent=2))
+    write_json(out.with_suffix(".json"), rec, indent=2)
     lines = [
         f"Neuron core on {args.n:,} neurons, T = {args.T}, Q = {args.Q}, {args.threads} threads "
         f"({rec['machine']}, torch {torch.__version__}, {rec['date']}).",
@@ -94,7 +95,7 @@ def main() -> None:
         "|---|---:|---:|",
     ]
     lines += [f"| {r['op']} | {r['seconds'] * 1e3:.1f} | {r['ratio']:.2f}x |" for r in rows]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -75,6 +75,7 @@ import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from spikegcn import PhaseCode, convert, latency  # noqa: E402
+from spikegcn.fileio import write_json, write_text  # noqa: E402
 from spikegcn.vision import (CIFAR_MEAN, CIFAR_STD, load_checkpoint, load_cifar10, load_pretrained,  # noqa: E402
                              normalize)
 from spikegcn.vision.models import OptionAShortcut  # noqa: E402
@@ -415,7 +416,7 @@ def write_md(res: dict, path: Path) -> None:
           "pad\"), so its copy of the model has each `OptionAShortcut` replaced by the equal frozen 1x1 strided 0/1 "
           f"convolution (max |logit difference| against the original: {res['adapted_max_abs_diff']:g}). spikegcn "
           "converts the original model.", ""]
-    path.write_text("\n".join(L))
+    write_text(path, "\n".join(L))
 
 
 def verdict(res: dict) -> str:
@@ -490,7 +491,7 @@ def rebuild(src: Path, out: Path) -> dict:
     for r in res["spikegcn"]:
         r["compare"] = compare(r, res["spikingjelly"], res["full_T"])
     res["verdict"] = verdict(res)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
+    write_json(out.with_suffix(".json"), res, indent=1)
     write_md(res, out.with_suffix(".md"))
     print(res["verdict"])
     return res
@@ -588,7 +589,7 @@ def main(argv: list[str] | None = None) -> dict:
     res["load_average_end"] = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
+    write_json(out.with_suffix(".json"), res, indent=1)
     write_md(res, out.with_suffix(".md"))
     print(res["verdict"], flush=True)
     return res

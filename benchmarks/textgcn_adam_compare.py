@@ -16,6 +16,8 @@ from pathlib import Path
 
 from textgcn_table5 import PAPER, adam_of, target_range
 
+from spikegcn.fileio import write_text
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -47,7 +49,7 @@ def main() -> None:
         lines.append(f"| {d} | {len(keys)} | {ma:.2f} | {mb:.2f} | {statistics.mean(diff):+.2f} | {se:.2f} | "
                      f"{statistics.mean(tf1[k]['snn'] for k in keys):.2f} | [{lo:.2f}, {hi:.2f}] | "
                      f"{'yes' if lo <= ma <= hi else 'NO'} | {'yes' if lo <= mb <= hi else 'NO'} |")
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    write_text(Path(args.out), "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

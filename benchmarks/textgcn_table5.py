@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from spikegcn import PhaseCode
+from spikegcn.fileio import write_json, write_text
 from spikegcn.text.pipeline import evaluate_snn, prepare_textgcn
 
 PAPER = {  # Table V (ANN, SNN, energy FP32) and the published Text GCN accuracy (mean, std)
@@ -81,7 +82,8 @@ def main() -> None:
             f = ev["snn"]["functional"]
             rec["runs"][f"{graph.name}/{seed}"] = {
                 "dataset": graph.name, "seed": seed, "T": code.T, "Q": code.Q, "Tw": code.Tw,
-                "train": asdict(cfg), "epochs": len(hist), "ann": ev["ann_accuracy"], "snn": f["accuracy"], "loss": f["loss_points"],
+                "train": asdict(cfg), "epochs": len(hist), "ann": ev["ann_accuracy"], "snn": f["accuracy"],
+                "loss": f["loss_points"],
                 "energy_fp32": f["energy_fp32"]["ratio"], "energy_fp32_approx": f["energy_fp32"]["ratio_approx"],
                 "energy_int8": f["energy_int8"], "spikes_per_neuron": f["spikes_per_neuron"],
                 "layers": [{k: l[k] for k in ("name", "macs", "additions", "s")} for l in f["energy_fp32"]["layers"]],
@@ -102,7 +104,7 @@ def main() -> None:
                 rec["sweep"][graph.name] = {"seed": seed, "ann": ev["ann_accuracy"], "points": sweep}
             rec.update(machine=f"{platform.machine()} {args.threads} threads", torch=torch.__version__,
                        date=date.today().isoformat())
-            path.write_text(json.dumps(rec, indent=2))
+            write_json(path, rec, indent=2)
     write_md(rec, out.with_suffix(".md"))
 
 
@@ -128,7 +130,8 @@ def write_md(rec: dict, path: Path) -> None:
     lines = [f"Text GCN -> one-spike SNN (T = 16, Q = 1.3, Tw = T, signed MP neurons, channel-wise λ = max), "
              f"mean ± std over seeds, trained with {'torch' if torch_adam else 'TF1'}'s Adam; "
              f"{rec.get('machine', '')}, torch {rec.get('torch', '')}, {rec.get('date', '')}. Command: `{cmd}`.", "",
-             "| dataset | seeds | ANN % | SNN % | loss (pp) | E_ANN/E_SNN FP32 | INT8 | paper ANN / SNN / E | published Text GCN |",
+             "| dataset | seeds | ANN % | SNN % | loss (pp) | E_ANN/E_SNN FP32 | INT8 | paper ANN / SNN / E "
+             "| published Text GCN |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     all_loss, checks = [], []
     for d in order:
@@ -144,19 +147,24 @@ def write_md(rec: dict, path: Path) -> None:
         lines.append(f"\nMean conversion loss over all runs: {statistics.mean(all_loss):.2f} pp (paper: 0.91 pp).")
     if checks:
         lines.append("\nANN mean within the published Text GCN mean ± 2 std: " + "; ".join(checks) + ".")
-    lines += ["", "Sign handling of the message-passing outputs (spec A14), same models, functional mode:", "",
-              "| dataset | signed (default) | aggregation first | unsigned MP (premature ReLU) |", "|---|---:|---:|---:|"]
+    lines += ["", "Sign handling of the message-passing outputs (docs/method.md, A14), same models, functional mode:",
+              "",
+              "| dataset | signed (default) | aggregation first | unsigned MP (premature ReLU) |",
+              "|---|---:|---:|---:|"]
     for d in order:
         runs = [r for r in rec["runs"].values() if r["dataset"] == d]
-        cells = [ms([r["variants"][v]["snn"] for r in runs if v in r["variants"]]) for v in ("signed", "agg_first", "relu_mp")]
+        cells = [ms([r["variants"][v]["snn"] for r in runs if v in r["variants"]])
+                 for v in ("signed", "agg_first", "relu_mp")]
         lines.append(f"| {d} | " + " | ".join(cells) + " |")
     lines += ["", "Spikes per neuron and additions/MACs per SNN layer (seed 0):", "",
-              "| dataset | MP1 | AGG1 | MP2 | adds/MACs MP1 | AGG1 | MP2 | AGG2 |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+              "| dataset | MP1 | AGG1 | MP2 | adds/MACs MP1 | AGG1 | MP2 | AGG2 |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for d in order:
         r = next(r for r in rec["runs"].values() if r["dataset"] == d)
         sp = list(r["spikes_per_neuron"].values())
         ratios = [l["additions"] / l["macs"] for l in r["layers"]]
-        lines.append(f"| {d} | " + " | ".join(f"{v:.3f}" for v in sp) + " | " + " | ".join(f"{v:.3f}" for v in ratios) + " |")
+        cells = [f"{v:.3f}" for v in sp] + [f"{v:.3f}" for v in ratios]
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
     if rec.get("sweep"):
         lines += ["", "Q/T sweep (seed-0 model, functional mode, loss in pp; lower is better):", ""]
         for d, sw in rec["sweep"].items():
@@ -172,7 +180,7 @@ def write_md(rec: dict, path: Path) -> None:
             cand = sorted((p for p in pts if p["loss"] <= best + 0.1), key=lambda p: (p["T"], p["loss"]))[0]
             lines += ["", f"Smallest loss {best:.2f} pp; fewest phases within 0.1 pp of it: T = {cand['T']}, "
                           f"Q = {cand['Q']:g} (loss {cand['loss']:.2f} pp, E_ANN/E_SNN {cand['energy_fp32']:.2f}).", ""]
-    path.write_text("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ Writes results/textgcn_train_speed.json and results/textgcn_train_speed.md.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch_geometric.nn import GCNConv
 
+from spikegcn.fileio import write_json, write_text
 from spikegcn.text.graph import build_text_graph
 from spikegcn.text.train import TrainConfig, set_tf_adam_eps, setup_training, train_textgcn
 
@@ -67,7 +67,8 @@ def main(argv=None) -> None:
     cfg = TrainConfig(epochs=args.epochs, early_stopping=args.epochs, seed=0)
     res = {"epochs": args.epochs, "machine": f"{platform.machine()} {args.threads} threads",
            "torch": torch.__version__, "date": date.today().isoformat(), "runs": {},
-           "command": "python benchmarks/textgcn_train_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+           "command": "python benchmarks/textgcn_train_speed.py "
+                      + " ".join(argv if argv is not None else sys.argv[1:])}
     for ds in args.datasets:
         g = build_text_graph(ds, seed=0, progress=False)
         t0 = time.perf_counter()
@@ -85,16 +86,17 @@ def main(argv=None) -> None:
               f"(ratio {t_new / t_plain:.2f}), identical: {same}", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=2))
+    write_json(out.with_suffix(".json"), res, indent=2)
     L = [f"# Text GCN training time ({res['epochs']} epochs, early stopping off)", "",
          f"{res['machine']}, torch {res['torch']}, {res['date']}. Command: `{res['command'].strip()}`. Both loops run "
          "in the same process, one after the other, from seed 0.", "",
-         "| dataset | nodes | nnz(Â) | plain loop s/epoch | train_textgcn s/epoch | time ratio | same losses and weights |",
+         "| dataset | nodes | nnz(Â) | plain loop s/epoch | train_textgcn s/epoch | time ratio "
+         "| same losses and weights |",
          "|---|---:|---:|---:|---:|---:|---|"]
     for ds, r in res["runs"].items():
         L.append(f"| {ds} | {r['nodes']:,} | {r['nnz']:,} | {r['plain_s_per_epoch']:.2f} | "
                  f"{r['train_textgcn_s_per_epoch']:.2f} | {r['ratio']:.2f} | {'yes' if r['identical'] else 'NO'} |")
-    out.with_suffix(".md").write_text("\n".join(L) + "\n")
+    write_text(out.with_suffix(".md"), "\n".join(L) + "\n")
 
 
 if __name__ == "__main__":

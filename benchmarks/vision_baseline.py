@@ -2,6 +2,7 @@
 import json, os, time, platform, sys
 import torch
 from spikegcn.datafiles import cache_dir
+from spikegcn.fileio import write_json
 from spikegcn.vision import data as D
 from spikegcn.vision.models import load_pretrained, PRETRAINED
 from spikegcn.vision.train import TrainConfig, fit as train, evaluate
@@ -49,6 +50,4 @@ out["vgg_small_train_speed"] = {"batch_size": 128, "steps_measured": h["steps"],
     "extrapolated_epoch_seconds": round(h["seconds_per_step"] * len(loader), 1)}
 print(out["vgg_small_train_speed"], flush=True)
 out["machine"]["loadavg_end"] = os.getloadavg()
-os.makedirs("results", exist_ok=True)
-with open("results/vision_baseline.json", "w") as f:
-    json.dump(out, f, indent=1)
+write_json("results/vision_baseline.json", out, indent=1)

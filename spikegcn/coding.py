@@ -18,7 +18,10 @@ The external input is coded with conventional binary phase coding (base 2, many 
 (floor) binary expansion :math:`\tilde x = \sum_{t=1}^{T} b_t 2^{-t}` of :math:`\tilde x = |x|/\lambda^0 \in [0, 1)`,
 with an optional sign per element.
 
-Phases are stored as small integers (``0`` = silent), never as :math:`T` float planes.
+Phases are stored as small integers (``0`` = silent), never as :math:`T` float planes: ``int8`` for
+:math:`T \le 127`, ``int16`` up to :data:`MAX_T` = 32767. :class:`PhaseCode` also refuses codes whose smallest
+threshold :math:`c_Q Q^{-(T-1)}` is not a normal float32 number (at :math:`Q = 1.3`: :math:`T > 332`): it would
+round to 0 and silent neurons (activation 0) would fire at phase :math:`T`.
 """
 from __future__ import annotations
 
@@ -33,7 +36,9 @@ from torch import Tensor
 
 __all__ = [
     "PhaseCode",
+    "MAX_T",
     "phase_dtype",
+    "saturated_count",
     "encode",
     "decode",
     "quantize",
@@ -57,9 +62,32 @@ def _check_int(name: str, value, minimum: int) -> int:
     return int(value)
 
 
+MAX_T = 32767  # fire phases are stored as int16 beyond T = 127
+
+
 def phase_dtype(T: int) -> torch.dtype:
-    """Smallest signed integer dtype that holds phases ``0..T``."""
+    """Smallest signed integer dtype that holds phases ``0..T`` (``T <= MAX_T``)."""
+    if T > MAX_T:
+        raise ValueError(f"T = {T} exceeds the longest supported window T = {MAX_T} (fire phases are int16)")
     return torch.int8 if T <= 127 else torch.int16
+
+
+def max_T(Q: float, shift: bool = True, dtype: torch.dtype = torch.float32) -> int:
+    """Longest window whose thresholds :math:`c_Q Q^{-(t-1)}` are all normal numbers of ``dtype``."""
+    c = (1.0 + Q) / (2.0 * Q) if shift else 1.0
+    return min(MAX_T, 1 + math.floor((math.log(c) - math.log(torch.finfo(dtype).tiny)) / math.log(Q)))
+
+
+def _check_range(T: int, Q: float, shift: bool, dtype: torch.dtype) -> None:
+    # In log space: Q ** -(T - 1) itself underflows Python floats for long codes.
+    if T > max_T(Q, shift, dtype):
+        c = (1.0 + Q) / (2.0 * Q) if shift else 1.0
+        lg = (math.log(c) - (T - 1) * math.log(Q)) / math.log(10)
+        raise ValueError(f"PhaseCode(T={T}, Q={Q:g}): the smallest threshold c*Q^-(T-1) = "
+                         f"{10 ** (lg - math.floor(lg)):.2g}e{math.floor(lg)} "
+                         f"underflows {str(dtype).replace('torch.', '')} (smallest normal "
+                         f"{torch.finfo(dtype).tiny:.3g}), so neurons with activation 0 would fire at phase T; "
+                         f"use T <= {max_T(Q, shift, dtype)} for Q = {Q:g}, or a larger Q")
 
 
 @dataclass(frozen=True)
@@ -95,6 +123,10 @@ class PhaseCode:
         object.__setattr__(self, "shift", bool(self.shift))
         tw = self.T if self.Tw is None else _check_int("Tw", self.Tw, 0)
         object.__setattr__(self, "Tw", tw)
+        if self.T > MAX_T:
+            raise ValueError(f"T = {self.T} exceeds the longest supported window T = {MAX_T} (fire phases are "
+                             f"stored as int16)")
+        _check_range(self.T, q, self.shift, torch.float32)  # float32: the default compute dtype
 
     # ----------------------------------------------------------------------------------------- derived
     @property
@@ -128,10 +160,14 @@ class PhaseCode:
 
     def values(self, dtype: torch.dtype = torch.float32, device=None) -> Tensor:
         """``[T + 1]`` lookup table: entry 0 is 0 (silent), entry t is :math:`Q^{-(t-1)}`."""
+        if dtype.is_floating_point:
+            _check_range(self.T, self.Q, self.shift, dtype)
         return _values(self.T, self.Q, dtype, str(torch.device(device or "cpu")))
 
     def thresholds(self, dtype: torch.dtype = torch.float32, device=None) -> Tensor:
-        """``[T]`` firing thresholds :math:`c_Q Q^{-(t-1)}`, t = 1..T (decreasing)."""
+        """``[T]`` firing thresholds :math:`c_Q Q^{-(t-1)}`, t = 1..T (decreasing); a ``dtype`` in which the
+        smallest one underflows (e.g. float16 for long codes) raises ``ValueError``."""
+        _check_range(self.T, self.Q, self.shift, dtype)
         return _thresholds(self.T, self.Q, self.c, dtype, str(torch.device(device or "cpu")))
 
     def replace(self, **kw) -> "PhaseCode":
@@ -149,21 +185,21 @@ class PhaseCode:
 # phase-stepped neuron, membrane reference) compares against the very same numbers.
 @lru_cache(maxsize=256)
 def _values(T: int, Q: float, dtype: torch.dtype, device: str) -> Tensor:
-    v = torch.zeros(T + 1, dtype=torch.float64)
-    v[1:] = Q ** -torch.arange(T, dtype=torch.float64)
+    v = torch.zeros(T + 1, dtype=torch.float64, device="cpu")  # built on the CPU whatever the default device
+    v[1:] = Q ** -torch.arange(T, dtype=torch.float64, device="cpu")
     return v.to(dtype=dtype, device=device)
 
 
 @lru_cache(maxsize=256)
 def _thresholds(T: int, Q: float, c: float, dtype: torch.dtype, device: str) -> Tensor:
-    thr = c * Q ** -torch.arange(T, dtype=torch.float64)
+    thr = c * Q ** -torch.arange(T, dtype=torch.float64, device="cpu")
     return thr.to(dtype=dtype, device=device)
 
 
 @lru_cache(maxsize=64)
 def _phase_lut(T: int, device: str) -> Tensor:
     # number of thresholds <= a  ->  fire phase (0 thresholds reached: silent)
-    lut = torch.tensor([0] + [T + 1 - n for n in range(1, T + 1)], dtype=phase_dtype(T))
+    lut = torch.tensor([0] + [T + 1 - n for n in range(1, T + 1)], dtype=phase_dtype(T), device="cpu")
     return lut.to(device)
 
 
@@ -183,7 +219,7 @@ def encode(x: Tensor, code: PhaseCode, signed: bool = False, check: bool = True)
     Args:
         x (Tensor): normalised activations :math:`a = y/\lambda` (any shape, floating point).
         code (PhaseCode): the code.
-        signed (bool): signed one-spike neurons (spec A14) fire on :math:`|a|` and carry the sign of ``a``;
+        signed (bool): signed one-spike neurons (docs/method.md, A14) fire on :math:`|a|` and carry the sign of ``a``;
             unsigned (ReLU) neurons never fire for ``a <= 0``.
         check (bool): raise on NaN/inf input (one reduction over ``x``).
 
@@ -215,10 +251,23 @@ def encode(x: Tensor, code: PhaseCode, signed: bool = False, check: bool = True)
     return phase, sign
 
 
+def _check_phases(phase: Tensor, T: int) -> None:
+    """Fire phases must lie in ``0..T``: a larger one would read past the value table (garbage on the compiled
+    path), a negative one would wrap around to the end of it."""
+    if phase.is_floating_point() or phase.is_complex() or phase.dtype == torch.bool:
+        raise TypeError(f"decode expects integer fire phases, got {phase.dtype}")
+    if phase.numel() == 0 or phase.device.type == "meta":
+        return
+    lo, hi = (int(v) for v in torch.aminmax(phase))
+    if lo < 0 or hi > T:
+        bad = int(((phase < 0) | (phase > T)).sum())
+        raise ValueError(f"decode: {bad} fire phase(s) outside 0..T = 0..{T} (found {lo}..{hi}); phases must come "
+                         f"from encode() with the same code (0 = silent, 1..T = fire phase)")
+
+
 def decode(phase: Tensor, code: PhaseCode, sign: Tensor | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Normalised value :math:`\\pm Q^{-(t-1)}` (0 for silent neurons) of fire phases."""
-    if phase.is_floating_point():
-        raise TypeError("decode expects integer phases")
+    """Normalised value :math:`\\pm Q^{-(t-1)}` (0 for silent neurons) of fire phases ``0..T`` (others raise)."""
+    _check_phases(phase, code.T)
     if phase.numel() >= _FAST_MIN and dtype == torch.float32:
         v = _decode_fast(phase, code, sign, torch.ones(1))
         if v is not None:
@@ -232,7 +281,17 @@ def decode(phase: Tensor, code: PhaseCode, sign: Tensor | None = None, dtype: to
 def _decode_fast(phase: Tensor, code: PhaseCode, sign: Tensor | None, scale: Tensor) -> Tensor | None:
     from .kernels import fused_cpu
 
+    _check_phases(phase, code.T)
+
     return fused_cpu.decode_phase(phase, code.values(torch.float32), sign, scale)
+
+
+def saturated_count(a: Tensor, signed: bool = False) -> int:
+    """Neurons whose normalised activation exceeds 1 (``|a| > 1`` for signed ones): the encoder clips them to
+    phase 1, i.e. to :math:`\\lambda` (one pass over ``a``)."""
+    if a.device.type == "meta":
+        return 0
+    return int(((a.abs() if signed else a) > 1).sum())
 
 
 def quantize(x: Tensor, code: PhaseCode, signed: bool = False) -> Tensor:
@@ -246,7 +305,7 @@ def quantize(x: Tensor, code: PhaseCode, signed: bool = False) -> Tensor:
 
 # ------------------------------------------------------------------------------ binary input code
 def encode_binary(x: Tensor, T: int, signed: bool = True) -> tuple[Tensor, Tensor | None]:
-    r"""Binary multi-spike phase coding of normalised inputs (spec 1.1).
+    r"""Binary multi-spike phase coding of normalised inputs (docs/method.md, section 1.1).
 
     Greedy floor expansion :math:`|x| = \sum_{t=1}^{T} b_t 2^{-t}`; the bits are returned packed in an
     integer ``m = floor(|x| 2^T)`` (bit ``T-t`` of ``m`` is the spike at phase ``t``). Values ``>= 1``
@@ -340,7 +399,7 @@ def best_base(
 ) -> float:
     """The base ``Q`` on ``grid`` (default 1.01..2.00 step 0.01) that minimises :func:`mape` for ``T``.
 
-    ``best_base(16) == 1.31`` and ``best_base(24) == 1.22`` (spec section 6).
+    ``best_base(16) == 1.31`` and ``best_base(24) == 1.22`` (docs/method.md, section 6).
     """
     T = _check_int("T", T, 1)
     if grid is None:

@@ -1,4 +1,4 @@
-r"""Energy (Eq. 6, spec section 10) and latency (section 9) models.
+r"""Energy (Eq. 6, docs/method.md, section 10) and latency (docs/method.md, section 9) models.
 
 .. math::
     \frac{E_{ANN}}{E_{SNN}} = \frac{\sum_l \#MAC_l \, E_{MAC}}{\sum_l \#ADD_l \, E_{ADD}}
@@ -32,7 +32,8 @@ class EnergyCosts:
 
 FP32 = EnergyCosts(4.6, 0.9, "FP32")
 INT8 = EnergyCosts(0.23, 0.03, "INT8")
-INT8_MULT_ONLY = EnergyCosts(0.2, 0.03, "INT8 (E_MAC = mult only)")  # the convention of four Table VI rows (A13)
+# the convention of four Table VI rows (docs/method.md, A13)
+INT8_MULT_ONLY = EnergyCosts(0.2, 0.03, "INT8 (E_MAC = mult only)")
 
 
 @dataclass
@@ -46,6 +47,9 @@ class LayerStats:
         in_spikes: spikes those neurons sent during the window.
         additions: exact SNN additions, sum over pre-synaptic spikes of their fan-out.
         out_neurons / out_spikes: the layer's own neurons and spikes (0 for an output layer).
+        saturated_neurons: the layer's neurons whose potential exceeded lambda (clipped to phase 1, i.e. to
+            lambda); ``None`` where it is not measured (output layers, and the compiled exact-mode kernels, which
+            never form the full potential). :attr:`saturated` is the fraction of ``out_neurons``.
     """
 
     name: str
@@ -56,6 +60,14 @@ class LayerStats:
     out_neurons: int = 0
     out_spikes: float = 0.0
     kind: str = ""
+    saturated_neurons: float | None = None
+
+    @property
+    def saturated(self) -> float | None:
+        """Fraction of the layer's neurons that saturated (``None`` if not measured)."""
+        if self.saturated_neurons is None:
+            return None
+        return self.saturated_neurons / self.out_neurons if self.out_neurons else 0.0
 
     @property
     def s(self) -> float:
@@ -72,7 +84,8 @@ class LayerStats:
 
     def as_dict(self) -> dict:
         d = asdict(self)
-        d.update(s=self.s, approx_additions=self.approx_additions, spikes_per_neuron=self.spikes_per_neuron)
+        d.update(s=self.s, approx_additions=self.approx_additions, spikes_per_neuron=self.spikes_per_neuron,
+                 saturated=self.saturated)
         return d
 
 

@@ -1,7 +1,8 @@
-r"""One-spike neurons with wait time and base manipulation (spec sections 5, 8.1-8.3).
+r"""One-spike neurons with wait time and base manipulation (docs/method.md, sections 5 and 8.1-8.3).
 
 A layer receives spikes of base :math:`Q_{in}` over :math:`T_{in}` input phases and emits spikes of base
-:math:`Q_{out}`. In the value domain (spec 8.2) its partial pre-activation after input phase :math:`p` is
+:math:`Q_{out}`. In the value domain (docs/method.md, section 8.2) its partial pre-activation after input phase
+:math:`p` is
 
 .. math::
     P(p) = \tilde b + \sum_{p' \le p} v^{in}_{p'} \sum_i \tilde W_{i} s_i(p'),
@@ -52,6 +53,7 @@ def one_spike_fire(
     shape: tuple[int, ...] | None = None,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
+    final_potential: Callable[[Tensor], None] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     r"""Fire phases of a layer of one-spike neurons (value domain, streaming over phases).
 
@@ -62,9 +64,11 @@ def one_spike_fire(
         code (PhaseCode): output code (``T``, ``Q_out``, shift, ``Tw``).
         T_in (int, optional): input phases (default: ``code.T``, or the tensor's first dimension).
         bias: normalised bias, the initial potential (broadcast to ``shape``).
-        signed (bool): signed one-spike neurons (spec A14) instead of ReLU neurons.
+        signed (bool): signed one-spike neurons (docs/method.md, A14) instead of ReLU neurons.
         shape, dtype, device: state shape and dtype (needed only for a callable that may return ``None``
             first; otherwise taken from the first tensor seen).
+        final_potential: called with the potential after the last input phase that arrived (bias included),
+            e.g. to count saturated neurons (:func:`spikegcn.coding.saturated_count`).
 
     Returns:
         ``(phase, sign)`` as :func:`spikegcn.coding.encode`.
@@ -97,6 +101,8 @@ def one_spike_fire(
             raise ValueError("no input arrived and no shape was given")
         if bias is not None:
             P += bias
+        if final_potential is not None:
+            final_potential(P)
         return encode(P, code, signed=signed)
 
     phase = sign = thr = None
@@ -122,6 +128,8 @@ def one_spike_fire(
         if signed:
             sign = torch.where(now, torch.sign(P).to(torch.int8), sign)
         fired |= now
+    if final_potential is not None:
+        final_potential(P)
     return phase, sign
 
 
@@ -178,7 +186,7 @@ def multi_spike_fire(
     T_in: int | None = None,
     bias: Tensor | float | None = None,
 ) -> Tensor:
-    r"""Conventional multi-spike phase neuron with soft reset (the paper's baseline; spec 1, 8.4).
+    r"""Conventional multi-spike phase neuron with soft reset (the paper's baseline; docs/method.md, 1 and 8.4).
 
     Output spike at phase :math:`t` is worth :math:`Q^{-t}`; the neuron fires whenever its residual
     :math:`R = P - \sum_{t'<t} b_{t'} Q^{-t'}` reaches :math:`Q^{-t}`, then subtracts it (soft reset). With

@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .coding import PhaseCode, encode
+from .coding import PhaseCode, encode, saturated_count
 from .energy import LayerStats
 from .kernels.scatter import DenseSynapses, GraphSynapses, accumulate_events
 from .neuron import one_spike_fire
@@ -120,6 +120,8 @@ def _use_fused(inp, op, code: PhaseCode, dtype, backend: str, stepped: bool) -> 
         return False
     if not isinstance(inp, PhaseSpikes) or inp.phase.dim() != 2 or inp.phase.dtype != torch.int8:
         return False
+    if code.phase_dtype != torch.int8:  # the kernel writes int8 output phases
+        return False
     if op.adj.device.type != "cpu" or op.adj.layout != torch.sparse_csr:
         return False
     from .kernels import fused_cpu
@@ -186,9 +188,13 @@ def run_layer(
         z = op.apply(inp, T_in, dtype)
         if bias is not None:
             z = z + bias.to(dtype)
-        phase, sign = encode(z / scale_t.to(z.device), code, signed=signed)
+        z = z / scale_t.to(z.device)
+        stats.saturated_neurons = float(saturated_count(z, signed))
+        phase, sign = encode(z, code, signed=signed)
     elif _use_fused(inp, op, code, dtype, backend, stepped):
         from .kernels import fused_cpu
+
+        stats.saturated_neurons = None  # the kernel never forms the full potential
 
         phase, sign = fused_cpu.aggregate_exact(op.adj, inp, bias, scale_t, code.thresholds(torch.float32), T_in,
                                                 code.Tw, signed)
@@ -212,7 +218,10 @@ def run_layer(
             accumulate_events(row, col, val, synapses, buf, backend=backend)
             return buf / scale_t.to(buf.device)
 
-        phase, sign = one_spike_fire(phase_input, code, T_in=T_in, signed=signed)
+        def count_saturated(P: Tensor) -> None:
+            stats.saturated_neurons = float(saturated_count(P, signed))
+
+        phase, sign = one_spike_fire(phase_input, code, T_in=T_in, signed=signed, final_potential=count_saturated)
     spikes = PhaseSpikes(phase=phase, code=code, scale=scale_t, sign=sign, start=start)
     stats.out_neurons = phase.numel()
     stats.out_spikes = float(spikes.num_spikes())

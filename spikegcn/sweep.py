@@ -19,7 +19,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import platform
 import sys
 import time
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+
+from .fileio import file_lock, write_json
 
 __all__ = [
     "GridError", "parse_grid", "grid_type", "point_key", "Task", "textgcn_task", "cnn_task", "TASKS", "run_sweep",
@@ -170,7 +171,7 @@ _COUNTS = ("macs", "additions", "approx_additions", "in_neurons", "in_spikes", "
 
 def _compact_energy(e: dict, inputs: int = 1, per: str = "graph") -> dict:
     """The energy report with counts per input (``inputs`` inputs were run); ratios are unchanged."""
-    keep = ("name", "kind", *_COUNTS, "s", "spikes_per_neuron", "ratio")
+    keep = ("name", "kind", *_COUNTS, "s", "spikes_per_neuron", "saturated", "ratio")
     scale = lambda k, v: v / inputs if k in _COUNTS else v  # noqa: E731
     return {"ratio": e["ratio"], "ratio_approx": e["ratio_approx"], "counts_per": per,
             **{k: e[k] / inputs for k in ("macs", "additions", "approx_additions")},
@@ -202,6 +203,7 @@ def textgcn_task(dataset: str, seed: int = 0, train: dict | None = None, progres
     import torch
 
     from .datafiles import cache_dir
+    from .fileio import load_cached, load_torch, torch_save
     from .text.graph import build_text_graph
     from .text.model import TextGCN, sparse_identity, to_torch_csr
     from .text.pipeline import evaluate_snn, prepare_textgcn
@@ -212,11 +214,15 @@ def textgcn_task(dataset: str, seed: int = 0, train: dict | None = None, progres
     key = _sha({"graph": graph.counts(), "train": asdict(cfg), "torch": torch.__version__.split("+")[0]})
     path = cache_dir() / "models" / f"textgcn-{graph.name}-seed{seed}-{key}.pt"
     t0 = time.perf_counter()
-    if model_cache and path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model = TextGCN(graph.n_nodes, graph.n_classes, cfg.hidden, cfg.dropout)
-        model.load_state_dict(state["model"])
-        model.eval()
+    def load_model(p: Path) -> tuple[TextGCN, dict]:
+        state = load_torch(p, "cached Text GCN model")
+        net = TextGCN(graph.n_nodes, graph.n_classes, cfg.hidden, cfg.dropout)
+        net.load_state_dict(state["model"])
+        return net.eval(), state
+
+    cached = load_cached(path, load_model, "cached Text GCN model") if model_cache else None
+    if cached is not None:
+        model, state = cached
         x, adj_t, epochs = sparse_identity(graph.n_nodes), to_torch_csr(graph.adj_norm), state["epochs"]
         source = f"Text GCN trained with seed {seed} ({epochs} epochs), loaded from the model cache {path}"
     else:
@@ -225,10 +231,7 @@ def textgcn_task(dataset: str, seed: int = 0, train: dict | None = None, progres
         source = f"Text GCN trained with seed {seed} ({epochs} epochs) by the sweep that created this record"
         if model_cache:
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
-                torch.save({"model": model.state_dict(), "epochs": epochs, "train": asdict(cfg)}, tmp)
-                os.replace(tmp, path)
+                torch_save({"model": model.state_dict(), "epochs": epochs, "train": asdict(cfg)}, path)
             except OSError as exc:  # a read-only cache only costs the training next time
                 print(f"warning: could not cache the trained model at {path}: {exc}", file=sys.stderr)
     t_model = time.perf_counter() - t0
@@ -405,13 +408,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
 def load_sweep(path: Path) -> dict | None:
     """The sweep record at ``path`` (``None`` when absent); raises ``ValueError`` naming the file if it is not
     a sweep record."""
@@ -419,7 +415,7 @@ def load_sweep(path: Path) -> dict | None:
         return None
     try:
         rec = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not valid JSON ({exc}); move it away or pick another --out") from None
     if not isinstance(rec, dict) or rec.get("kind") != "sweep" or not isinstance(rec.get("points"), dict):
         raise ValueError(f"{path}: not a sweep record (no 'kind': 'sweep' with 'points'); pick another --out")
@@ -473,15 +469,36 @@ def run_sweep(out: str | Path, task_name: str, task_config: dict[str, Any], poin
         if command not in rec["commands"]:
             rec["commands"].append(command)
     bar = tqdm(todo, desc=f"sweep {task_name} {rec.get('dataset', '')}", disable=not progress, unit="point")
+    computed = []
     for key in bar:
+        disk = load_sweep(path)  # another process writing the same file may have computed this point meanwhile
+        if disk is not None and key in disk["points"]:
+            rec["points"][key] = disk["points"][key]
+            continue
         code = codes[key]
         bar.set_postfix_str(key)
         m = task.evaluate(code)
         rec["points"][key] = {"T": code.T, "Q": code.Q, "Tw": code.Tw, "shift": code.shift,
                               "ann_accuracy": task.meta["ann_accuracy"], **m, "computed": _now()}
         rec["updated"] = _now()
-        _write_json(path, rec)
-    return rec, todo
+        computed.append(key)
+        rec = _merge_write(path, rec)
+    return rec, computed
+
+
+def _merge_write(path: Path, rec: dict) -> dict:
+    """Write ``rec`` to ``path`` under the file's lock, keeping every point (and command) that another process
+    wrote there since this one read it; returns the merged record."""
+    with file_lock(path):
+        disk = load_sweep(path)
+        if disk is not None:
+            rec["points"] = {**disk["points"], **rec["points"]}
+            cmds = disk.get("commands", []) + [c for c in rec.get("commands", []) if c not in disk.get("commands", [])]
+            if cmds:
+                rec["commands"] = cmds
+            rec["created"] = min(disk.get("created", rec["created"]), rec["created"])
+        write_json(path, rec)
+    return rec
 
 
 def _threads() -> int:
@@ -554,7 +571,7 @@ def write_mape(rec: dict, out: str | Path) -> tuple[Path, Path]:
         out = out.with_suffix("")
     rec = {**rec, "created": _now(), "versions": _versions()}
     jpath, ppath = out.with_name(out.name + ".json"), out.with_name(out.name + ".png")
-    _write_json(jpath, rec)
+    write_json(jpath, rec)
     from .report import plot_mape
 
     plot_mape([(rec, jpath.name)], ppath)

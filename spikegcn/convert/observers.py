@@ -6,14 +6,22 @@ import math
 import torch
 from torch import Tensor
 
+from ..validate import CalibrationError, check_calibration
 
-def activation_scale(y: Tensor, signed: bool, channel_wise: bool = True, percentile: float | None = None) -> Tensor:
+__all__ = ["CalibrationError", "check_calibration", "activation_scale"]
+
+
+def activation_scale(y: Tensor, signed: bool, channel_wise: bool = True, percentile: float | None = None,
+                     name: str = "layer activations") -> Tensor:
     """Lambda of a layer's activations ``y`` (``[N, C]`` or ``[N, C, ...]``): max (or a percentile) per channel.
 
-    ReLU layers use the positive part, signed layers ``|y|`` (spec 11.2). Dead channels (lambda = 0) get 1.
+    ReLU layers use the positive part, signed layers ``|y|`` (docs/method.md, section 11.2). Dead channels
+    (lambda = 0) get 1.
+    Non-finite activations raise :class:`CalibrationError` naming ``name``.
     """
     if percentile is not None and not (0.0 < percentile <= 100.0):
         raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+    check_calibration(y, name)
     a = y.detach().abs() if signed else y.detach().clamp(min=0)
     if a.dim() > 2:  # [N, C, H, W] -> channels second
         a = a.transpose(0, 1).reshape(a.shape[1], -1).t()

@@ -13,6 +13,7 @@ from ..simulate import GraphOp, run_layer
 from ..coding import encode
 from ..energy import LayerStats
 from ..spikes import IdentitySpikes, PhaseSpikes, SparsePhaseSpikes
+from ..validate import check_edge_index, check_edge_weight
 from .base import SpikingMixin, as_spike_input
 
 
@@ -86,6 +87,10 @@ class SpikingAggregation(MessagePassing, SpikingMixin):
     def graph_op(self, edge_index: Tensor, edge_weight: Tensor | None, num_nodes: int) -> GraphOp:
         if self._cached_op is not None:
             return self._cached_op
+        # a negative or too large index would be read as another node's row and change the output silently
+        check_edge_index(edge_index, num_nodes)
+        if edge_index.layout == torch.strided:
+            check_edge_weight(edge_weight, edge_index.shape[1])
         sparse_in = edge_index.layout != torch.strided  # PyG's adj_t: [target, source], flow already applied
         if sparse_in and self.normalize:
             adj_t = edge_index.to_sparse_coo().coalesce()

@@ -15,6 +15,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from ..fileio import write_text
+
 __all__ = ["DEMO_CLASSES", "demo_corpus_dir", "generate_demo_corpus", "write_demo_corpus"]
 
 DEMO_CLASSES: tuple[str, ...] = ("computing", "cooking", "sport", "weather")
@@ -139,8 +141,8 @@ def write_demo_corpus(out_dir: str | Path | None = None, seed: int = 2024) -> tu
     meta, text = generate_demo_corpus(seed)
     (out / "corpus").mkdir(parents=True, exist_ok=True)
     meta_path, text_path = out / "demo.txt", out / "corpus" / "demo.txt"
-    meta_path.write_text("\n".join(meta) + "\n", encoding="ascii", newline="\n")
-    text_path.write_text("\n".join(text) + "\n", encoding="ascii", newline="\n")
+    write_text(meta_path, "\n".join(meta) + "\n", encoding="ascii", newline="\n")
+    write_text(text_path, "\n".join(text) + "\n", encoding="ascii", newline="\n")
     return meta_path, text_path
 
 

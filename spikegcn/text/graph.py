@@ -1,6 +1,6 @@
 """The Text GCN heterogeneous document-word graph, built vectorised (numpy / scipy.sparse), with a disk cache.
 
-Rules (Yao et al., AAAI 2019 and their ``build_graph.py``; see ``shared/spec/textgcn_pipeline.md``):
+Rules (Yao et al., AAAI 2019 and their ``build_graph.py``; see ``docs/textgcn.md``, section 3):
 
 * nodes: train documents (file order), then the vocabulary (sorted), then test documents (file order);
 * word-word edges: PMI over sliding windows of ``window_size`` tokens, kept only where PMI > 0;
@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -36,6 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..datafiles import cache_dir, sha256_file
+from ..fileio import atomic_open
 from .clean import STOP_WORDS, CleanSettings, clean_settings_for, encode_documents, encode_tokens
 from .corpus import TextCorpus, canonical_name, dataset_files, read_corpus
 
@@ -134,7 +133,7 @@ class TextGraph:
         return replace(self, train_idx=train_idx, val_idx=val_idx, seed=seed)
 
     def counts(self) -> dict[str, int]:
-        """The sizes the Text GCN paper and ``textgcn_pipeline.md`` tabulate."""
+        """The sizes the Text GCN paper and ``docs/textgcn.md`` (section 3) tabulate."""
         return {
             "docs": self.n_docs,
             "train": self.n_train,
@@ -477,14 +476,8 @@ def _save_graph(g: TextGraph, path: Path) -> None:
         "cache_key": np.array(g.cache_key),
         **{f: np.array(getattr(g, f), dtype=np.int64) for f in _INT_FIELDS},
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:  # a concurrent reader never sees half a file
+        np.savez(f, **arrays)
 
 
 def _load_graph(path: Path, key: str) -> TextGraph:
@@ -495,7 +488,10 @@ def _load_graph(path: Path, key: str) -> TextGraph:
         n = ints["n_train"] + ints["n_test"] + ints["n_words"]
         adj = sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=(n, n), copy=False)
         adj.has_sorted_indices = True
-        split = lambda s: s.split("\n") if s else []
+
+        def split(s):
+            return s.split("\n") if s else []
+
         return TextGraph(
             name=str(z["name"]),
             adj_norm=adj,

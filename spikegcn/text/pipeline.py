@@ -1,7 +1,6 @@
 """Text GCN end to end: build the graph, train the ANN, convert it, evaluate ANN and SNN, write a record."""
 from __future__ import annotations
 
-import json
 import platform
 import time
 from dataclasses import asdict
@@ -15,6 +14,7 @@ from tqdm.auto import tqdm
 from ..coding import PhaseCode
 from ..convert import convert
 from ..energy import FP32, INT8, INT8_MULT_ONLY
+from ..fileio import write_json
 from ..nn.aggregation import SpikingAggregation
 from .graph import build_text_graph
 from .train import TrainConfig, train_textgcn
@@ -27,7 +27,9 @@ def _accuracy(out: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> float:
 
 
 def _versions() -> dict[str, str]:
-    import numpy, scipy, torch_geometric
+    import numpy
+    import scipy
+    import torch_geometric
 
     from .. import __version__
 
@@ -119,8 +121,9 @@ def run_textgcn(dataset: str, T: int = 16, Q: float = 1.3, Tw: int | None = None
 def write_record(rec: dict[str, Any], out_dir: str | Path = "results/textgcn") -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{rec['dataset']}_T{rec['code']['T']}_Q{rec['code']['Q']:g}_Tw{rec['code']['Tw']}_seed{rec['seed']}.json"
-    path.write_text(json.dumps(rec, indent=2))
+    c = rec["code"]
+    path = out / f"{rec['dataset']}_T{c['T']}_Q{c['Q']:g}_Tw{c['Tw']}_seed{rec['seed']}.json"
+    write_json(path, rec, indent=2)  # atomic: `spikegcn report` may read it meanwhile
     return path
 
 

@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import gzip
 import io
-import json
 import os
 import pickle
-import tempfile
 import time
 import warnings
 import zipfile
@@ -39,6 +37,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..datafiles import DataFileError, cache_dir, fetch, sha256_file
+from ..fileio import atomic_open, write_json
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -123,11 +122,9 @@ def _save_npy_cache(folder: Path, arrays: dict[str, np.ndarray], meta: dict) -> 
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for k, a in arrays.items():
-            with tempfile.NamedTemporaryFile(dir=folder, suffix=".npy", delete=False) as tmp:
-                np.save(tmp, a)
-            os.chmod(tmp.name, 0o644)  # NamedTemporaryFile creates 0600; the cache may be shared
-            os.replace(tmp.name, folder / f"{k}.npy")
-        (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+            with atomic_open(folder / f"{k}.npy", "wb") as f:
+                np.save(f, a)
+        write_json(folder / "meta.json", meta)
     except OSError as exc:  # a read-only cache only costs the decode next time
         warnings.warn(f"could not write the decoded-image cache {folder}: {exc}")
 

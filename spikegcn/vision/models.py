@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..datafiles import DataFileError, fetch, verify
+from ..fileio import load_torch
 
 __all__ = [
     "OptionAShortcut",
@@ -440,7 +441,7 @@ def load_pretrained(name: str, path: Union[str, os.PathLike, None] = None) -> nn
     model = get_model(name)
     ckpt_path = Path(path) if path is not None else pretrained_path(name)
     # weights_only=True: the files hold tensors plus plain numbers, no pickled code is needed.
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    ckpt = load_torch(ckpt_path, "weights file")
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
     state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
     model.load_state_dict(state, strict=True)

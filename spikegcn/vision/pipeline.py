@@ -11,6 +11,7 @@ import torch
 
 from ..coding import PhaseCode
 from ..energy import FP32, INT8, INT8_MULT_ONLY
+from ..fileio import load_cached, load_torch
 from .data import CIFAR_MEAN, CIFAR_STD, load_cifar10, load_mnist, normalize
 from .models import PRETRAINED, load_pretrained
 from .train import default_checkpoint_path, load_checkpoint
@@ -51,14 +52,16 @@ def load_model(name: str, weights: str | Path | None) -> tuple[torch.nn.Module, 
         path = Path(weights)
         if not path.is_file():
             raise FileNotFoundError(f"weights file {path} not found")
-        ck = torch.load(path, map_location="cpu", weights_only=True)
+        ck = load_torch(path, "weights file")
         if isinstance(ck, dict) and "arch" in ck:
             return load_checkpoint(path).eval(), f"checkpoint {path}"
         return load_pretrained(name, path).eval(), f"weights {path}"
     if name in PRETRAINED:
         ft = default_checkpoint_path(name)
-        if ft.is_file():
-            return load_checkpoint(ft, name).eval(), f"fine-tuned on CIFAR-10 JPEG ({ft})"
+        net = load_cached(ft, lambda p: load_checkpoint(p, name), "fine-tuned checkpoint (`spikegcn finetune` "
+                          "recreates it)")
+        if net is not None:
+            return net.eval(), f"fine-tuned on CIFAR-10 JPEG ({ft})"
         return load_pretrained(name).eval(), ("published checkpoint (trained on lossless CIFAR-10, not fine-tuned: "
                                               f"`spikegcn finetune {name}` adapts it to the JPEG images)")
     raise ValueError(f"model {name!r} has no published weights: train it (spikegcn.vision.fit, or "

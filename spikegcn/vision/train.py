@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from ..coding import PhaseCode, quantize
 from ..datafiles import cache_dir
+from ..fileio import load_torch, torch_save
 from .data import cifar10_loader
 from .models import get_model, load_pretrained
 
@@ -311,18 +312,13 @@ def fit(
 
 def save_checkpoint(path: Union[str, os.PathLike], model: nn.Module, **meta) -> Path:
     r"""Save ``{"state_dict": ..., **meta}`` to :obj:`path` (parent folders are created; written atomically)."""
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"state_dict": model.state_dict(), **meta}, tmp)
-    os.replace(tmp, path)
-    return path
+    return torch_save({"state_dict": model.state_dict(), **meta}, Path(path).expanduser())
 
 
 def load_checkpoint(path: Union[str, os.PathLike], name: Optional[str] = None, **model_kwargs) -> nn.Module:
     r"""Rebuild a model saved by :func:`save_checkpoint` (its ``"arch"`` entry names it unless :obj:`name` is given;
     extra keyword arguments go to the model constructor) and load it strictly; returned in eval mode."""
-    ckpt = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
+    ckpt = load_torch(path)
     arch = name or ckpt.get("arch")
     if arch is None:
         raise ValueError(f"{path} names no architecture; pass name=")
