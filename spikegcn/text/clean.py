@@ -210,7 +210,7 @@ def check_nltk_stop_words(ours: Sequence[str] = NLTK_ENGLISH_STOP_WORDS) -> bool
         ship a longer list; Text GCN's counts need exactly ours.
     """
     try:
-        from nltk.corpus import stopwords  # type: ignore[import-untyped]
+        from nltk.corpus import stopwords
 
         theirs = stopwords.words("english")
     except (ImportError, LookupError, OSError):

@@ -21,7 +21,7 @@ __all__ = ["DEMO_CLASSES", "demo_corpus_dir", "generate_demo_corpus", "write_dem
 
 DEMO_CLASSES: tuple[str, ...] = ("computing", "cooking", "sport", "weather")
 
-_TOPIC_WORDS: dict[str, tuple[str, ...]] = {
+_TOPIC_WORDS: dict[str, list[str]] = {
     "sport": (
         "match team goal player coach league striker referee stadium tournament championship defender midfielder "
         "penalty fans victory trophy tennis football basketball racket sprint marathon athlete medal goalkeeper "
@@ -47,20 +47,20 @@ _TOPIC_WORDS: dict[str, tuple[str, ...]] = {
 }
 
 # Words that belong to two or three topics: they link the classes in the word graph and make documents ambiguous.
-_SHARED_WORDS: dict[str, tuple[str, ...]] = {
+_SHARED_WORDS: dict[str, list[str]] = {
     "sport": "record score run fast speed season court field net serve bowl pitch training power crash".split(),
     "weather": "cloud season temperature hot cool heat cold dry wet spring front power pressure".split(),
     "cooking": "bowl serve hot cool heat cold dry chip cookie cloud pitch spring fast mouse plate".split(),
     "computing": "cloud server cookie chip memory cache mouse record run speed crash net power training fast".split(),
 }
 
-_GENERIC_WORDS: tuple[str, ...] = (
+_GENERIC_WORDS: list[str] = (
     "day time week people good great new today morning evening really first last long big small make take "
     "get see think report year later city home night weekend local news people usual nearly again everyone "
     "expected plan early change quite around"
 ).split()
 
-_FUNCTION_WORDS: tuple[str, ...] = "the a the and of in on to with for is was it this that at".split()
+_FUNCTION_WORDS: list[str] = "the a the and of in on to with for is was it this that at".split()
 _PUNCT: tuple[str, ...] = (".", ".", ",", "!", "?")
 _OPENERS: tuple[str, ...] = ("It's", "We", "They", "I", "Today", "Yesterday", "Our", "Don't", "Note:")
 

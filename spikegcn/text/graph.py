@@ -8,16 +8,8 @@ Rules (Yao et al., AAAI 2019 and their ``build_graph.py``; see ``docs/textgcn.md
 * ``A`` is symmetrised (element-wise maximum of ``A`` and ``A^T``) and normalised,
   ``Â = D^-1/2 (A + I) D^-1/2``.
 
-Windows are never materialised. Within one document of length ``L`` the windows start at
-``s = 0 .. n_w - 1`` with ``n_w = max(1, L - w + 1)`` and cover positions ``s .. s + w - 1``. Hence
-
-* the position pair ``p < q`` (``q - p < w``) lies in ``min(p, n_w - 1) - max(0, q - w + 1) + 1`` windows, so the
-  pair counts are a weighted sum over the ``w - 1`` position offsets, one vector operation each;
-* position ``p`` is the first occurrence of its word in window ``s`` iff ``s > prev(p)`` (the previous position of
-  the same word in the document), so ``#W(word)`` is a sum of clipped interval lengths.
-
-This gives exactly the counts of the original loop over windows (20NG: 3,811,767 windows, 11,206,623 word-word
-edges, 26,990,597 non-zeros in ``Â``) in seconds instead of minutes.
+The counts (windows, word pairs, PMI, TF-IDF, ``Â``) are computed vectorised, without materialising a single
+window, in :mod:`spikegcn.text.cooccurrence`, whose docstring derives them.
 """
 from __future__ import annotations
 
@@ -35,6 +27,7 @@ import scipy.sparse as sp
 
 from ..datafiles import cache_dir, sha256_file
 from ..fileio import atomic_open
+from . import cooccurrence as cooc
 from .clean import STOP_WORDS, CleanSettings, clean_settings_for, encode_documents, encode_tokens
 from .corpus import TextCorpus, canonical_name, dataset_files, read_corpus
 
@@ -222,114 +215,36 @@ def graph_from_ids(
         raise ValueError(f"{n_docs} documents but {len(is_test)} split flags and {len(labels)} labels")
     bar = _progress_bar(progress, total=w + 3, desc=f"graph {name}")
 
-    # Documents are renumbered into node order (train docs, then test docs, each in file order); windows and pair
-    # counts do not depend on the order, TF-IDF rows do.
+    # node order: train documents, then test documents, each in file order
     order = np.concatenate([np.flatnonzero(~is_test), np.flatnonzero(is_test)]).astype(np.int64)
     n_train = int((~is_test).sum())
-    n_test = n_docs - n_train
-    ends = np.cumsum(lengths)
-    starts = ends - lengths
-    tok = np.concatenate([ids[starts[i] : ends[i]] for i in order]) if n_docs else ids[:0]
-    tok = tok.astype(np.int32, copy=False)
-    lengths = lengths[order]
-    del starts, ends
-    n_tok = len(tok)
-    doc_of = np.repeat(np.arange(n_docs, dtype=np.int32), lengths)  # document rank (node order) of each token
-    pos = (np.arange(n_tok, dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)).astype(np.int32)
-    # An empty document still counts as one (empty) window, as in the original loop.
-    n_win_doc = np.maximum(1, lengths - w + 1)
-    n_windows = int(n_win_doc.sum())
-    last_start = (n_win_doc - 1).astype(np.int32)[doc_of]  # last window start of each token's document
-    room = (lengths.astype(np.int32)[doc_of] - pos)  # tokens from this one to the end of its document
+    t = cooc.node_order_tokens(ids, lengths, order, w)
+    n_windows = t.n_windows
     bar.update(1)
-
-    # #W(i): position p starts counting in window s iff s > prev(p), the previous position of the same word.
-    key = doc_of.astype(np.int64) * n_words + tok
-    srt = np.argsort(key, kind="stable")  # stable: positions stay increasing inside a (doc, word) group
-    same = key[srt[1:]] == key[srt[:-1]]
-    prev = np.full(n_tok, -1, dtype=np.int32)
-    prev[srt[1:][same]] = pos[srt[:-1][same]]
-    del key, srt, same
-    first = np.maximum(pos - w + 1, prev + 1)
-    n_win_tok = np.clip(np.minimum(pos, last_start) - first + 1, 0, None)
-    word_windows = np.bincount(tok, weights=n_win_tok, minlength=n_words).round().astype(np.int64)
-    del prev, first, n_win_tok
+    word_windows = cooc.word_window_counts(t, n_words, w)
     bar.update(1)
-
-    # #W(i, j) on unordered pairs i < j: the pair of positions (p, p + d) lies in
-    # min(p, last_start) - max(0, p + d - w + 1) + 1 windows. Slices instead of gathers keep each offset cheap.
-    # Worst case a pair count is #W * w (w - 1) / 2, which int32 holds for every Text GCN corpus.
-    count_dtype = np.int32 if n_windows * w * (w - 1) // 2 < 2**31 else np.int64
-    lead = np.minimum(pos, last_start)  # last window start containing p
-    trail = np.maximum(pos - w + 1, 0)  # first window start containing q
-    del last_start
-    pairs = sp.csr_matrix((n_words, n_words), dtype=count_dtype)
-    for d in range(1, min(w, n_tok)):
-        wa, wb = tok[:-d], tok[d:]
-        valid = (room[:-d] > d) & (wa != wb)  # same document, different words
-        weight = (lead[:-d] - trail[d:] + 1)[valid].astype(count_dtype, copy=False)
-        lo = np.minimum(wa, wb)[valid]
-        hi = np.maximum(wa, wb)[valid]
-        del valid
-        pairs = pairs + sp.coo_matrix((weight, (lo, hi)), shape=(n_words, n_words)).tocsr()  # sums duplicates
-        del weight, lo, hi
-        bar.update(1)
-    del pos, room, lead, trail
-
-    # PMI in the original's operation order, so that "PMI > 0" is decided on the very same float64 values.
-    pairs.sum_duplicates()
-    row = np.repeat(np.arange(n_words, dtype=np.int64), np.diff(pairs.indptr))
-    pmi = np.log(
-        (pairs.data / float(n_windows))
-        / (word_windows[row].astype(np.float64) * word_windows[pairs.indices] / float(n_windows**2))
-    )
-    keep = pmi > 0
-    n_ww = int(keep.sum())
-    ww = sp.csr_matrix((pmi[keep], pairs.indices[keep], _indptr(row[keep], n_words)), shape=(n_words, n_words))
-    del pairs, row, pmi, keep
-    ww = (ww + ww.T.tocsr() + sp.identity(n_words, format="csr")).tocsr()  # symmetric, with the self-loops
+    pairs = cooc.pair_counts(t, n_words, w, bar)
+    ww, n_ww = cooc.pmi_edges(pairs, word_windows, n_windows, n_words)
+    del pairs
     bar.update(1)
-
-    # TF-IDF doc-word weights: raw count times log(n_docs / df); a word in every document gets idf 0 and no edge.
-    tf = sp.coo_matrix(
-        (np.ones(n_tok, dtype=np.float64), (doc_of, tok)), shape=(n_docs, n_words)
-    ).tocsr()  # sums duplicates
-    del doc_of, tok
-    df = np.bincount(tf.indices, minlength=n_words)
-    idf = np.log(n_docs / np.maximum(df, 1))
-    tf.data *= idf[tf.indices]
-    tf.eliminate_zeros()
+    tf = cooc.tfidf(t.doc_of, t.tok, n_docs, n_words)
+    del t
     n_dw = int(tf.nnz)
-    dw_train, dw_test = tf[:n_train], tf[n_train:]
-    del tf
-
-    # A + I in node order. Symmetrising by the element-wise max(A, A^T) is a union of both directions here: the
-    # PMI block is symmetric already and the doc-word block has no entry in the transposed position. All blocks
-    # are CSR, so bmat stacks them without a COO round trip and the column indices stay sorted.
-    adj = sp.bmat(
-        [
-            [sp.identity(n_train, format="csr"), dw_train, sp.csr_matrix((n_train, n_test))],
-            [dw_train.T.tocsr(), ww, dw_test.T.tocsr()],
-            [sp.csr_matrix((n_test, n_train)), dw_test, sp.identity(n_test, format="csr")],
-        ],
-        format="csr",
-    )
-    del ww, dw_train, dw_test
-    deg = np.asarray(adj.sum(axis=1)).ravel()  # >= 1 thanks to the self-loop
-    d_inv_sqrt = 1.0 / np.sqrt(deg)
-    n_nodes = n_docs + n_words
-    adj.data *= np.repeat(d_inv_sqrt, np.diff(adj.indptr))
-    adj.data *= d_inv_sqrt[adj.indices]
-    # float32 values and int32 indices: CPU spmm is 2-4x faster with int32 than int64 indices
-    adj = sp.csr_matrix(
-        (adj.data.astype(np.float32), adj.indices.astype(np.int32), adj.indptr.astype(np.int32)),
-        shape=(n_nodes, n_nodes),
-        copy=False,
-    )
-    adj.has_sorted_indices = True
+    adj = cooc.normalized_adjacency(ww, tf[:n_train], tf[n_train:])
+    del ww, tf
     bar.update(1)
     bar.close()
+    return _text_graph(adj, order, n_train, vocab, labels, doc_names, name=name, seed=seed, window_size=window_size,
+                       counts=(n_windows, n_ww, n_dw))
 
+
+def _text_graph(adj: sp.csr_matrix, order: np.ndarray, n_train: int, vocab: Sequence[str], labels: Sequence[str],
+                doc_names: Sequence[str] | None, *, name: str, seed: int, window_size: int,
+                counts: tuple[int, int, int]) -> TextGraph:
+    """The :class:`TextGraph` of a normalised adjacency in node order: labels, names and the split by node.
+    ``counts``: windows, word-word edges and doc-word edges."""
+    n_nodes, n_words = adj.shape[0], len(vocab)
+    n_test = n_nodes - n_words - n_train
     class_names = sorted(set(labels))
     cls = {c: k for k, c in enumerate(class_names)}
     node_labels = np.full(n_nodes, -1, dtype=np.int64)
@@ -353,16 +268,10 @@ def graph_from_ids(
         test_idx=np.arange(n_train + n_words, n_nodes, dtype=np.int64),
         seed=seed,
         window_size=window_size,
-        n_windows=n_windows,
-        n_word_word_edges=n_ww,
-        n_doc_word_edges=n_dw,
+        n_windows=counts[0],
+        n_word_word_edges=counts[1],
+        n_doc_word_edges=counts[2],
     )
-
-
-def _indptr(sorted_rows: np.ndarray, n: int) -> np.ndarray:
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(sorted_rows, minlength=n), out=indptr[1:])
-    return indptr
 
 
 # ----------------------------------------------------------------------------------------------------------- cache

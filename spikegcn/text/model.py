@@ -1,13 +1,15 @@
 r"""Text GCN (Yao et al., AAAI 2019) as a PyG model, with featureless input handled without a dense identity.
 
 .. math::
-    \mathbf{Z} = \hat{\mathbf{A}}\,\mathrm{ReLU}(\hat{\mathbf{A}}\mathbf{X}\mathbf{W}_0)\mathbf{W}_1, \qquad \mathbf{X} = \mathbf{I}
+    \mathbf{Z} = \hat{\mathbf{A}}\,\mathrm{ReLU}(\hat{\mathbf{A}}\mathbf{X}\mathbf{W}_0)\mathbf{W}_1,
+    \qquad \mathbf{X} = \mathbf{I}
 
 Both layers are ``GCNConv`` (no bias, ``normalize=False``: :math:`\hat{\mathbf{A}}` is precomputed) applied to a
 torch sparse CSR adjacency, so aggregation is one spmm. Text GCN's :math:`\hat{\mathbf{A}}` is symmetric, so the
 layers are :class:`SymmetricGCNConv`: their backward pass multiplies by :math:`\hat{\mathbf{A}}` again instead of
 letting autograd transpose it (on 20NG a 27 M non-zero sort per layer and step, two thirds of a training step).
-``X = I`` is passed as a sparse identity: ``X W_0`` costs N row copies, and :func:`spikegcn.convert` turns it into one spike per node at phase 1.
+``X = I`` is passed as a sparse identity: ``X W_0`` costs N row copies, and :func:`spikegcn.convert` turns it into
+one spike per node at phase 1.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Training Text GCN with the paper's settings (textgcn_pipeline.md, section 4), seeded."""
+"""Training Text GCN with the paper's settings (docs/textgcn.md, section 4), seeded."""
 from __future__ import annotations
 
 import math
@@ -66,7 +66,8 @@ def train_textgcn(graph: TextGraph, cfg: TrainConfig, progress: bool = True):
                          "(rebuild it with build_text_graph(..., cache=False))")
     model, x, adj_t, y, tr, va = setup_training(graph, cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    val_losses, hist = [], []
+    val_losses: list[float] = []
+    hist: list[dict] = []
     bar = tqdm(range(cfg.epochs), desc=f"train {graph.name}", disable=not progress, leave=False)
     model.train()
     h = model.layer1(x, adj_t)
