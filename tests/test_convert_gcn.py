@@ -1,13 +1,12 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import accuracy
 from torch import nn
 from torch_geometric.nn import GCNConv
 
 from spikegcn import PhaseCode, UnsupportedModuleError, convert
 from spikegcn.energy import INT8
-
-from conftest import accuracy
 
 
 @pytest.mark.parametrize("mode", ["functional", "exact"])
@@ -40,10 +39,11 @@ def test_exact_small_tw_not_better_than_functional(sbm):
 
 def test_functional_equals_quantised_ann_reference(sbm):
     # the converted model in functional mode is exactly the round-off quantised ANN
+    from torch_geometric.nn.conv.gcn_conv import gcn_norm
+
     from spikegcn.coding import quantize
     from spikegcn.convert import activation_scale
     from spikegcn.nn.aggregation import build_graph_op
-    from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
     data, model = sbm
     code = PhaseCode(16, 1.3)

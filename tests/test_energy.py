@@ -4,10 +4,11 @@ from spikegcn.energy import FP32, INT8, INT8_MULT_ONLY, EnergyCosts, LayerStats,
 
 
 def mr_like_layers():
-    # MR-sized Text GCN (spec 11.3): N = 29,426, nnz = 1,927,676, d = 200, C = 2
+    # MR-sized Text GCN (docs/method.md, section 11.3): N = 29,426, nnz = 1,927,676, d = 200, C = 2
     N, nnz, d, C = 29426, 1927676, 200, 2
     return [
-        LayerStats("mp1", macs=N * d, in_neurons=N, in_spikes=N, additions=N * d, out_neurons=N * d, out_spikes=0.9 * N * d),
+        LayerStats("mp1", macs=N * d, in_neurons=N, in_spikes=N, additions=N * d, out_neurons=N * d,
+                   out_spikes=0.9 * N * d),
         LayerStats("agg1", macs=nnz * d, in_neurons=N * d, in_spikes=0.9 * N * d, additions=0.9 * nnz * d,
                    out_neurons=N * d, out_spikes=0.5 * N * d),
         LayerStats("mp2", macs=N * d * C, in_neurons=N * d, in_spikes=0.5 * N * d, additions=0.5 * N * d * C,

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from conftest import sbm_graph
 from torch_geometric.nn import GCNConv
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
@@ -8,8 +9,6 @@ from spikegcn.coding import quantize
 from spikegcn.nn import PhaseEncoder, SpikingAggregation, SpikingGCNConv, SpikingLinear
 from spikegcn.simulate import DenseOp, run_layer
 from spikegcn.spikes import PhaseSpikes
-
-from conftest import sbm_graph
 
 
 def dense_ahat(edge_index, n):
