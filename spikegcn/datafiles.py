@@ -2,7 +2,8 @@
 
 Resolution order for a file ``rel`` of a dataset (e.g. ``textgcn/data/R8.txt``):
 
-1. ``$SPIKEGCN_DATA/rel`` (the Makefile and ``.ci/run`` point it at ``../shared/datasets``);
+1. ``$SPIKEGCN_DATA/rel`` (the Makefile sets it to a ``datasets`` folder shipped beside the checkout, when there is
+   one);
 2. ``cache_dir()/rel`` (``$SPIKEGCN_CACHE`` or ``~/.cache/spikegcn``), filled by :func:`fetch` from the
    dataset's public release when it is missing and a URL is known.
 

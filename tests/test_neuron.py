@@ -25,7 +25,7 @@ def random_layer(seed, n_in=64, n_out=300, T_in=16, Q_in=1.3, input_scale=1.0, b
         (1.3, 1.3, 16, 6, 1.0, False),
         (1.3, 1.2, 24, 3, 1.0, False),
         (1.3, 1.3, 16, 0, 1.0, False),
-        (1.3, 1.3, 16, 5, 1.0, True),  # signed one-spike neurons (A14)
+        (1.3, 1.3, 16, 5, 1.0, True),  # signed one-spike neurons (docs/method.md, A14)
         (2.0, 1.5, 12, 2, 0.5, True),
         (1.3, 1.3, 16, 16, 1.0, False),
     ],
@@ -43,7 +43,7 @@ def test_value_domain_equals_membrane_domain(Q_in, Q_out, T, Tw, input_scale, si
 
 
 def test_membrane_threshold_fusion_equals_normalised_weights():
-    # theta = lambda in the threshold == weights and bias divided by lambda (spec section 2)
+    # theta = lambda in the threshold == weights and bias divided by lambda (docs/method.md, section 2)
     currents, weighted, b = random_layer(7)
     lam = torch.rand(300, dtype=torch.float64) + 0.5
     code = PhaseCode(16, 1.3, Tw=5)

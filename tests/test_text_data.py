@@ -38,7 +38,7 @@ from spikegcn.text.demo import demo_corpus_dir, generate_demo_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Table of shared/spec/textgcn_pipeline.md (Text GCN paper, Table 1, plus the graph sizes of a faithful build).
+# Table of docs/textgcn.md, section 3 (Text GCN paper, Table 1, plus the graph sizes of a faithful build).
 _KEYS = ("docs", "train", "test", "words", "nodes", "classes", "windows", "word_word_edges", "doc_word_edges", "nnz")
 SPEC = {
     ds: dict(zip(_KEYS, row))

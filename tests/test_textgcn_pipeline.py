@@ -17,7 +17,8 @@ def test_demo_end_to_end(tmp_path):
         r = rec["snn"][mode]
         assert r["loss_points"] <= 1.0
         assert 0 < r["spikes_per_neuron"]["conv1.agg"] <= 1
-        assert r["energy_fp32"]["ratio"] > 1 and r["energy_int8"] == pytest.approx(1.5 * r["energy_fp32"]["ratio"], rel=1e-3)
+        assert r["energy_fp32"]["ratio"] > 1
+        assert r["energy_int8"] == pytest.approx(1.5 * r["energy_fp32"]["ratio"], rel=1e-3)
     assert rec["snn"]["functional"]["accuracy"] == rec["snn"]["exact"]["accuracy"]  # Tw = T
     assert abs(rec["sign_variants"]["agg_first"]["loss_points"]) <= 1.0  # exact order, no signed spikes
     path = write_record(rec, tmp_path)

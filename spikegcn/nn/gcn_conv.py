@@ -15,7 +15,7 @@ VARIANTS = ("signed", "relu_mp", "agg_first")
 
 
 class SpikingGCNConv(nn.Module, SpikingMixin):
-    r"""The graph convolution of Kipf & Welling as two one-spike layers (spec 11.2).
+    r"""The graph convolution of Kipf & Welling as two one-spike layers (docs/method.md, section 11.2).
 
     .. math::
         \mathbf{X}' = \mathrm{ReLU}\big(\hat{\mathbf{A}}\,(\hat{\mathbf{X}}\mathbf{W}^\top) + \mathbf{b}\big)
@@ -26,7 +26,7 @@ class SpikingGCNConv(nn.Module, SpikingMixin):
     Same constructor and ``forward(x, edge_index, edge_weight=None)`` as :class:`torch_geometric.nn.GCNConv`.
     ``x`` is spikes (from :class:`~spikegcn.nn.PhaseEncoder` or a previous spiking layer), or ``None`` / a
     sparse identity for featureless input (``X = I``, Text GCN). Variants for the signed intermediate
-    :math:`\hat{\mathbf{X}}\mathbf{W}^\top` (spec A14): ``"signed"`` (signed one-spike neurons, default),
+    :math:`\hat{\mathbf{X}}\mathbf{W}^\top` (docs/method.md, A14): ``"signed"`` (signed one-spike neurons, default),
     ``"relu_mp"`` (unsigned neurons: a premature ReLU, as a literal reading of the paper gives) and
     ``"agg_first"`` (:math:`\hat{\mathbf{A}}\hat{\mathbf{X}}` first, exact for non-negative input, needs no
     signed spikes).
