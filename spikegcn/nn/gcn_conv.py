@@ -20,8 +20,10 @@ class SpikingGCNConv(nn.Module, SpikingMixin):
     .. math::
         \mathbf{X}' = \mathrm{ReLU}\big(\hat{\mathbf{A}}\,(\hat{\mathbf{X}}\mathbf{W}^\top) + \mathbf{b}\big)
         \;\longrightarrow\;
-        \underbrace{\mathbf{M} = \mathrm{Enc}_\pm(\hat{\mathbf{X}}\mathbf{W}^\top/\boldsymbol\lambda_M)}_{\text{message passing}},\quad
-        \underbrace{\mathbf{X}' = \mathrm{Enc}\big(\mathrm{ReLU}(\hat{\mathbf{A}}\hat{\mathbf{M}} + \mathbf{b})/\boldsymbol\lambda\big)}_{\text{aggregation}}
+        \underbrace{\mathbf{M} = \mathrm{Enc}_\pm(\hat{\mathbf{X}}\mathbf{W}^\top/\boldsymbol\lambda_M)}
+            _{\text{message passing}},\quad
+        \underbrace{\mathbf{X}' = \mathrm{Enc}\big(\mathrm{ReLU}(\hat{\mathbf{A}}\hat{\mathbf{M}} + \mathbf{b})
+            /\boldsymbol\lambda\big)}_{\text{aggregation}}
 
     Same constructor and ``forward(x, edge_index, edge_weight=None)`` as :class:`torch_geometric.nn.GCNConv`.
     ``x`` is spikes (from :class:`~spikegcn.nn.PhaseEncoder` or a previous spiking layer), or ``None`` / a
