@@ -132,6 +132,34 @@ def _use_fused(inp, op, code: PhaseCode, dtype, backend: str, stepped: bool) -> 
     return ok
 
 
+def _use_triton(inp, op, code: PhaseCode, dtype, backend: str, stepped: bool) -> bool:
+    """The Triton aggregation kernel serves exact graph layers fed by one-spike neurons on CUDA (or wherever
+    ``backend="triton"`` asks for it: CPU tensors under ``TRITON_INTERPRET=1``)."""
+    if backend not in ("auto", "triton") or stepped or not isinstance(op, GraphOp):
+        return False
+    if dtype not in (torch.float32, torch.float64) or code.phase_dtype != torch.int8:
+        return False
+    if not isinstance(inp, PhaseSpikes) or inp.phase.dim() != 2 or inp.phase.dtype != torch.int8:
+        return False
+    if op.adj.layout != torch.sparse_csr or (backend == "auto" and op.adj.device.type != "cuda"):
+        return False
+    from .kernels import triton_exact
+
+    ok = triton_exact.available(op.adj.device)
+    if backend == "triton" and not ok:
+        raise RuntimeError(f"backend='triton' requested but the Triton kernel cannot run on {op.adj.device} here "
+                           f"(install spikegcn[gpu] for CUDA; CPU tensors need TRITON_INTERPRET=1)")
+    return ok
+
+
+def _compute_dtype(scale, bias: Tensor | None) -> torch.dtype:
+    """The layer's dtype: that of its scale buffer (or bias), so a float64 model computes in float64."""
+    for t in (scale, bias):
+        if isinstance(t, Tensor) and t.is_floating_point():
+            return t.dtype
+    return torch.get_default_dtype()
+
+
 def run_layer(
     inp: SpikeInput,
     op: DenseOp | GraphOp,
@@ -143,7 +171,7 @@ def run_layer(
     output: Literal["spikes", "potential"] = "spikes",
     name: str = "",
     start: int = 0,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     backend: str = "auto",
     stepped: bool = False,
 ) -> tuple[PhaseSpikes | Tensor, LayerStats]:
@@ -158,6 +186,10 @@ def run_layer(
         signed: signed one-spike neurons (no ReLU after this layer in the ANN).
         mode: ``"functional"`` or ``"exact"``.
         output: ``"spikes"`` for hidden layers, ``"potential"`` for the output layer (ANN units).
+        dtype: compute dtype (default: the dtype of ``scale``, else of ``bias``).
+        backend: exact mode with ``Tw + 1 < T_in``: ``"auto"`` (the fused CPU kernel or, on CUDA, the Triton
+            kernel where they serve the layer; else the event path), ``"fused"``, ``"triton"``, or the event path's
+            scatter backend (``"torch_scatter"``, ``"native"``).
         stepped: take every input phase after the first through the event kernel, even when
             ``Tw + 1 >= T_in`` (tests the event path against the dense one).
 
@@ -165,6 +197,7 @@ def run_layer(
         ``(PhaseSpikes or potential, LayerStats)``.
     """
     check_mode(mode)
+    dtype = dtype or _compute_dtype(scale, bias)
     T_in = inp.T_in
     counts = inp.spike_counts()
     stats = LayerStats(
@@ -174,7 +207,8 @@ def run_layer(
         in_spikes=float(counts.sum()),
         additions=op.additions(counts),
     )
-    scale_t = torch.as_tensor(scale, dtype=dtype)
+    # the device of the layer's buffers (a plain float scale: that of the input)
+    scale_t = torch.as_tensor(scale, dtype=dtype, device=scale.device if isinstance(scale, Tensor) else counts.device)
     if output == "potential":
         z = op.apply(inp, T_in, dtype)
         if bias is not None:
@@ -198,6 +232,13 @@ def run_layer(
 
         phase, sign = fused_cpu.aggregate_exact(op.adj, inp, bias, scale_t, code.thresholds(torch.float32), T_in,
                                                 code.Tw, signed)
+    elif _use_triton(inp, op, code, dtype, backend, stepped):
+        from .kernels import triton_exact
+
+        stats.saturated_neurons = None  # the kernel never forms the full potential
+        phase, sign = triton_exact.aggregate_exact(op.adj if op.adj.dtype == dtype else op.adj.to(dtype), inp, bias,
+                                                   scale_t, code.thresholds(dtype, op.adj.device), T_in, code.Tw,
+                                                   signed)
     else:
         k0 = 1 if stepped else min(code.Tw + 1, T_in)
         first = op.apply(inp, k0, dtype)
@@ -205,6 +246,7 @@ def run_layer(
             first = first + bias.to(dtype)
         first = first / scale_t.to(first.device)
         synapses = op.synapses
+        scatter_backend = backend if backend in ("torch_scatter", "native") else "auto"
 
         def phase_input(p: int) -> Tensor | None:
             if p == 1:
@@ -215,7 +257,7 @@ def run_layer(
             if row.numel() == 0:
                 return None
             buf = torch.zeros(first.shape, dtype=dtype, device=first.device)
-            accumulate_events(row, col, val, synapses, buf, backend=backend)
+            accumulate_events(row, col, val, synapses, buf, backend=scatter_backend)
             return buf / scale_t.to(buf.device)
 
         def count_saturated(P: Tensor) -> None:

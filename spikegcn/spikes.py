@@ -194,7 +194,8 @@ class SparsePhaseSpikes:
         v = self._entry_values(dtype)
         if k < self.code.T:
             v = v * (self.phase <= k)
-        return torch.sparse_coo_tensor(torch.stack([self.row, self.col]), v, self.size, is_coalesced=True)
+        return torch.sparse_coo_tensor(torch.stack([self.row, self.col]), v, self.size, is_coalesced=True,
+                                       device=self.row.device)
 
     def events_at(self, p: int, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor, Tensor]:
         sel = (self.phase == p).nonzero(as_tuple=True)[0]

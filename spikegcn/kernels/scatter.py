@@ -10,8 +10,10 @@ value times each of its synaptic weights to its targets. Two synapse structures 
 
 :func:`accumulate_events` adds the events into a ``[bins, targets, features]`` buffer (``bins`` = the phase
 groups asked for; layers stream one phase at a time so no ``T``-plane buffer of a whole layer exists). The
-work is spikes x fan-out, like an event-driven chip, not phases x a dense matmul. It runs on torch-scatter's
-CPU/CUDA kernels when installed and on native ``index_add_`` otherwise; both give the same sums.
+work is spikes x fan-out, like an event-driven chip, not phases x a dense matmul. It runs on torch-scatter where
+it is installed with kernels for the tensors' device (its CPU kernels always; CUDA ones only in a CUDA build) and on
+native ``index_add_`` otherwise (any device, e.g. a CUDA GPU under a CPU-only torch-scatter build, or ``meta``);
+both give the same sums. :func:`scatter_backend` makes the choice.
 """
 from __future__ import annotations
 
@@ -26,25 +28,42 @@ except ImportError:  # pragma: no cover - exercised by forcing backend="native"
     torch_scatter = None
     HAS_TORCH_SCATTER = False
 
-__all__ = ["HAS_TORCH_SCATTER", "scatter_sum", "GraphSynapses", "DenseSynapses", "accumulate_events"]
+__all__ = ["HAS_TORCH_SCATTER", "scatter_backend", "scatter_sum", "GraphSynapses", "DenseSynapses",
+           "accumulate_events"]
 
 # Expanded (event, synapse) pairs processed per chunk: bounds the temporary memory of a layer.
 CHUNK = 1 << 23
 
 
-def _backend(backend: str) -> str:
+def _scatter_has_kernels(device_type: str) -> bool:
+    """Whether the installed torch-scatter has compiled kernels for tensors on ``device_type``."""
+    if not HAS_TORCH_SCATTER:
+        return False
+    if device_type == "cpu":
+        return True
+    if device_type == "cuda":  # a build without CUDA reports -1
+        return int(torch.ops.torch_scatter.cuda_version()) != -1
+    return False
+
+
+def scatter_backend(backend: str = "auto", device: torch.device | str = "cpu") -> str:
+    """The scatter implementation for tensors on ``device``: ``"auto"`` picks torch-scatter where it has kernels
+    for that device, native ``index_add_`` otherwise; an explicit ``"torch_scatter"`` that cannot run raises."""
+    dev = torch.device(device).type
     if backend == "auto":
-        return "torch_scatter" if HAS_TORCH_SCATTER else "native"
-    if backend == "torch_scatter" and not HAS_TORCH_SCATTER:
-        raise RuntimeError("backend='torch_scatter' requested but torch-scatter is not installed")
+        return "torch_scatter" if _scatter_has_kernels(dev) else "native"
     if backend not in ("torch_scatter", "native"):
         raise ValueError(f"unknown scatter backend {backend!r} (use 'auto', 'torch_scatter' or 'native')")
+    if backend == "torch_scatter" and not _scatter_has_kernels(dev):
+        why = "is not installed" if not HAS_TORCH_SCATTER else f"has no kernels for {dev} tensors (a CPU-only build?)"
+        raise RuntimeError(f"backend='torch_scatter' requested but torch-scatter {why}; use backend='auto' or "
+                           f"'native'")
     return backend
 
 
 def scatter_sum(src: Tensor, index: Tensor, out: Tensor, backend: str = "auto") -> Tensor:
     """``out[index[i]] += src[i]`` along dim 0 (rows of ``src`` may be vectors), in place."""
-    if _backend(backend) == "torch_scatter":
+    if scatter_backend(backend, out.device) == "torch_scatter":
         torch_scatter.scatter(src, index, dim=0, out=out, reduce="sum")
     else:
         out.index_add_(0, index, src)
@@ -114,14 +133,15 @@ def accumulate_events(
     """
     if row.numel() == 0:
         return out
-    be = _backend(backend)
+    be = scatter_backend(backend, out.device)
     if out.dim() == 3:
         if bins is None:
             raise ValueError("a [bins, targets, features] buffer needs the bin of every event")
         # fold the bin into the target index: bin b of target t is row b * targets + t
         B, M, F = out.shape
         if isinstance(synapses, DenseSynapses):
-            return accumulate_events(bins * M + row, col, value, synapses, out.view(B * M, F), None, backend, chunk).view(B, M, F)
+            flat = accumulate_events(bins * M + row, col, value, synapses, out.view(B * M, F), None, backend, chunk)
+            return flat.view(B, M, F)
         flat = out.view(B * M, F)
         shifted = GraphSynapses(synapses.rowptr, synapses.col, synapses.weight, M)
         _accumulate_graph(row, col, value, shifted, flat, be, chunk, offset=bins * M)

@@ -42,7 +42,7 @@ def build_graph_op(edge_index: Tensor, edge_weight: Tensor | None, num_nodes: in
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
         adj = torch.sparse_csr_tensor(crow.to(idx_dtype), src_s.to(idx_dtype), w_s, (num_nodes, num_nodes),
-                                      check_invariants=False)
+                                      device=src.device, check_invariants=False)
     return GraphOp(adj)
 
 
@@ -50,7 +50,8 @@ class SpikingAggregation(MessagePassing, SpikingMixin):
     r"""One-spike neurons after graph aggregation with :math:`\hat{\mathbf{A}}`, channel by channel.
 
     .. math::
-        \mathbf{X}' = \mathrm{Enc}\!\left(\frac{\mathrm{ReLU}(\hat{\mathbf{A}}\hat{\mathbf{X}} + \mathbf{b})}{\boldsymbol\lambda}\right),
+        \mathbf{X}' = \mathrm{Enc}\!\left(\frac{\mathrm{ReLU}(\hat{\mathbf{A}}\hat{\mathbf{X}} + \mathbf{b})}
+        {\boldsymbol\lambda}\right),
         \qquad \hat{\mathbf{A}} = \hat{\mathbf{D}}^{-1/2}(\mathbf{A} + \mathbf{I})\hat{\mathbf{D}}^{-1/2}
 
     (``normalize=True``, GCN normalisation via :func:`torch_geometric.nn.conv.gcn_conv.gcn_norm`; otherwise
@@ -84,6 +85,12 @@ class SpikingAggregation(MessagePassing, SpikingMixin):
         self.scale.fill_(1.0)
         self._cached_op = None
 
+    def _apply(self, fn, recurse: bool = True):
+        # .to() / .cuda() / .double() move parameters and buffers; the cached adjacency (a plain attribute, not
+        # state) is dropped and rebuilt from the next edge_index on the new device and dtype
+        self._cached_op = None
+        return super()._apply(fn, recurse)
+
     def graph_op(self, edge_index: Tensor, edge_weight: Tensor | None, num_nodes: int) -> GraphOp:
         if self._cached_op is not None:
             return self._cached_op
@@ -100,8 +107,8 @@ class SpikingAggregation(MessagePassing, SpikingMixin):
             edge_index = edge_index.flip(0)
         if self.normalize:
             edge_index, edge_weight = gcn_norm(edge_index, edge_weight, num_nodes, self.improved,
-                                               self.add_self_loops, "source_to_target")
-        op = build_graph_op(edge_index, edge_weight, num_nodes)
+                                               self.add_self_loops, "source_to_target", dtype=self.scale.dtype)
+        op = build_graph_op(edge_index, edge_weight, num_nodes, dtype=self.scale.dtype)
         if self.cached:
             self._cached_op = op
         return op
