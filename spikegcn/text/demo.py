@@ -12,12 +12,15 @@ documents) but not perfectly. It is written for this project; no real text is in
 """
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 
 from ..fileio import write_text
 
 __all__ = ["DEMO_CLASSES", "demo_corpus_dir", "generate_demo_corpus", "write_demo_corpus"]
+
+log = logging.getLogger(__name__)
 
 DEMO_CLASSES: tuple[str, ...] = ("computing", "cooking", "sport", "weather")
 
@@ -147,5 +150,6 @@ def write_demo_corpus(out_dir: str | Path | None = None, seed: int = 2024) -> tu
 
 
 if __name__ == "__main__":  # python -m spikegcn.text.demo: rewrite the shipped files
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     for p in write_demo_corpus():
-        print("wrote", p)
+        log.info("wrote %s", p)
