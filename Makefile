@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q --no-build-isolation torch-scatter
 	$(PIP) install -q -e ".[dev]"
+	$(VENV)/bin/spikegcn build-kernels || echo "spikegcn: compiled CPU kernels not built; the torch path serves"
 	touch $(STAMP)
 
 run: install

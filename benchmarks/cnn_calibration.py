@@ -33,7 +33,7 @@ from cnn_tables import VARIANTS, _subset  # noqa: E402
 
 from spikegcn import PhaseCode, convert  # noqa: E402
 from spikegcn.fileio import write_json, write_text  # noqa: E402
-from spikegcn.vision import CIFAR_MEAN, CIFAR_STD, load_checkpoint, load_cifar10, normalize  # noqa: E402
+from spikegcn.vision import CIFAR_MEAN, CIFAR_STD, load_checkpoint, load_cifar10_jpg, normalize  # noqa: E402
 from spikegcn.vision.train import default_checkpoint_path  # noqa: E402
 
 PERCENTILES = (None, 99.999, 99.99, 99.9)
@@ -61,8 +61,8 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default="results/cnn_calibration")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    xtr, ytr = load_cifar10("train")
-    xte, yte = load_cifar10("test")
+    xtr, ytr = load_cifar10_jpg("train")
+    xte, yte = load_cifar10_jpg("test")
     perm = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(0))  # cnn_tables' calibration order
     if max(args.calib) > len(perm) - args.val:
         raise SystemExit("--calib + --val exceed the 50,000 training images")

@@ -32,7 +32,7 @@ from cnn_tables import VARIANTS, _calib, _subset  # noqa: E402
 from spikegcn import PhaseCode  # noqa: E402
 from spikegcn.coding import quantize  # noqa: E402
 from spikegcn.fileio import write_json, write_text  # noqa: E402
-from spikegcn.vision import CIFAR_MEAN, CIFAR_STD, load_checkpoint, load_cifar10, normalize  # noqa: E402
+from spikegcn.vision import CIFAR_MEAN, CIFAR_STD, load_checkpoint, load_cifar10_jpg, normalize  # noqa: E402
 from spikegcn.vision.train import default_checkpoint_path  # noqa: E402
 
 
@@ -126,8 +126,8 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default="results/cnn_sensitivity")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    xtr, _ = load_cifar10("train")
-    xte, yte = load_cifar10("test")
+    xtr, _ = load_cifar10_jpg("train")
+    xte, yte = load_cifar10_jpg("test")
     x = normalize(xte[_subset(len(yte), args.limit)], CIFAR_MEAN, CIFAR_STD)
     calib = normalize(_calib(xtr, args.calib), CIFAR_MEAN, CIFAR_STD)
     res = {"models": {}, "test_images": len(x), "calib_images": len(calib), "torch": torch.__version__,

@@ -51,7 +51,7 @@ from spikegcn import PhaseCode, convert
 from spikegcn.energy import FP32, INT8, INT8_MULT_ONLY
 from spikegcn.fileio import load_cached, load_torch, write_json, write_text
 from spikegcn.vision import (CIFAR_MEAN, CIFAR_STD, TrainConfig, cifar10_loader, fit, get_model, load_checkpoint,
-                             load_cifar10, load_mnist, load_pretrained, mnist_loader, normalize, save_checkpoint)
+                             load_cifar10_jpg, load_mnist, load_pretrained, mnist_loader, normalize, save_checkpoint)
 from spikegcn.vision.train import default_checkpoint_path
 
 # Paper numbers for CIFAR-10 (Tables I, IV, VI, VII, VIII): ANN, SNN, E FP32, INT8 SNN, E INT8, single-spike SNN,
@@ -105,8 +105,8 @@ def _calib(x: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
 def load_model(name: str, args) -> tuple[torch.nn.Module, str, dict]:
     """The trained model, a description of its weights, and its data (calib / test tensors)."""
     if name in ("resnet20", *VARIANTS, "vgg"):
-        xtr, _ = load_cifar10("train")
-        xte, yte = load_cifar10("test")
+        xtr, _ = load_cifar10_jpg("train")
+        xte, yte = load_cifar10_jpg("test")
         idx = _subset(len(yte), args.limit)
         data = dict(calib=normalize(_calib(xtr, args.calib), CIFAR_MEAN, CIFAR_STD),
                     x=normalize(xte[idx], CIFAR_MEAN, CIFAR_STD), y=yte[idx], dataset="CIFAR-10 JPEG")
@@ -131,7 +131,7 @@ def load_model(name: str, args) -> tuple[torch.nn.Module, str, dict]:
     if name == "vgg":
         ck = default_checkpoint_path("vgg_cifar", "small-jpg")
         make = lambda: get_model("vgg_cifar", cfg="small")  # noqa: E731
-        loader = lambda: cifar10_loader("train", 128, seed=0)  # noqa: E731
+        loader = lambda: cifar10_loader("train", 128, seed=0, dataset="cifar10-jpg")  # noqa: E731
         cfg = TrainConfig(epochs=args.vgg_epochs, lr=0.05, weight_decay=5e-4, seed=0, max_steps=args.max_train_steps)
         kw = {"cfg": "small"}
     else:

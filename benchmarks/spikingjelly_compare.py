@@ -76,7 +76,7 @@ from torch import Tensor, nn  # noqa: E402
 
 from spikegcn import PhaseCode, convert, latency  # noqa: E402
 from spikegcn.fileio import write_json, write_text  # noqa: E402
-from spikegcn.vision import (CIFAR_MEAN, CIFAR_STD, load_checkpoint, load_cifar10, load_pretrained,  # noqa: E402
+from spikegcn.vision import (CIFAR_MEAN, CIFAR_STD, load_checkpoint, load_cifar10_jpg, load_pretrained,  # noqa: E402
                              normalize)
 from spikegcn.vision.models import OptionAShortcut  # noqa: E402
 from spikegcn.vision.train import default_checkpoint_path  # noqa: E402
@@ -535,8 +535,8 @@ def main(argv: list[str] | None = None) -> dict:
     t_start = time.perf_counter()
     load_start = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     model, weights = load_resnet20(args.weights)
-    xtr, _ = load_cifar10("train")
-    xte, yte = load_cifar10("test")
+    xtr, _ = load_cifar10_jpg("train")
+    xte, yte = load_cifar10_jpg("test")
     idx = _subset(len(yte), args.limit)
     x, y = normalize(xte[idx], CIFAR_MEAN, CIFAR_STD), yte[idx]
     calib = normalize(_calib(xtr, args.calib), CIFAR_MEAN, CIFAR_STD)

@@ -12,15 +12,15 @@ out = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_thread
                    "loadavg_start": os.getloadavg()}}
 # 1. decode + cache (cold: a fresh cache folder)
 t0 = time.perf_counter(); p = D.cifar10_jpg_path(); t_sha = time.perf_counter() - t0
-t0 = time.perf_counter(); D.load_cifar10_arrays("train", cache=True); t_first = time.perf_counter() - t0
+t0 = time.perf_counter(); D.load_cifar10_jpg_arrays("train", cache=True); t_first = time.perf_counter() - t0
 meta = json.loads((cache_dir() / "cifar10_jpg" / D.CIFAR10_JPG_SHA256[:16] / "meta.json").read_text())
-t0 = time.perf_counter(); D.load_cifar10("train"); D.load_cifar10("test"); t_cached = time.perf_counter() - t0
+t0 = time.perf_counter(); D.load_cifar10_jpg("train"); D.load_cifar10_jpg("test"); t_cached = time.perf_counter() - t0
 out["cifar10_jpg_decode"] = {"images": 60000, "zip_sha256_seconds": round(t_sha, 3),
     "decode_seconds": round(meta["decode_seconds"], 2), "decode_and_cache_seconds": round(t_first, 2),
     "cached_load_both_splits_seconds": round(t_cached, 3), "pillow": meta.get("pillow"), "single_process": True}
 print(out["cifar10_jpg_decode"], flush=True)
 # 2. pretrained accuracy on the full 10k JPEG test set
-test = D.cifar10_loader("test", 500)
+test = D.cifar10_loader("test", 500, dataset="cifar10-jpg")
 acc = {}
 for name in PRETRAINED:
     m = load_pretrained(name)
@@ -32,7 +32,7 @@ for name in PRETRAINED:
 out["pretrained_jpeg_test"] = acc
 # 3. ResNet-20 training speed on the JPEG train set (batch 128, crop+flip, SGD momentum)
 from spikegcn.vision.models import resnet20
-loader = D.cifar10_loader("train", 128, seed=0)
+loader = D.cifar10_loader("train", 128, seed=0, dataset="cifar10-jpg")
 m = load_pretrained("resnet20")
 train(m, loader, TrainConfig(epochs=1, lr=0.01, max_steps=10), progress=False)  # warm-up
 nsteps = int(os.environ.get("NSTEPS", 200))

@@ -1,34 +1,50 @@
-"""spikegcn: convert trained ReLU GCNs and CNNs into one-spike SNNs (single-spike phase coding)."""
-from .coding import PhaseCode, best_base, decode, encode, encode_binary, mape, quantize
-from .energy import FP32, INT8, EnergyCosts, LayerStats, energy_report, latency
-from .neuron import membrane_reference, multi_spike_fire, one_spike_fire
-from .spikes import BinarySpikes, PhaseSpikes
+"""spikegcn: convert trained ReLU GCNs and CNNs into one-spike SNNs (single-spike phase coding).
+
+The names below are imported on first use (PEP 562), so ``import spikegcn`` and the ``spikegcn`` command's
+``--help`` do not load torch or PyG.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "PhaseCode",
-    "encode",
-    "decode",
-    "quantize",
-    "encode_binary",
-    "mape",
-    "best_base",
-    "one_spike_fire",
-    "membrane_reference",
-    "multi_spike_fire",
-    "PhaseSpikes",
-    "BinarySpikes",
-    "EnergyCosts",
-    "FP32",
-    "INT8",
-    "LayerStats",
-    "energy_report",
-    "latency",
-]
+_EXPORTS = {
+    ".coding": ["PhaseCode", "encode", "decode", "quantize", "encode_binary", "mape", "best_base"],
+    ".neuron": ["one_spike_fire", "membrane_reference", "multi_spike_fire"],
+    ".spikes": ["PhaseSpikes", "BinarySpikes"],
+    ".energy": ["EnergyCosts", "FP32", "INT8", "LayerStats", "energy_report", "latency"],
+    ".convert": ["convert", "prepare", "SpikingModel", "UnsupportedModuleError"],
+    ".nn": ["PhaseEncoder", "SpikingLinear", "SpikingAggregation", "SpikingGCNConv"],
+}
+_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
+__all__ = list(_WHERE)
 
-from .convert import SpikingModel, UnsupportedModuleError, convert  # noqa: E402
-from .nn import PhaseEncoder, SpikingAggregation, SpikingGCNConv, SpikingLinear  # noqa: E402
 
-__all__ += ["convert", "SpikingModel", "UnsupportedModuleError", "PhaseEncoder", "SpikingLinear",
-            "SpikingAggregation", "SpikingGCNConv"]
+def __getattr__(name: str) -> Any:
+    mod = _WHERE.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'spikegcn' has no attribute {name!r}")
+    value = getattr(importlib.import_module(mod, __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """``spikegcn.convert`` is the function :func:`spikegcn.convert.convert`, as with eager imports: importing the
+    submodule of the same name must not rebind the package attribute to the module."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "convert" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

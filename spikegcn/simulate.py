@@ -128,7 +128,8 @@ def _use_fused(inp, op, code: PhaseCode, dtype, backend: str, stepped: bool) -> 
 
     ok = fused_cpu.load() is not None
     if backend == "fused" and not ok:
-        raise RuntimeError("backend='fused' requested but the fused CPU kernel could not be built")
+        raise RuntimeError("backend='fused' requested but the fused CPU kernels are not built for this "
+                           "environment; run `spikegcn build-kernels` once")
     return ok
 
 

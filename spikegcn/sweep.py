@@ -267,11 +267,12 @@ def textgcn_task(dataset: str, seed: int = 0, train: dict | None = None, progres
     return Task(meta, evaluate, activation_sample)
 
 
-CNN_MODELS = {  # model -> dataset it was trained on, checkpoint (name, tag), how to make the checkpoint
-    "resnet20": ("CIFAR-10 JPEG", ("resnet20", "jpg-ft"), "published weights ($SPIKEGCN_WEIGHTS) if not fine-tuned"),
-    "vgg": ("CIFAR-10 JPEG", ("vgg_cifar", "small-jpg"), "python benchmarks/cnn_tables.py --models vgg"),
-    "lenet5": ("MNIST", ("lenet5", "mnist"), "python benchmarks/cnn_tables.py --models lenet5"),
+CNN_MODELS = {  # model -> datasets it is swept on (the first is the default), checkpoint (name, tag), how to make it
+    "resnet20": (("cifar10-jpg", "cifar10"), ("resnet20", "jpg-ft"), "published weights if not fine-tuned"),
+    "vgg_cifar": (("cifar10-jpg",), ("vgg_cifar", "small-jpg"), "python benchmarks/cnn_tables.py --models vgg"),
+    "lenet5": (("mnist",), ("lenet5", "mnist"), "python benchmarks/cnn_tables.py --models lenet5"),
 }
+_DATASET_LABELS = {"cifar10-jpg": "CIFAR-10 JPEG", "cifar10": "CIFAR-10", "mnist": "MNIST"}
 
 
 def _cnn_available() -> bool:
@@ -285,10 +286,11 @@ def _cnn_available() -> bool:
 
 
 def cnn_task(model: str = "resnet20", seed: int = 0, limit: int = 1000, calib: int = 2000, batch: int = 250,
-             progress: bool = True) -> Task:
-    """A trained CNN (``resnet20``, ``vgg`` or ``lenet5``, from the checkpoints of ``benchmarks/cnn_tables.py``;
-    ResNet-20 falls back to the published weights), its test images (``limit`` evenly spaced, all when 0) and
-    ``calib`` random training images for lambda."""
+             progress: bool = True, dataset: str | None = None) -> Task:
+    """A trained CNN (``resnet20``, ``vgg_cifar`` or ``lenet5``, from the checkpoints of
+    ``benchmarks/cnn_tables.py``; ResNet-20 falls back to the published weights, which it always uses on the
+    official ``cifar10``), its test images of ``dataset`` (default: the model's first in :data:`CNN_MODELS`;
+    ``limit`` evenly spaced, all when 0) and ``calib`` random training images for lambda."""
     if not _cnn_available():
         raise RuntimeError("CNN sweeps need the CNN converter (spikegcn.convert.convert_cnn), which this "
                            "installation of spikegcn does not have")
@@ -296,28 +298,27 @@ def cnn_task(model: str = "resnet20", seed: int = 0, limit: int = 1000, calib: i
 
     from .convert import convert
     from .energy import FP32, INT8, INT8_MULT_ONLY
-    from .vision import CIFAR_MEAN, CIFAR_STD, load_checkpoint, load_cifar10, load_mnist, load_pretrained, normalize
+    from .vision import load_checkpoint, load_dataset, load_pretrained, preprocess
     from .vision.train import default_checkpoint_path
 
     if model not in CNN_MODELS:
         raise ValueError(f"unknown CNN model {model!r}; choose from {sorted(CNN_MODELS)}")
-    dataset, (arch, tag), how = CNN_MODELS[model]
+    datasets, (arch, tag), how = CNN_MODELS[model]
+    name = dataset or datasets[0]
+    if name not in datasets:
+        raise ValueError(f"model {model} is swept on {' or '.join(datasets)}, not {name!r}")
     ck = default_checkpoint_path(arch, tag)
-    if ck.is_file():
+    if ck.is_file() and name != "cifar10":
         net, source = load_checkpoint(ck), f"checkpoint {ck}"
     elif model == "resnet20":
         net, source = load_pretrained("resnet20"), "published akamaster weights (not fine-tuned on the JPEG images)"
     else:
         raise FileNotFoundError(f"no trained {model} checkpoint at {ck}; make it with `{how}`")
     net.eval()
-    if dataset.startswith("CIFAR"):
-        xtr, _ = load_cifar10("train")
-        xte, yte = load_cifar10("test")
-        prep = lambda t: normalize(t, CIFAR_MEAN, CIFAR_STD)  # noqa: E731
-    else:
-        xtr, _ = load_mnist("train")
-        xte, yte = load_mnist("test")
-        prep = lambda t: t  # noqa: E731
+    xtr, _ = load_dataset(name, "train")
+    xte, yte = load_dataset(name, "test")
+    prep = lambda t: preprocess(name, t)  # noqa: E731
+    dataset = _DATASET_LABELS[name]
     idx = torch.arange(len(yte)) if limit <= 0 or limit >= len(yte) else \
         torch.linspace(0, len(yte) - 1, limit).round().long()
     x, y = prep(xte[idx]), yte[idx]

@@ -6,13 +6,14 @@ import pytest
 from spikegcn.vision.pipeline import load_data, load_model, run_cnn, summary_table
 
 
-def _shared(var, rel):
-    root = os.environ.get(var) or str(Path(__file__).resolve().parents[2] / "shared" / rel)
-    return Path(root)
+def _env_file(var: str, rel: str) -> bool:
+    root = os.environ.get(var)
+    return bool(root) and (Path(root) / rel).is_file()
 
 
-have_cifar = (_shared("SPIKEGCN_DATA", "datasets") / "cifar10-jpg/cifar10_jpg.zip").is_file() and \
-    (_shared("SPIKEGCN_WEIGHTS", "weights") / "resnet20-12fca82f.th").is_file()
+have_cifar = _env_file("SPIKEGCN_DATA", "cifar10-jpg/cifar10_jpg.zip") and \
+    _env_file("SPIKEGCN_WEIGHTS", "resnet20-12fca82f.th")
+NEED = "needs cifar10-jpg/cifar10_jpg.zip under $SPIKEGCN_DATA and resnet20-12fca82f.th under $SPIKEGCN_WEIGHTS"
 
 
 def test_model_errors(tmp_path):
@@ -24,11 +25,9 @@ def test_model_errors(tmp_path):
         load_data("imagenet", 10, 10)
 
 
-@pytest.mark.skipif(not have_cifar, reason="CIFAR-10 JPEG zip or ResNet weights not available")
-def test_resnet20_pipeline_small(monkeypatch):
-    monkeypatch.setenv("SPIKEGCN_DATA", str(_shared("SPIKEGCN_DATA", "datasets")))
-    monkeypatch.setenv("SPIKEGCN_WEIGHTS", str(_shared("SPIKEGCN_WEIGHTS", "weights")))
-    rec = run_cnn("resnet20", limit=40, calib=100, modes=("functional",))
+@pytest.mark.skipif(not have_cifar, reason=NEED)
+def test_resnet20_pipeline_small():
+    rec = run_cnn("resnet20", "cifar10-jpg", limit=40, calib=100, modes=("functional",))
     f = rec["snn"]["functional"]
     assert rec["test_images"] == 40 and rec["ann_accuracy"] >= 70
     assert f["agreement_with_ann"] >= 80
@@ -37,19 +36,18 @@ def test_resnet20_pipeline_small(monkeypatch):
     assert "SNN functional" in summary_table(rec)
 
 
-def test_cli_cnn(tmp_path, capsys, monkeypatch):
+def test_cli_cnn(tmp_path, capsys):
     from spikegcn.cli import main
 
-    with pytest.raises(SystemExit, match="has no published weights"):
-        main(["cnn", "--model", "vgg_cifar", "--out", str(tmp_path)])
+    assert main(["cnn", "--model", "vgg_cifar", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "has no published weights" in err and len(err.strip().splitlines()) == 1
     if not have_cifar:
-        pytest.skip("CIFAR-10 JPEG zip or ResNet weights not available")
-    monkeypatch.setenv("SPIKEGCN_DATA", str(_shared("SPIKEGCN_DATA", "datasets")))
-    monkeypatch.setenv("SPIKEGCN_WEIGHTS", str(_shared("SPIKEGCN_WEIGHTS", "weights")))
-    assert main(["cnn", "--model", "resnet20", "--limit", "20", "--calib", "50", "--modes", "functional",
-                 "--Tw", "8", "--out", str(tmp_path)]) == 0
+        pytest.skip(NEED)
+    assert main(["cnn", "--model", "resnet20", "--dataset", "cifar10-jpg", "--limit", "20", "--calib", "50",
+                 "--modes", "functional", "--Tw", "8", "--out", str(tmp_path), "--quiet"]) == 0
     assert "SNN functional" in capsys.readouterr().out
-    assert (tmp_path / "resnet20_cifar10_T16_Q1.3_Tw8_seed0.json").is_file()
+    assert (tmp_path / "resnet20_cifar10-jpg_T16_Q1.3_Tw8_seed0.json").is_file()
 
 
 def test_load_model_prefers_finetuned_checkpoint(tmp_path, monkeypatch):
@@ -62,7 +60,7 @@ def test_load_model_prefers_finetuned_checkpoint(tmp_path, monkeypatch):
     torch.manual_seed(0)
     net = resnet20()
     save_checkpoint(default_checkpoint_path("resnet20"), net, arch="resnet20")
-    model, desc = load_model("resnet20", None)
+    model, desc = load_model("resnet20", None, "cifar10-jpg")
     assert desc.startswith("fine-tuned on CIFAR-10 JPEG") and str(tmp_path) in desc
     for k, v in net.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k
@@ -74,7 +72,7 @@ def test_cli_finetune_rejects_unknown_model(capsys):
     with pytest.raises(SystemExit):
         main(["finetune", "vgg_cifar"])
     assert "invalid choice: 'vgg_cifar'" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="--fake-quant T must be an integer"):
-        main(["finetune", "resnet20", "--fake-quant", "16.5", "1.3"])
-    with pytest.raises(SystemExit, match="Q must be"):
-        main(["finetune", "resnet20", "--fake-quant", "16", "0.9"])
+    assert main(["finetune", "resnet20", "--fake-quant", "16.5", "1.3"]) == 2
+    assert "T must be an integer" in capsys.readouterr().err
+    assert main(["finetune", "resnet20", "--fake-quant", "16", "0.9"]) == 2
+    assert "Q must be" in capsys.readouterr().err

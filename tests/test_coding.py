@@ -273,7 +273,7 @@ def test_compiled_encoder_matches_torch_path(monkeypatch):
     from spikegcn.kernels import fused_cpu
 
     if fused_cpu.load() is None:
-        pytest.skip("compiled kernels unavailable here")
+        pytest.skip("compiled kernels not built for this environment (`spikegcn build-kernels`)")
     code = PhaseCode(16, 1.3)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(300_001, generator=g) * 0.4
@@ -297,7 +297,7 @@ def test_compiled_decoder_matches_torch_path(monkeypatch):
     from spikegcn.spikes import PhaseSpikes
 
     if fused_cpu.load() is None:
-        pytest.skip("compiled kernels unavailable here")
+        pytest.skip("compiled kernels not built for this environment (`spikegcn build-kernels`)")
     code = PhaseCode(16, 1.3)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(1000, 200, generator=g)

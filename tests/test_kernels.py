@@ -83,7 +83,7 @@ def test_fused_cpu_aggregation_matches_event_path():
     from spikegcn.spikes import PhaseSpikes
 
     if fused_cpu.load() is None:
-        pytest.skip("fused CPU kernel could not be built here (no compiler/ninja)")
+        pytest.skip("fused CPU kernels not built for this environment (`spikegcn build-kernels`)")
     g = torch.Generator().manual_seed(0)
     n, f = 400, 24
     ei = torch.randint(0, n, (2, 4000), generator=g)
@@ -119,7 +119,7 @@ def test_fused_int8_code_kernels_match_float_kernel(n, f, T):
 
     mod = fused_cpu.load()
     if mod is None or mod.cpu_isa() < 1:
-        pytest.skip("needs the fused kernel on an AVX2 or AVX-512 CPU")
+        pytest.skip("needs the fused kernels (`spikegcn build-kernels`) on an AVX2 or AVX-512 CPU")
     kernels = ["avx2"] + (["avx512"] if mod.cpu_isa() >= 2 else [])
     g = torch.Generator().manual_seed(f)
     ei = torch.randint(0, n, (2, 20 * n), generator=g)
@@ -157,7 +157,7 @@ def test_fused_kernel_choice_and_bad_input(monkeypatch):
 
     mod = fused_cpu.load()
     if mod is None:
-        pytest.skip("needs the fused kernel")
+        pytest.skip("needs the fused kernels (`spikegcn build-kernels`)")
     n, f, T = 40, 5, 16
     g = torch.Generator().manual_seed(0)
     op = build_graph_op(torch.randint(0, n, (2, 200), generator=g), torch.rand(200, generator=g), n)

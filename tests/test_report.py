@@ -1,5 +1,6 @@
 """Analysis commands: `spikegcn mape`, `spikegcn sweep` (grids, resuming), `spikegcn report` (fixture records)."""
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -74,7 +75,8 @@ def test_report_lists_missing_inputs(tmp_path):
     shutil.copytree(FIX / "textgcn", res / "textgcn")
     md = build_report(res).read_text()
     assert (res / "report.md").is_file()
-    assert "CNN records (cnn_tables.json or cnn/*.json): `python benchmarks/cnn_tables.py`" in md
+    assert "CNN records (cnn_tables.json or cnn/*.json): `python benchmarks/cnn_tables.py (in a source " \
+           "checkout)`" in md
     assert "MAPE curves (mape*.json): `spikegcn mape --T 16 24`" in md
     assert "a wait-time (Tw < T) sweep: `spikegcn sweep --task textgcn --dataset R8 --T 16 --Q 1.3 --Tw" in md
     assert "No MAPE record" in md and "No wait-time sweep" in md
@@ -127,8 +129,8 @@ def test_report_bad_sweep_point_names_the_point(results):
 
 def test_cli_report_error_is_clear(results, capsys):
     (results / "mape.json").write_text("[1, 2]")
-    with pytest.raises(SystemExit, match=r"error: .*mape\.json: not a MAPE record"):
-        main(["report", "--results", str(results)])
+    assert main(["report", "--results", str(results), "--out", str(results / "report.md")]) == 2
+    assert re.search(r"^spikegcn report: error: .*mape\.json: not a MAPE record", capsys.readouterr().err)
 
 
 # ------------------------------------------------------------------------------------------------ mape
@@ -174,10 +176,10 @@ def test_cli_grid_errors(argv, msg, capsys):
     assert msg in capsys.readouterr().err
 
 
-def test_cnn_sweep_needs_converter(monkeypatch, tmp_path):
+def test_cnn_sweep_needs_converter(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(sweep_mod, "_cnn_available", lambda: False)
-    with pytest.raises(SystemExit, match="CNN sweeps need the CNN converter"):
-        main(["sweep", "--task", "cnn", "--T", "16", "--Q", "1.3", "--out", str(tmp_path / "s.json")])
+    assert main(["sweep", "--task", "cnn", "--T", "16", "--Q", "1.3", "--out", str(tmp_path / "s.json")]) == 2
+    assert "CNN sweeps need the CNN converter" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------ sweep
@@ -229,5 +231,5 @@ def test_sweep_is_resumable(tmp_path, monkeypatch, capsys):
     assert made == [] and "0 of 2 grid points computed now, 2 already in" in capsys.readouterr().out
 
     # a file written for another network is refused
-    with pytest.raises(SystemExit, match="holds a sweep of task 'textgcn'"):
-        main(base + ["--T", "8", "--seed", "1"])
+    assert main(base + ["--T", "8", "--seed", "1"]) == 2
+    assert "holds a sweep of task 'textgcn'" in capsys.readouterr().err

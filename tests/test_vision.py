@@ -19,7 +19,7 @@ from spikegcn.vision import models as M
 from spikegcn.vision.train import TrainConfig, evaluate, fit, load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+DATA_ROOT = datafiles.data_root()
 
 
 def _data_file(rel: str, sha: str) -> Path | None:
@@ -31,37 +31,21 @@ def _data_file(rel: str, sha: str) -> Path | None:
 
 def _weights(name: str) -> Path | None:
     fname, sha = M.PRETRAINED[name]
-    candidates = [os.environ.get("SPIKEGCN_WEIGHTS"), SHARED / "weights"]
-    for c in candidates:
-        if c and (Path(c) / fname).is_file():
-            return Path(c) / fname
+    root = os.environ.get("SPIKEGCN_WEIGHTS")
+    if root and (Path(root) / fname).is_file():
+        return Path(root) / fname
     try:  # the cache, without downloading
         return datafiles.fetch(f"weights/{fname}", sha, None)
     except DataFileError:
         return None
 
 
-# Outside the Makefile (which sets SPIKEGCN_DATA / SPIKEGCN_WEIGHTS), fall back to the shared folder next to the
-# checkout so that a bare `pytest` still runs the data tests.
-_ENV_DEFAULTS = {
-    k: str(v) for k, v in (("SPIKEGCN_DATA", SHARED / "datasets"), ("SPIKEGCN_WEIGHTS", SHARED / "weights"))
-    if not os.environ.get(k) and v.is_dir()
-}
-
-
-@pytest.fixture(autouse=True)
-def _shared_env(monkeypatch):
-    for k, v in _ENV_DEFAULTS.items():
-        monkeypatch.setenv(k, v)
-
-
-with pytest.MonkeyPatch.context() as _mp:
-    for _k, _v in _ENV_DEFAULTS.items():
-        _mp.setenv(_k, _v)
-    HAVE_CIFAR = _data_file(D.CIFAR10_JPG_REL, D.CIFAR10_JPG_SHA256) is not None
-    HAVE_MNIST = _data_file(D.MNIST_REL, D.MNIST_SHA256) is not None
-need_cifar = pytest.mark.skipif(not HAVE_CIFAR, reason="cifar10-jpg/cifar10_jpg.zip not found (set SPIKEGCN_DATA)")
-need_mnist = pytest.mark.skipif(not HAVE_MNIST, reason="mnist/mnist.pkl.gz not found (set SPIKEGCN_DATA)")
+HAVE_CIFAR = _data_file(D.CIFAR10_JPG_REL, D.CIFAR10_JPG_SHA256) is not None
+HAVE_MNIST = _data_file(D.MNIST_REL, D.MNIST_SHA256) is not None
+need_cifar = pytest.mark.skipif(not HAVE_CIFAR, reason="CIFAR-10 JPEG: cifar10-jpg/cifar10_jpg.zip is not under "
+                                "$SPIKEGCN_DATA or the cache")
+need_mnist = pytest.mark.skipif(not HAVE_MNIST, reason="MNIST: mnist/mnist.pkl.gz is not under $SPIKEGCN_DATA or the "
+                                "cache")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -133,13 +117,13 @@ def test_weight_recipe_matches_constants():
 def test_pretrained_resnet20_loads_strictly_and_classifies(monkeypatch):
     path = _weights("resnet20")
     if path is None:
-        pytest.skip("resnet20-12fca82f.th not found (set SPIKEGCN_WEIGHTS to the shared weights folder)")
+        pytest.skip("resnet20-12fca82f.th is not under $SPIKEGCN_WEIGHTS or the cache")
     monkeypatch.setenv("SPIKEGCN_WEIGHTS", str(path.parent))
     model = M.load_pretrained("resnet20")  # strict=True inside
     assert not model.training
     if not HAVE_CIFAR:
-        pytest.skip("CIFAR-10 JPEG not found (set SPIKEGCN_DATA)")
-    loader = D.cifar10_loader("test", 250, subset=500)
+        pytest.skip("CIFAR-10 JPEG: cifar10-jpg/cifar10_jpg.zip is not under $SPIKEGCN_DATA or the cache")
+    loader = D.cifar10_loader("test", 250, subset=500, dataset="cifar10-jpg")
     assert torch.equal(torch.bincount(loader.labels), torch.full((10,), 50))
     acc = evaluate(model, loader)
     assert acc >= 0.75, acc
@@ -159,11 +143,11 @@ def test_corrupted_weights_are_refused(tmp_path, monkeypatch):
 @need_cifar
 def test_cifar10_loader_shapes():
     for split, n in (("train", 50_000), ("test", 10_000)):
-        x, y = D.load_cifar10(split)
+        x, y = D.load_cifar10_jpg(split)
         assert x.shape == (n, 3, 32, 32) and x.dtype == torch.uint8
         assert y.shape == (n,) and y.dtype == torch.int64
         assert torch.equal(torch.bincount(y), torch.full((10,), n // 10))
-    xb, yb = next(iter(D.cifar10_loader("test", 64)))
+    xb, yb = next(iter(D.cifar10_loader("test", 64, dataset="cifar10-jpg")))
     assert xb.shape == (64, 3, 32, 32) and xb.dtype == torch.float32
     assert -2.5 < float(xb.min()) and float(xb.max()) < 2.7  # normalised with the ImageNet statistics
 
@@ -184,17 +168,17 @@ def test_truncated_cifar_zip_raises(tmp_path, monkeypatch):
     monkeypatch.setenv("SPIKEGCN_CACHE", str(tmp_path / "cache"))
     dest = tmp_path / "data" / D.CIFAR10_JPG_REL
     dest.parent.mkdir(parents=True)
-    src = SHARED / "datasets" / D.CIFAR10_JPG_REL
-    if src.is_file():
+    src = DATA_ROOT / D.CIFAR10_JPG_REL if DATA_ROOT else None
+    if src is not None and src.is_file():
         with open(src, "rb") as f:
             dest.write_bytes(f.read(1 << 20))
     else:
         dest.write_bytes(b"PK\x03\x04" + b"\0" * 1000)
     with pytest.raises(DataFileError, match="corrupted or truncated"):
-        D.load_cifar10("test")
+        D.load_cifar10_jpg("test")
     # ... and a structural failure when an unverified zip is passed explicitly
     with pytest.raises(DataFileError):
-        D.load_cifar10("test", path=dest)
+        D.load_cifar10_jpg("test", path=dest)
     # a wrong layout is refused too
     bad = tmp_path / "bad.zip"
     with zipfile.ZipFile(bad, "w") as zf:
@@ -434,3 +418,103 @@ def test_freeze_bn_keeps_running_statistics():
     assert not torch.equal(w_before, m[1].weight)  # the affine parameters still train
     fit(m, D.digits_loader("train", 32, seed=0), TrainConfig(epochs=1, lr=0.05, max_steps=3), progress=False)
     assert not torch.equal(before[0], m[1].running_mean)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# CIFAR-10, official python release (a small archive in the official format, written here)
+# --------------------------------------------------------------------------------------------------------------------
+def _write_cifar_release(folder: Path, n: int = 4) -> tuple[Path, dict[str, np.ndarray]]:
+    """``cifar-10-python.tar.gz`` and its unpacked ``cifar-10-batches-py`` (n images per batch) under ``folder``."""
+    import pickle
+    import tarfile
+
+    from spikegcn.vision import cifar as C
+
+    rng = np.random.default_rng(0)
+    batches = folder / C.CIFAR10_FOLDER
+    batches.mkdir(parents=True)
+    images = {}
+    for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        images[name] = data
+        d = {b"batch_label": name.encode(), b"labels": [(i + j) % 10 for j in range(n)], b"data": data,
+             b"filenames": [f"{name}_{j}.png".encode() for j in range(n)]}
+        (batches / name).write_bytes(pickle.dumps(d, protocol=2))
+    (batches / "batches.meta").write_bytes(pickle.dumps({b"label_names": [c.encode() for c in D.CIFAR10_CLASSES]}))
+    archive = folder / C.CIFAR10_ARCHIVE
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(batches, arcname=C.CIFAR10_FOLDER)
+    return archive, images
+
+
+def test_cifar10_official_release_archive_and_folder(tmp_path, monkeypatch):
+    from spikegcn.vision import cifar as C
+
+    monkeypatch.setenv("SPIKEGCN_DATA", str(tmp_path / "nodata"))
+    monkeypatch.setenv("SPIKEGCN_CACHE", str(tmp_path / "cache"))
+    archive, images = _write_cifar_release(tmp_path / "release")
+    for path in (archive, archive.parent / C.CIFAR10_FOLDER, archive.parent):  # archive, folder, torchvision root
+        x, y = C.load_cifar10("train", path=path)
+        assert x.shape == (20, 3, 32, 32) and x.dtype == torch.uint8 and y.dtype == torch.int64
+        # the first 1024 bytes of a row are the red plane, row-major
+        assert torch.equal(x[0, 0].flatten(), torch.from_numpy(images["data_batch_1"][0, :1024]))
+        assert torch.equal(x[4, 2].flatten(), torch.from_numpy(images["data_batch_2"][0, 2048:]))
+        assert y[:5].tolist() == [0, 1, 2, 3, 1]
+        xt, yt = C.load_cifar10("test", path=path)
+        assert xt.shape == (4, 3, 32, 32) and yt.tolist() == [5, 6, 7, 8]
+    with pytest.raises(ValueError, match="split must be"):
+        C.load_cifar10("valid", path=archive)
+
+
+def test_cifar10_official_release_found_and_verified(tmp_path, monkeypatch):
+    """Under $SPIKEGCN_DATA/cifar10 the release is checked against the published checksums: a batch that is not
+    the published one is refused naming the file; with the checksums of this small release it loads."""
+    import hashlib
+    import shutil
+
+    from spikegcn.vision import cifar as C
+
+    monkeypatch.setenv("SPIKEGCN_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("SPIKEGCN_CACHE", str(tmp_path / "cache"))
+    archive, _ = _write_cifar_release(tmp_path / "data" / "cifar10")
+    archive.unlink()
+    with pytest.raises(DataFileError, match="data_batch_1 is corrupted or truncated"):
+        C.load_cifar10("test")
+    sums = {name: hashlib.md5((archive.parent / C.CIFAR10_FOLDER / name).read_bytes()).hexdigest()
+            for name in C.CIFAR10_BATCH_MD5}
+    monkeypatch.setattr(C, "CIFAR10_BATCH_MD5", sums)
+    x, y = C.load_dataset("cifar10", "test")
+    assert x.shape == (4, 3, 32, 32)
+    xb, yb = next(iter(D.cifar10_loader("test", 4, dataset="cifar10")))
+    assert xb.dtype == torch.float32 and torch.equal(yb, y)
+    # a truncated batch is named
+    with open(archive.parent / C.CIFAR10_FOLDER / "test_batch", "r+b") as f:
+        f.truncate(100)
+    sums["test_batch"] = hashlib.md5((archive.parent / C.CIFAR10_FOLDER / "test_batch").read_bytes()).hexdigest()
+    with pytest.raises(DataFileError, match="test_batch is not a CIFAR-10 batch"):
+        C.load_cifar10("test")
+    # an archive found there is checked against the release's sha256
+    shutil.rmtree(archive.parent / C.CIFAR10_FOLDER)
+    _write_cifar_release(tmp_path / "other")
+    shutil.copy(tmp_path / "other" / C.CIFAR10_ARCHIVE, archive)
+    with pytest.raises(DataFileError, match="corrupted or truncated"):
+        C.load_cifar10("test")
+
+
+def test_cifar10_official_release_missing_or_broken(tmp_path, monkeypatch):
+    from spikegcn.vision import cifar as C
+
+    monkeypatch.setenv("SPIKEGCN_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("SPIKEGCN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(C, "CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")  # refused at once
+    with pytest.raises(DataFileError, match="cifar10/cifar-10-python.tar.gz' not found .* download from"):
+        C.load_cifar10("test")
+    with pytest.raises(DataFileError, match="no CIFAR-10 python release at"):
+        C.load_cifar10("test", path=tmp_path)
+    bad = tmp_path / "bad" / C.CIFAR10_ARCHIVE
+    bad.parent.mkdir()
+    bad.write_bytes(b"\x1f\x8b" + b"\0" * 50)
+    with pytest.raises(DataFileError, match="not a readable CIFAR-10 archive"):
+        C.load_cifar10("test", path=bad)
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):
+        C.load_dataset("imagenet", "test")

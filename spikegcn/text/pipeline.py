@@ -118,7 +118,7 @@ def run_textgcn(dataset: str, T: int = 16, Q: float = 1.3, Tw: int | None = None
     }
 
 
-def write_record(rec: dict[str, Any], out_dir: str | Path = "results/textgcn") -> Path:
+def write_record(rec: dict[str, Any], out_dir: str | Path = "spikegcn-runs/textgcn") -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     c = rec["code"]

@@ -1,5 +1,5 @@
-r"""Image data for the vision experiments: CIFAR-10 (JPEG), MNIST, sklearn digits; normalisation, augmentation,
-batching.
+r"""Image data for the vision experiments: CIFAR-10 JPEG, MNIST, sklearn digits; normalisation, augmentation,
+batching. The official CIFAR-10 release is read by :mod:`spikegcn.vision.cifar`.
 
 Image tensors are ``[N, C, H, W]``; labels are ``int64``.
 
@@ -53,8 +53,8 @@ __all__ = [
     "cifar10_jpg_path",
     "mnist_path",
     "decode_cifar10_zip",
-    "load_cifar10_arrays",
-    "load_cifar10",
+    "load_cifar10_jpg_arrays",
+    "load_cifar10_jpg",
     "load_mnist",
     "load_digits",
     "to_float",
@@ -174,7 +174,7 @@ def decode_cifar10_zip(path: PathLike) -> dict[str, np.ndarray]:
     return out
 
 
-def load_cifar10_arrays(
+def load_cifar10_jpg_arrays(
     split: str = "test", *, cache: bool = True, path: Optional[PathLike] = None
 ) -> tuple[np.ndarray, np.ndarray]:
     r"""CIFAR-10 JPEG images as ``uint8 [N, 32, 32, 3]`` and labels ``int64 [N]`` (numpy, NHWC).
@@ -216,15 +216,16 @@ def load_cifar10_arrays(
     return arrays[keys[0]], arrays[keys[1]]
 
 
-def load_cifar10(
+def load_cifar10_jpg(
     split: str = "test", *, cache: bool = True, path: Optional[PathLike] = None
 ) -> tuple[Tensor, Tensor]:
-    r"""CIFAR-10 JPEG as tensors: images ``uint8 [N, 3, 32, 32]``, labels ``int64 [N]``.
+    r"""CIFAR-10 JPEG (the dataset ``cifar10-jpg``) as tensors: images ``uint8 [N, 3, 32, 32]``, labels
+    ``int64 [N]``.
 
     Convert with :func:`to_float` / :func:`normalize` (or let :class:`BatchLoader` do it per batch). Arguments as
-    in :func:`load_cifar10_arrays`.
+    in :func:`load_cifar10_jpg_arrays`.
     """
-    x, y = load_cifar10_arrays(split, cache=cache, path=path)
+    x, y = load_cifar10_jpg_arrays(split, cache=cache, path=path)
     return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y)
 
 
@@ -463,8 +464,9 @@ def cifar10_loader(
     seed: int = 0,
     subset: Union[None, int, slice, Tensor] = None,
     normalized: bool = True,
+    dataset: str = "cifar10",
 ) -> BatchLoader:
-    r"""A :class:`BatchLoader` over CIFAR-10 JPEG.
+    r"""A :class:`BatchLoader` over CIFAR-10.
 
     Args:
         split (str): ``"train"`` or ``"test"``.
@@ -476,8 +478,14 @@ def cifar10_loader(
             images (class-balanced, the splits being sorted by class). (default: :obj:`None`)
         normalized (bool, optional): normalise with :data:`CIFAR_MEAN` / :data:`CIFAR_STD`; else ``[0, 1]``.
             (default: :obj:`True`)
+        dataset (str, optional): ``"cifar10"`` (the official release) or ``"cifar10-jpg"`` (the JPEG images).
+            (default: :obj:`"cifar10"`)
     """
-    x, y = _subset(*load_cifar10(split), subset)
+    from .cifar import load_cifar10
+
+    if dataset not in ("cifar10", "cifar10-jpg"):
+        raise ValueError(f"dataset must be 'cifar10' or 'cifar10-jpg', got {dataset!r}")
+    x, y = _subset(*(load_cifar10(split) if dataset == "cifar10" else load_cifar10_jpg(split)), subset)
     train = split == "train"
     return BatchLoader(
         x, y, batch_size,

@@ -12,11 +12,9 @@ import torch
 from ..coding import PhaseCode
 from ..energy import FP32, INT8, INT8_MULT_ONLY
 from ..fileio import load_cached, load_torch
-from .data import CIFAR_MEAN, CIFAR_STD, load_cifar10, load_mnist, normalize
+from .cifar import DATASETS, load_dataset, preprocess
 from .models import PRETRAINED, load_pretrained
 from .train import default_checkpoint_path, load_checkpoint
-
-DATASETS = ("cifar10", "mnist")
 
 
 def _subset(n_total: int, limit: int | None) -> torch.Tensor:
@@ -27,27 +25,22 @@ def _subset(n_total: int, limit: int | None) -> torch.Tensor:
 
 
 def load_data(dataset: str, limit: int | None, calib: int, seed: int = 0) -> dict[str, Any]:
-    """Calibration images (random training images), test images and labels, normalised as the models expect."""
+    """Calibration images (random training images), test images and labels of a dataset of
+    :data:`~spikegcn.vision.cifar.DATASETS`, normalised as the models expect."""
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r} (choose from {', '.join(DATASETS)})")
     g = torch.Generator().manual_seed(seed)
-    if dataset == "cifar10":
-        xtr, _ = load_cifar10("train")
-        xte, yte = load_cifar10("test")
-        prep = lambda x: normalize(x, CIFAR_MEAN, CIFAR_STD)  # noqa: E731
-    elif dataset == "mnist":
-        xtr, _ = load_mnist("train")
-        xte, yte = load_mnist("test")
-        prep = lambda x: x  # noqa: E731  (raw [0, 1) pixels: exact in binary input coding)
-    else:
-        raise ValueError(f"unknown dataset {dataset!r} (choose from {DATASETS})")
+    xtr, _ = load_dataset(dataset, "train")
+    xte, yte = load_dataset(dataset, "test")
     idx = _subset(len(yte), limit)
     cal = torch.randperm(len(xtr), generator=g)[:calib]
-    return {"calib": prep(xtr[cal]), "x": prep(xte[idx]), "y": yte[idx]}
+    return {"calib": preprocess(dataset, xtr[cal]), "x": preprocess(dataset, xte[idx]), "y": yte[idx]}
 
 
-def load_model(name: str, weights: str | Path | None) -> tuple[torch.nn.Module, str]:
+def load_model(name: str, weights: str | Path | None, dataset: str = "cifar10-jpg") -> tuple[torch.nn.Module, str]:
     """A trained model: a checkpoint path (``spikegcn.vision.train`` format or a published ResNet file); without one,
-    for ``resnet20/32/44/56``, the JPEG fine-tuned checkpoint that ``spikegcn finetune`` left in the cache, else the
-    published weights."""
+    for ``resnet20/32/44/56``, on ``cifar10-jpg`` the JPEG fine-tuned checkpoint that ``spikegcn finetune`` left in
+    the cache, else the published weights (trained on the official CIFAR-10)."""
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
@@ -58,14 +51,15 @@ def load_model(name: str, weights: str | Path | None) -> tuple[torch.nn.Module, 
         return load_pretrained(name, path).eval(), f"weights {path}"
     if name in PRETRAINED:
         ft = default_checkpoint_path(name)
+        jpg = dataset == "cifar10-jpg"
         net = load_cached(ft, lambda p: load_checkpoint(p, name), "fine-tuned checkpoint (`spikegcn finetune` "
-                          "recreates it)")
+                          "recreates it)") if jpg else None
         if net is not None:
             return net.eval(), f"fine-tuned on CIFAR-10 JPEG ({ft})"
-        return load_pretrained(name).eval(), ("published checkpoint (trained on lossless CIFAR-10, not fine-tuned: "
-                                              f"`spikegcn finetune {name}` adapts it to the JPEG images)")
-    raise ValueError(f"model {name!r} has no published weights: train it (spikegcn.vision.fit, or "
-                     f"benchmarks/cnn_tables.py, which caches vgg and lenet5 checkpoints) and pass --weights PATH")
+        return load_pretrained(name).eval(), "published checkpoint (trained on the official CIFAR-10" + (
+            f"; not fine-tuned: `spikegcn finetune {name}` adapts it to the JPEG images)" if jpg else ")")
+    raise ValueError(f"model {name!r} has no published weights: train it (spikegcn.vision.fit) and pass "
+                     f"--weights PATH")
 
 
 def _acc(logits: torch.Tensor, y: torch.Tensor) -> float:
@@ -80,7 +74,7 @@ def run_cnn(model: str, dataset: str = "cifar10", weights: str | Path | None = N
 
     torch.manual_seed(seed)
     code = PhaseCode(T, Q, Tw=Tw)
-    net, weights_desc = load_model(model, weights)
+    net, weights_desc = load_model(model, weights, dataset)
     data = load_data(dataset, limit, calib, seed)
     x, y = data["x"], data["y"]
     t0 = time.perf_counter()

@@ -349,8 +349,10 @@ def finetune(
     init: Union[str, os.PathLike, None] = None,
     progress: bool = True,
     max_steps: Optional[int] = None,
+    dataset: str = "cifar10-jpg",
 ) -> dict:
-    r"""Fine-tune a pretrained CIFAR ResNet on the CIFAR-10 **JPEG** training set and save a checkpoint.
+    r"""Fine-tune a pretrained CIFAR ResNet on the CIFAR-10 **JPEG** training set (or, with
+    ``dataset="cifar10"``, the official images) and save a checkpoint.
 
     The published checkpoints were trained on the lossless images and lose about 10 points on the JPEG test set; a
     few epochs of low-LR SGD (cosine, with crop-and-flip augmentation) on the JPEG training images adapt them.
@@ -369,6 +371,8 @@ def finetune(
             published weights. (default: :obj:`None`)
         progress (bool, optional): tqdm bars. (default: :obj:`True`)
         max_steps (int, optional): stop early after this many steps (smoke tests). (default: :obj:`None`)
+        dataset (str, optional): ``"cifar10-jpg"`` or ``"cifar10"``; the tags above start with ``"ft"`` instead
+            of ``"jpg-ft"`` on ``"cifar10"``. (default: :obj:`"cifar10-jpg"`)
 
     Returns:
         a summary: ``{"arch", "checkpoint", "acc_before", "acc_after", "history", "config"}`` (accuracies on the
@@ -379,20 +383,21 @@ def finetune(
         schedule="cosine", max_steps=max_steps, activation_noise=activation_noise, fake_quant=fake_quant,
         fake_quant_window=fake_quant_window, freeze_bn=freeze_bn,
     )
-    tag = "jpg-ft" if activation_noise == 0 else f"jpg-ft-an{activation_noise:g}"
+    ft = "jpg-ft" if dataset == "cifar10-jpg" else "ft"
+    tag = ft if activation_noise == 0 else f"{ft}-an{activation_noise:g}"
     if fake_quant is not None:
-        tag = f"jpg-ft-fq{fake_quant.T}-{fake_quant.Q:g}" + (f"-w{fake_quant_window}" if fake_quant_window > 1 else "")
+        tag = f"{ft}-fq{fake_quant.T}-{fake_quant.Q:g}" + (f"-w{fake_quant_window}" if fake_quant_window > 1 else "")
     if freeze_bn:
         tag += "-fbn"
     out = Path(out) if out is not None else default_checkpoint_path(name, tag)
     model = load_checkpoint(init, name) if init is not None else load_pretrained(name)
-    test = cifar10_loader("test", 500)
+    test = cifar10_loader("test", 500, dataset=dataset)
     acc_before = evaluate(model, test, progress=progress)
-    hist = fit(model, cifar10_loader("train", batch_size, seed=seed), cfg, progress=progress)
+    hist = fit(model, cifar10_loader("train", batch_size, seed=seed, dataset=dataset), cfg, progress=progress)
     acc_after = evaluate(model, test, progress=progress)
     save_checkpoint(
         out, model, arch=name, accuracy=acc_after, accuracy_pretrained=acc_before, config=_plain(asdict(cfg)),
-        data="cifar10_jpg", init=str(init) if init is not None else "published",
+        data=dataset.replace("-", "_"), init=str(init) if init is not None else "published",
     )
     return {
         "arch": name, "checkpoint": str(out), "acc_before": acc_before, "acc_after": acc_after,
