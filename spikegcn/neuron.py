@@ -76,43 +76,57 @@ def one_spike_fire(
     if T_in is None:
         T_in = inputs.shape[0] if isinstance(inputs, Tensor) else code.T
     T_in = _check_int("T_in", T_in, 1)
-    get = _getter(inputs, T_in)
-    T, Tw = code.T, code.Tw
-
-    P: Tensor | None = None
-    if shape is not None:
-        P = torch.zeros(shape, dtype=dtype or torch.float32, device=device)
-
-    def add(p: int) -> None:
-        nonlocal P
-        x = get(p)
-        if x is None:
-            return
-        if P is None:
-            P = torch.zeros(x.shape if shape is None else shape, dtype=dtype or x.dtype, device=device or x.device)
-        P += x
-
-    next_p = 1
+    acc = _Potential(_getter(inputs, T_in), shape, dtype, device)
     # Everything arrives before the first output phase: the layer is the closed-form round-off quantiser.
-    if Tw + 1 >= T_in:
+    if code.Tw + 1 >= T_in:
         for p in range(1, T_in + 1):
-            add(p)
-        if P is None:
-            raise ValueError("no input arrived and no shape was given")
+            acc.add(p)
+        P = acc.value()
         if bias is not None:
             P += bias
         if final_potential is not None:
             final_potential(P)
         return encode(P, code, signed=signed)
+    return _fire_stepped(acc, code, T_in, bias, signed, final_potential)
 
+
+class _Potential:
+    """The partial pre-activation of a layer, input phase by input phase; the state tensor is made from ``shape``
+    or from the first input that arrives."""
+
+    def __init__(self, get: Callable[[int], Tensor | None], shape, dtype, device):
+        self.get, self.shape, self.dtype, self.device = get, shape, dtype, device
+        self.P: Tensor | None = None
+        if shape is not None:
+            self.P = torch.zeros(shape, dtype=dtype or torch.float32, device=device)
+
+    def add(self, p: int) -> None:
+        x = self.get(p)
+        if x is None:
+            return
+        if self.P is None:
+            self.P = torch.zeros(x.shape if self.shape is None else self.shape, dtype=self.dtype or x.dtype,
+                                 device=self.device or x.device)
+        self.P += x
+
+    def value(self) -> Tensor:
+        if self.P is None:
+            raise ValueError("no input arrived and no shape was given")
+        return self.P
+
+
+def _fire_stepped(acc: _Potential, code: PhaseCode, T_in: int, bias, signed: bool,
+                  final_potential: Callable[[Tensor], None] | None) -> tuple[Tensor, Tensor | None]:
+    """Output phase ``t`` sees the input up to phase ``min(t + Tw, T_in)``; a neuron fires at its first crossing."""
+    T, Tw = code.T, code.Tw
+    next_p = 1
     phase = sign = thr = None
     fired = None
     for t in range(1, T + 1):
         while next_p <= min(t + Tw, T_in):
-            add(next_p)
+            acc.add(next_p)
             next_p += 1
-        if P is None:
-            raise ValueError("no input arrived and no shape was given")
+        P = acc.value()
         if phase is None:
             if bias is not None:
                 P += bias
@@ -129,7 +143,7 @@ def one_spike_fire(
             sign = torch.where(now, torch.sign(P).to(torch.int8), sign)
         fired |= now
     if final_potential is not None:
-        final_potential(P)
+        final_potential(acc.value())
     return phase, sign
 
 
