@@ -1,8 +1,8 @@
 """Does the λ statistic or the calibration set explain the ResNet-20 conversion loss at T = 16, Q = 1.3?
 
-Converts each model with λ = the per-channel max (the default, spec A4) or a percentile (99.999, 99.99, 99.9 %) of
-the ReLU outputs over ``--calib`` random training images, and measures the loss (ANN - SNN accuracy, points) and the
-agreement with the ANN's predictions on two sets:
+Converts each model with λ = the per-channel max (the default, docs/method.md, A4) or a percentile (99.999, 99.99,
+99.9 %) of the ReLU outputs over ``--calib`` random training images, and measures the loss (ANN - SNN accuracy,
+points) and the agreement with the ANN's predictions on two sets:
 
 * **val**: the last ``--val`` training images of the calibration order, never used for calibration (the set to
   choose a setting on: the test images must not be used for that). The network was fine-tuned on them, so its

@@ -26,7 +26,7 @@ Weights:
   trained here (seeded; ``--vgg-epochs``, ``--lenet-epochs``) and cached when missing. ``--max-train-steps`` makes a
   quick smoke model that is *not* cached.
 
-Calibration: lambda = max over ``--calib`` random training images (spec A4). Test images: ``--limit`` evenly
+Calibration: lambda = max over ``--calib`` random training images (docs/method.md, A4). Test images: ``--limit`` evenly
 spaced (class-balanced) test images (all when 0); ``--sweep-limit`` for the Tw sweep, which costs T - Tw extra
 convolutions per layer.
 

@@ -1,4 +1,3 @@
-import math
 
 import numpy as np
 import pytest
@@ -62,7 +61,7 @@ def test_phasecode_replace_keeps_tw_equal_t():
     assert PhaseCode(16, 1.3, Tw=8).replace(T=24).Tw == 8
 
 
-# --------------------------------------------------------------------------------- spec vectors
+# ------------------------------------------------------------- worked examples (docs/method.md, section 4)
 def test_spec_vectors_floor():
     code = PhaseCode(T=4, Q=2, shift=False)
     x = torch.tensor([0.75, 0.6875, 0.4375, 0.375, 0.1])
@@ -105,7 +104,7 @@ def test_signed_encoding():
 
 
 def test_exact_threshold_ties_fire():
-    # A22: ">=" at the threshold
+    # docs/method.md, A22: ">=" at the threshold
     code = PhaseCode(8, 1.3)
     thr = code.thresholds(torch.float64)
     phase, _ = encode(thr, code)

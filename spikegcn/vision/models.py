@@ -403,8 +403,8 @@ PRETRAINED: dict[str, tuple[str, str]] = {
 def pretrained_path(name: str) -> Path:
     r"""Locate (and verify) the pretrained checkpoint of :obj:`name`.
 
-    Resolution order: ``$SPIKEGCN_WEIGHTS/<file>`` (the Makefile points it at ``../shared/weights``), then
-    ``$SPIKEGCN_DATA/weights/<file>`` and ``cache_dir()/weights/<file>`` through
+    Resolution order: ``$SPIKEGCN_WEIGHTS/<file>`` (the Makefile sets it to a ``weights`` folder shipped beside the
+    checkout, when there is one), then ``$SPIKEGCN_DATA/weights/<file>`` and ``cache_dir()/weights/<file>`` through
     :func:`spikegcn.datafiles.fetch`, which downloads the file from the public release of
     ``akamaster/pytorch_resnet_cifar10`` when it is nowhere. Every copy is checked against its sha256.
 
