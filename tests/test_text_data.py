@@ -62,7 +62,7 @@ def _have_textgcn() -> bool:
 needs_data = pytest.mark.skipif(
     not _have_textgcn(),
     reason="Text GCN corpora not found: set SPIKEGCN_DATA to a folder holding textgcn/data/{ds}.txt "
-    "and textgcn/data/corpus/{ds}.txt (e.g. ../shared/datasets)",
+    "and textgcn/data/corpus/{ds}.txt",
 )
 
 
