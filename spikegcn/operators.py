@@ -146,7 +146,8 @@ def sparse_matrix(index: Tensor, value: Tensor | None, shape: tuple[int, int], d
     """CSR ``[target, source]`` matrix from ``index = [source; target]`` (PyG's edge_index); parallel entries add."""
     src, dst = index[0], index[1]
     w = torch.ones(src.numel(), dtype=dtype, device=src.device) if value is None else value.to(dtype)
-    coo = torch.sparse_coo_tensor(torch.stack([dst, src]), w, shape, check_invariants=False).coalesce()
+    coo = torch.sparse_coo_tensor(torch.stack([dst, src]), w, shape, device=src.device,
+                                  check_invariants=False).coalesce()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
         return coo.to_sparse_csr()

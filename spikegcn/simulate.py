@@ -9,7 +9,7 @@ input spikes, a bias (initial potential) and the output scale :math:`\lambda^l`:
   pass over the spikes fired by then; every later input phase adds only its own spike events through the event
   kernel (spikes x fan-out), and the neuron fires at the first output phase whose prefix crosses its threshold
   (late and false spikes included).
-* **output** layers do not spike: they integrate the whole input window (spec A20) and return the potential.
+* **output** layers do not spike: they integrate the whole input window (docs/method.md, A20) and return the potential.
 
 Operation counts for the energy model are taken here: ANN MACs of the replaced layer, exact additions
 (input spikes x fan-out) and spike counts.
@@ -25,7 +25,8 @@ from .coding import PhaseCode, encode, saturated_count
 from .energy import LayerStats
 from .kernels.scatter import DenseSynapses, GraphSynapses, accumulate_events
 from .neuron import one_spike_fire
-from .spikes import BinarySpikes, IdentitySpikes, PhaseSpikes, SparsePhaseSpikes, SpikeInput
+from .operators import ValueOp
+from .spikes import IdentitySpikes, PhaseSpikes, SparsePhaseSpikes, SpikeInput
 
 __all__ = ["Mode", "DenseOp", "GraphOp", "run_layer", "check_mode"]
 
@@ -59,7 +60,7 @@ class DenseOp:
         return x @ self.weight.t().to(dtype)
 
     def macs(self, inp: SpikeInput) -> float:
-        if isinstance(inp, IdentitySpikes):  # sparse X with nnz = N (spec 11.3)
+        if isinstance(inp, IdentitySpikes):  # sparse X with nnz = N (docs/method.md, section 11.3)
             return float(inp.num_nodes * self.weight.shape[0])
         if isinstance(inp, SparsePhaseSpikes):  # (A-hat I) W: one MAC per non-zero and output feature
             return float(inp.phase.numel() * self.weight.shape[0])
@@ -161,9 +162,16 @@ def _compute_dtype(scale, bias: Tensor | None) -> torch.dtype:
     return torch.get_default_dtype()
 
 
+def _input_stats(inp: SpikeInput, op, name: str, dtype: torch.dtype) -> LayerStats:
+    counts = inp.spike_counts()
+    macs, additions = op.stats(inp, dtype) if isinstance(op, ValueOp) else (op.macs(inp), op.additions(counts))
+    return LayerStats(name=name, macs=macs, in_neurons=int(counts.numel()), in_spikes=float(counts.sum()),
+                      additions=additions)
+
+
 def run_layer(
     inp: SpikeInput,
-    op: DenseOp | GraphOp,
+    op: DenseOp | GraphOp | ValueOp,
     code: PhaseCode,
     bias: Tensor | None,
     scale: Tensor | float,
@@ -175,6 +183,7 @@ def run_layer(
     dtype: torch.dtype | None = None,
     backend: str = "auto",
     stepped: bool = False,
+    collect_stats: bool = True,
 ) -> tuple[PhaseSpikes | Tensor, LayerStats]:
     """Run one spiking layer.
 
@@ -193,6 +202,8 @@ def run_layer(
             scatter backend (``"torch_scatter"``, ``"native"``).
         stepped: take every input phase after the first through the event kernel, even when
             ``Tw + 1 >= T_in`` (tests the event path against the dense one).
+        collect_stats: count input spikes, operations and saturation (``False``: only the name and the output
+            counts, for block-wise inference whose per-block statistics nobody reads).
 
     Returns:
         ``(PhaseSpikes or potential, LayerStats)``.
@@ -200,16 +211,10 @@ def run_layer(
     check_mode(mode)
     dtype = dtype or _compute_dtype(scale, bias)
     T_in = inp.T_in
-    counts = inp.spike_counts()
-    stats = LayerStats(
-        name=name,
-        macs=op.macs(inp),
-        in_neurons=int(counts.numel()),
-        in_spikes=float(counts.sum()),
-        additions=op.additions(counts),
-    )
+    stats = _input_stats(inp, op, name, dtype) if collect_stats else LayerStats(name, 0.0, 0, 0.0, 0.0)
     # the device of the layer's buffers (a plain float scale: that of the input)
-    scale_t = torch.as_tensor(scale, dtype=dtype, device=scale.device if isinstance(scale, Tensor) else counts.device)
+    scale_t = torch.as_tensor(scale, dtype=dtype,
+                              device=scale.device if isinstance(scale, Tensor) else inp.spike_counts().device)
     if output == "potential":
         z = op.apply(inp, T_in, dtype)
         if bias is not None:
@@ -224,7 +229,7 @@ def run_layer(
         if bias is not None:
             z = z + bias.to(dtype)
         z = z / scale_t.to(z.device)
-        stats.saturated_neurons = float(saturated_count(z, signed))
+        stats.saturated_neurons = float(saturated_count(z, signed)) if collect_stats else None
         phase, sign = encode(z, code, signed=signed)
     elif _use_fused(inp, op, code, dtype, backend, stepped):
         from .kernels import fused_cpu
@@ -246,7 +251,7 @@ def run_layer(
         if bias is not None:
             first = first + bias.to(dtype)
         first = first / scale_t.to(first.device)
-        synapses = op.synapses
+        synapses = None if isinstance(op, ValueOp) else op.synapses
         scatter_backend = backend if backend in ("torch_scatter", "native") else "auto"
 
         def phase_input(p: int) -> Tensor | None:
@@ -254,6 +259,9 @@ def run_layer(
                 return first
             if p <= k0:
                 return None
+            if synapses is None:  # composite operators: linear maps of the values fired at p (or a gate)
+                d = op.delta(inp, p, dtype)
+                return None if d is None else d / scale_t.to(d.device)
             row, col, val = inp.events_at(p, dtype)
             if row.numel() == 0:
                 return None

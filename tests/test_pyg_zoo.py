@@ -184,8 +184,8 @@ def test_appnp_gcn2_gin_functional_equal_quantised_ann(g):
 
     c1, c2 = m.conv1, m.conv2
     ref = reference([(lambda h: gin_aggregate(h, ei, c1.eps), "signed"), (c1.nn[0], "relu"), (c1.nn[2], "relu"),
-                     (lambda h: gin_aggregate(h, ei, c2.eps), "signed"), (c2.nn.lins[0], "relu"), (c2.nn.lins[1], "relu"),
-                     (m.out, "output")], g.x)
+                     (lambda h: gin_aggregate(h, ei, c2.eps), "signed"), (c2.nn.lins[0], "relu"),
+                     (c2.nn.lins[1], "relu"), (m.out, "output")], g.x)
     close(spikegcn.convert(m, g, CODE, mode="functional")(g.x, ei), ref)
 
 
@@ -478,3 +478,18 @@ def test_double_relu_converts_as_one(g):
     a = spikegcn.convert(m, g, CODE, mode="functional")(g.x, g.edge_index)
     m.double_relu = False
     assert torch.equal(a, spikegcn.convert(m, g, CODE, mode="functional")(g.x, g.edge_index))
+
+
+def test_device_true_under_meta_default_device(g):
+    # every tensor the layers create takes its device from the inputs or buffers
+    torch.manual_seed(0)
+    graphs = next(iter(DataLoader(_graphs(3), batch_size=3)))
+    node = (g.x, g.edge_index)
+    cases = [(ZOO["chebconv"](), g, node), (ZOO["sage_max"](), g, node), (AppnpNet(), g, node), (Gcn2Net(), g, node),
+             (GinNet(), g, node), (GraphCls("mean"), graphs, (graphs.x, graphs.edge_index, graphs.batch))]
+    for model, data, args in cases:
+        snn = spikegcn.convert(model.to(D).eval(), data, PhaseCode(16, 1.3, Tw=2))
+        ref = snn(*args)
+        with torch.device("meta"):
+            out = snn(*args)
+        assert out.device.type == "cpu" and torch.equal(out, ref)

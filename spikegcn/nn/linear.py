@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +21,7 @@ class SpikingLinear(nn.Module, SpikingMixin):
     where :math:`\hat{\mathbf{x}}_n` is the value the input spikes of node :math:`n` carry, :math:`\boldsymbol\lambda`
     the per-channel output scale (calibrated maximum) and Enc the one-spike encoder of ``code`` (exact mode:
     phase by phase with wait ``code.Tw``). Without a ReLU after it in the ANN the neurons are **signed**
-    (spec A14): they fire on :math:`|P|` and carry its sign.
+    (docs/method.md, A14): they fire on :math:`|P|` and carry its sign.
 
     Args:
         in_channels (int): input features (for featureless input ``X = I``: the number of nodes).
@@ -70,7 +69,7 @@ class SpikingLinear(nn.Module, SpikingMixin):
         inp = as_spike_input(x, self.in_channels)
         out, st = run_layer(inp, DenseOp(self.weight), self.code, self.bias, self.scale, signed=self.signed,
                             mode=self.mode, output=self.output, name=self._get_name(), start=start,
-                            backend=self.backend)
+                            dtype=self.weight.dtype, backend=self.backend)
         self.stats = [st]
         return out
 
