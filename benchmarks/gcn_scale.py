@@ -208,8 +208,8 @@ def timings(args, configs: list[str]) -> dict[str, float]:
     return best
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def graph_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The graph, model and code options (shared with benchmarks/gpu_check.py)."""
     ap.add_argument("--nodes", type=int, default=61603)
     ap.add_argument("--nnz", type=int, default=26990597)
     ap.add_argument("--hidden", type=int, default=200)
@@ -217,6 +217,11 @@ def main() -> None:
     ap.add_argument("--T", type=int, default=16)
     ap.add_argument("--Q", type=float, default=1.3)
     ap.add_argument("--tw-small", type=int, default=8)
+    return ap
+
+
+def main() -> None:
+    ap = graph_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--configs", default="ann,functional,exact,exact_small,exact_small_avx2,exact_small_portable,clock")

@@ -213,3 +213,16 @@ def test_cnn_runs_on_device(device, mode, tw):
         assert torch.equal(out, ref)
     else:  # other summation orders may move a neuron across a threshold: compare the predictions
         assert float((out.argmax(1).cpu() == ref.argmax(1)).float().mean()) >= 5 / 6
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
+def test_gpu_check_refuses_cleanly_without_cuda():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    p = subprocess.run([sys.executable, str(root / "benchmarks" / "gpu_check.py")], capture_output=True, text=True,
+                       cwd=root, timeout=300)
+    assert p.returncode == 2 and p.stdout == ""
+    assert len(p.stderr.strip().splitlines()) == 1 and "no CUDA device" in p.stderr
