@@ -313,7 +313,7 @@ def cnn_task(model: str = "resnet20", seed: int = 0, limit: int = 1000, calib: i
     elif model == "resnet20":
         net, source = load_pretrained("resnet20"), "published akamaster weights (not fine-tuned on the JPEG images)"
     else:
-        raise FileNotFoundError(f"no trained {model} checkpoint at {ck}; make it with `{how}`")
+        raise FileNotFoundError(f"no trained {model} checkpoint at {ck}; make it with `{how}` in a source checkout")
     net.eval()
     xtr, _ = load_dataset(name, "train")
     xte, yte = load_dataset(name, "test")

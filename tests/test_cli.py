@@ -104,6 +104,8 @@ def _configs(tmp_path: Path) -> dict[str, Path]:
     ("textgcn --dataset demo --out {file}", "is a file; give a folder"),
     ("sweep --task cnn --model lenet5 --dataset cifar10 --T 16 --Q 1.3", "is swept on --dataset mnist"),
     ("sweep --task textgcn --T 16 --Q 1.3", "--task textgcn needs --dataset"),
+    ("sweep --dataset demo --T 16 --Q 1.3 --out {dir}", "is a folder; give a file name"),
+    ("finetune resnet20 --out {dir}", "is a folder; give a file name"),
     ("sweep --task textgcn --dataset demo --T 16 --Q 0.5", "values must be > 1"),
     ("report --results {dir}/none", "no such folder"),
     ("report --results {dir} --out {dir}", "is a folder; give a file name"),
