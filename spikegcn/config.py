@@ -3,9 +3,8 @@ r"""Schemas of the YAML run configs (``configs/textgcn/<dataset>.yaml``), checke
 A schema maps each allowed key to a :class:`Field` (type, range, allowed values, or a nested schema);
 :func:`validate` refuses unknown keys (suggesting the closest known one), wrong types (``seed: "abc"``,
 ``epochs: "many"``, ``modes: functional`` written as a string) and values out of range with one
-:class:`ConfigError` naming the file, the key and the remedy. It imports neither torch nor PyYAML's C parts
-beyond :func:`yaml.safe_load`, so the command line checks a config in milliseconds, before it builds a graph or
-trains anything.
+:class:`ConfigError` naming the file, the key and the remedy. It does not import torch, so the command line checks a
+config in milliseconds, before it builds a graph or trains anything.
 """
 from __future__ import annotations
 
