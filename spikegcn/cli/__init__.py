@@ -31,7 +31,7 @@ SWEEP_MODELS = ("resnet20", "vgg_cifar", "lenet5")
 class _Parser(argparse.ArgumentParser):
     """Usage errors in one line: ``spikegcn cnn: error: ...``, exit code 2."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -214,7 +214,7 @@ class _StderrHandler(logging.StreamHandler):
     """Writes to the current ``sys.stderr`` (which tests and notebooks replace)."""
 
     @property
-    def stream(self):  # type: ignore[override]
+    def stream(self):
         return sys.stderr
 
     @stream.setter

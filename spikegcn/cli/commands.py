@@ -138,7 +138,7 @@ def cnn(args: argparse.Namespace) -> int:
 
 
 def finetune(args: argparse.Namespace) -> int:
-    code = _phase_code(*args.fake_quant, None) if args.fake_quant else None  # PhaseCode validates T, Q
+    code = _phase_code(args.fake_quant[0], args.fake_quant[1], None) if args.fake_quant else None  # validates T, Q
     init = in_file(args.init, "--init")
     out = out_file(args.out) if args.out else None
     _prepare_torch(args)
