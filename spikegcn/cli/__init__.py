@@ -257,6 +257,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spikegcn {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())
