@@ -87,7 +87,7 @@ class Step:
     def run(self, inp, op):
         m = self.layer
         out, _ = run_layer(inp, op, m.code, m.bias, m.scale, signed=m.signed, mode=m.mode, output=m.output,
-                           name=self.name, dtype=m.scale.dtype, backend=m.backend)
+                           name=self.name, dtype=m.scale.dtype, backend=m.backend, collect_stats=False)
         return out
 
 
@@ -125,13 +125,16 @@ def sources(op, lo: int, hi: int) -> Tensor | None:
     if _row_local(op):
         return None
     if isinstance(op, (GraphOp, Sparse)):
-        crow, col = _adj(op).crow_indices(), _adj(op).col_indices()
-        return torch.unique(col[int(crow[lo]):int(crow[hi])].long())
+        adj = _adj(op)
+        crow, col = adj.crow_indices(), adj.col_indices()
+        seen = torch.zeros(adj.shape[1], dtype=torch.bool, device=col.device)
+        seen[col[int(crow[lo]):int(crow[hi])]] = True  # O(E_chunk + N): no sort
+        return seen.nonzero().squeeze(1)
     if isinstance(op, Chain):
         return sources(next(o for o in op.ops if not _row_local(o)), lo, hi)
     parts = [sources(o, lo, hi) for o in op.ops]  # a Join on one stream
     own = torch.arange(lo, hi, device=next(p for p in parts if p is not None).device)
-    return torch.unique(torch.cat([own if p is None else p for p in parts]))
+    return torch.cat([own if p is None else p for p in parts]).unique()
 
 
 def restrict(op, lo: int, hi: int, src: Tensor | None):
@@ -145,8 +148,10 @@ def restrict(op, lo: int, hi: int, src: Tensor | None):
         adj = _adj(op)
         crow, col, val = adj.crow_indices(), adj.col_indices(), adj.values()
         a, b = int(crow[lo]), int(crow[hi])
-        # the renumbering is monotone: every row keeps its summation order
-        cols = torch.searchsorted(src, col[a:b].long()).to(col.dtype)
+        # the renumbering is monotone (src is sorted): every row keeps its summation order
+        pos = torch.empty(adj.shape[1], dtype=col.dtype, device=col.device)
+        pos[src] = torch.arange(src.numel(), dtype=col.dtype, device=col.device)
+        cols = pos[col[a:b]]
         sub = torch.sparse_csr_tensor(crow[lo:hi + 1] - crow[lo], cols, val[a:b], size=(hi - lo, src.numel()),
                                       check_invariants=False)
         return GraphOp(sub) if isinstance(op, GraphOp) else Sparse(sub)
@@ -412,6 +417,7 @@ class _Sink:
         self.result[a - self.lo:a - self.lo + y.shape[0]] = y
 
 
+@torch.no_grad()
 def run_chain(chain: GraphChain, source, lo: int, hi: int, chunk_size: int, storage: str | os.PathLike | None = None,
               prepare: Callable | None = None, tick: Callable | None = None) -> Tensor:
     """Every stage of ``chain`` on target rows ``lo..hi-1``; ``prepare(k, stage, source)`` may replace a stage's
