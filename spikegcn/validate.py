@@ -62,6 +62,13 @@ def count_nonfinite(t: Tensor) -> int:
     return int((~torch.isfinite(t)).sum())
 
 
+def _refuse_nonfinite(t: Tensor, what: str, remedy: str) -> None:
+    bad = count_nonfinite(t)
+    if bad:
+        n = t._nnz() if t.layout != torch.strided else t.numel()
+        raise ValueError(f"{what} holds {bad} NaN/inf value(s) of {n}; {remedy}")
+
+
 class CalibrationError(ValueError):
     """Calibration data (or the activations a model computes from it) hold NaN/inf values."""
 
@@ -97,9 +104,7 @@ def check_edge_index(edge_index: Tensor, num_nodes: int, name: str = "edge_index
         if edge_index.dim() != 2 or edge_index.shape[1] != num_nodes:
             raise ValueError(f"sparse adjacency {name} has shape {tuple(edge_index.shape)} but the input has "
                              f"{num_nodes} nodes; pass a [{num_nodes}, {num_nodes}] adjacency")
-        bad = count_nonfinite(edge_index)
-        if bad:
-            raise ValueError(f"sparse adjacency {name} holds {bad} NaN/inf weight(s); pass finite edge weights")
+        _refuse_nonfinite(edge_index, f"sparse adjacency {name}", "pass finite edge weights")
         return
     if edge_index.is_floating_point() or edge_index.is_complex() or edge_index.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer node indices (torch.long), got dtype {edge_index.dtype}; "
@@ -131,9 +136,7 @@ def check_edge_weight(edge_weight: Tensor | None, num_edges: int, name: str = "e
     if edge_weight.dim() != 1 or edge_weight.shape[0] != num_edges:
         raise ValueError(f"{name} must have shape [{num_edges}] (one weight per edge), got "
                          f"{tuple(edge_weight.shape)}")
-    bad = count_nonfinite(edge_weight)
-    if bad:
-        raise ValueError(f"{name} holds {bad} NaN/inf value(s); pass finite edge weights")
+    _refuse_nonfinite(edge_weight, name, "pass finite edge weights")
 
 
 def check_features(x: Tensor | None, num_channels: int | None = None, allow_none: bool = False,
@@ -159,7 +162,4 @@ def check_features(x: Tensor | None, num_channels: int | None = None, allow_none
         raise ValueError(f"{name} has {x.shape[1]} channels but the model was converted with {num_channels}")
     if num_nodes is not None and x.shape[0] != num_nodes:
         raise ValueError(f"{name} has {x.shape[0]} rows but the graph has {num_nodes} nodes")
-    bad = count_nonfinite(x)
-    if bad:
-        raise ValueError(f"{name} holds {bad} NaN/inf value(s) of {x.numel()}; clean the features (e.g. "
-                         f"torch.nan_to_num) before running the model")
+    _refuse_nonfinite(x, name, "clean the features (e.g. torch.nan_to_num) before running the model")
