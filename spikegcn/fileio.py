@@ -145,11 +145,14 @@ def load_torch(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except _TORCH_ERRORS as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc):
+        if not zipfile.is_zipfile(path):
+            reason = "not a torch zip archive: truncated or overwritten"
+        elif isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc):
             reason = "it holds Python objects beyond tensors and plain containers, which are not loaded"
-        raise CorruptFileError(f"{what} {path} is unreadable ({path.stat().st_size} bytes, {reason[:200]}); "
-                               f"truncated or not a torch checkpoint: recreate it or pass another file") from None
+        else:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CorruptFileError(f"{what} {path} cannot be loaded ({path.stat().st_size} bytes; {reason}); "
+                               f"recreate it or pass another file") from None
 
 
 def load_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
@@ -174,7 +177,8 @@ def load_cached(path: str | os.PathLike, load: Callable[[Path], T], what: str = 
     try:
         return load(path)
     except (CorruptFileError, KeyError, ValueError, TypeError, RuntimeError) as exc:
-        warnings.warn(f"corrupt {what} {path} removed and rebuilt: {str(exc).splitlines()[0][:300]}", stacklevel=2)
+        warnings.warn(f"corrupt {what} {path} removed: {(str(exc).splitlines() or [type(exc).__name__])[0][:300]}",
+                      stacklevel=2)
         with contextlib.suppress(OSError):
             path.unlink()
         return None
