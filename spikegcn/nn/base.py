@@ -1,8 +1,6 @@
 """What every spiking layer shares: its code, mode, output kind, output scale and last statistics."""
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import Tensor
 
@@ -62,6 +60,6 @@ class SpikingMixin:
 
 
 def set_scale(buf: Tensor, value: Tensor | float) -> None:
-    """Copy a calibrated lambda into a scale buffer; dead channels (lambda = 0) get 1 (spec section 2)."""
+    """Copy a calibrated lambda into a scale buffer; dead channels (lambda = 0) get 1 (docs/method.md, section 2)."""
     v = torch.as_tensor(value, dtype=buf.dtype, device=buf.device).expand_as(buf)
     buf.copy_(torch.where(v > 0, v, torch.ones_like(v)))
