@@ -105,7 +105,8 @@ def write_md(res: dict, path: Path) -> None:
     L = [f"# ResNet-20: λ statistic and calibration set (T = {res['T']}, Q = {res['Q']:g})", "",
          f"{res['machine']}, torch {res['torch']}, {res['date']}. Command: `{res['command']}`. Functional mode at "
          f"Tw = T. val = {res['val_images']} training images never used for calibration (for choosing a setting; "
-         f"the network was fine-tuned on them, so its accuracy there is higher than on unseen images); test = {res['test_images']} CIFAR-10 JPEG test images (for reference only). Loss = ANN - SNN "
+         f"the network was fine-tuned on them, so its accuracy there is higher than on unseen images); test = "
+         f"{res['test_images']} CIFAR-10 JPEG test images (for reference only). Loss = ANN - SNN "
          "accuracy in points; agreement = % of images whose SNN prediction equals the ANN's.", "",
          "| model | calibration images | λ | val loss (pp) | val agreement % | test loss (pp) | test agreement % |",
          "|---|---:|---|---:|---:|---:|---:|"]

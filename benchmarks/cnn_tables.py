@@ -21,13 +21,14 @@ Weights:
 * ``resnet20-fqw``: as ``resnet20-fq`` but 6 epochs, with the converter's view of the code during training: the
   scale is the maximum over the last 16 batches (about the calibration set), the average pool is quantised too
   and batch norm is frozen: ``... --epochs 6 --lr 0.005 --fake-quant 16 1.3 --fq-window 16 --freeze-bn`` makes
-  ``resnet20-jpg-ft-fq16-1.3-w16-fbn.pt``; ``resnet20-fqw16`` trains that one 10 more epochs (lr 0.003), ``resnet20-fqw26`` 10 more again.
+  ``resnet20-jpg-ft-fq16-1.3-w16-fbn.pt``; ``resnet20-fqw16`` trains that one 10 more epochs (lr 0.003),
+  ``resnet20-fqw26`` 10 more again.
 * VGG ("small" config) and LeNet-5: ``cache_dir()/checkpoints/vgg_cifar-small-jpg.pt`` and ``lenet5-mnist.pt``;
   trained here (seeded; ``--vgg-epochs``, ``--lenet-epochs``) and cached when missing. ``--max-train-steps`` makes a
   quick smoke model that is *not* cached.
 
-Calibration: lambda = max over ``--calib`` random training images (docs/method.md, A4). Test images: ``--limit`` evenly
-spaced (class-balanced) test images (all when 0); ``--sweep-limit`` for the Tw sweep, which costs T - Tw extra
+Calibration: lambda = max over ``--calib`` random training images (docs/method.md, A4). Test images: ``--limit``
+evenly spaced (class-balanced) test images (all when 0); ``--sweep-limit`` for the Tw sweep, which costs T - Tw extra
 convolutions per layer.
 
     python benchmarks/cnn_tables.py [--models resnet20 vgg lenet5] [--limit 0] [--calib 2000]
@@ -50,8 +51,21 @@ import torch
 from spikegcn import PhaseCode, convert
 from spikegcn.energy import FP32, INT8, INT8_MULT_ONLY
 from spikegcn.fileio import load_cached, load_torch, write_json, write_text
-from spikegcn.vision import (CIFAR_MEAN, CIFAR_STD, TrainConfig, cifar10_loader, fit, get_model, load_checkpoint,
-                             load_cifar10_jpg, load_mnist, load_pretrained, mnist_loader, normalize, save_checkpoint)
+from spikegcn.vision import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    TrainConfig,
+    cifar10_loader,
+    fit,
+    get_model,
+    load_checkpoint,
+    load_cifar10_jpg,
+    load_mnist,
+    load_pretrained,
+    mnist_loader,
+    normalize,
+    save_checkpoint,
+)
 from spikegcn.vision.train import default_checkpoint_path
 
 # Paper numbers for CIFAR-10 (Tables I, IV, VI, VII, VIII): ANN, SNN, E FP32, INT8 SNN, E INT8, single-spike SNN,
@@ -86,12 +100,14 @@ VARIANTS = {
                      "--lr 0.005 --fake-quant 16 1.3 --fq-window 16 --freeze-bn"),
     "resnet20-fqw16": ("jpg-ft-fq16-1.3-w16-fbn-x10", "resnet20-fqw trained 10 more epochs the same way (lr 0.003, "
                        "cosine): 16 code-aware epochs in all",
-                       "spikegcn finetune resnet20 --init ~/.cache/spikegcn/checkpoints/resnet20-jpg-ft-fq16-1.3-w16-fbn.pt "
+                       "spikegcn finetune resnet20 --init "
+                       "~/.cache/spikegcn/checkpoints/resnet20-jpg-ft-fq16-1.3-w16-fbn.pt "
                        "--epochs 10 --lr 0.003 --fake-quant 16 1.3 --fq-window 16 --freeze-bn "
                        "--out ~/.cache/spikegcn/checkpoints/resnet20-jpg-ft-fq16-1.3-w16-fbn-x10.pt"),
     "resnet20-fqw26": ("jpg-ft-fq16-1.3-w16-fbn-x20", "resnet20-fqw16 trained 10 more epochs the same way (lr 0.003, "
                        "cosine): 26 code-aware epochs in all",
-                       "spikegcn finetune resnet20 --init ~/.cache/spikegcn/checkpoints/resnet20-jpg-ft-fq16-1.3-w16-fbn-x10.pt "
+                       "spikegcn finetune resnet20 --init "
+                       "~/.cache/spikegcn/checkpoints/resnet20-jpg-ft-fq16-1.3-w16-fbn-x10.pt "
                        "--epochs 10 --lr 0.003 --fake-quant 16 1.3 --fq-window 16 --freeze-bn "
                        "--out ~/.cache/spikegcn/checkpoints/resnet20-jpg-ft-fq16-1.3-w16-fbn-x20.pt"),
 }
@@ -244,7 +260,8 @@ def write_md(res: dict, path: Path) -> None:
     runs = {k: res["models"][k] for k in sorted(res["models"], key=lambda k: MODELS.index(k) if k in MODELS else 99)}
     L = [f"# One-spike SNN on CNNs (T = {res['T']}, Q = {res['Q']:g})", "",
          f"{res['machine']}, torch {res['torch']}. Commands (records merge across runs): "
-         + "; ".join(f"{k}: `{r.get('command', res['command'])}` ({r.get('date', res['date'])})" for k, r in runs.items())
+         + "; ".join(f"{k}: `{r.get('command', res['command'])}` ({r.get('date', res['date'])})"
+                     for k, r in runs.items())
          + ".", "",
          "Functional mode at Tw = T (exact there). λ = max over the calibration images, channel-wise for conv "
          "outputs, layer-wise for pooling and fully-connected outputs; BN folded into the weights; binary signed "

@@ -84,7 +84,6 @@ def reset_peak() -> None:
 
 def clock_driven(snn, adj, T: int) -> torch.Tensor:
     """Every phase a full (sparse) matmul of every layer: what a clock-driven simulator does."""
-    from spikegcn.coding import encode
 
     c1, c2 = snn.conv1, snn.conv2
     W0, W1 = c1.lin.weight, c2.lin.weight
@@ -276,10 +275,12 @@ def main() -> None:
              "clock": "clock-driven SNN (T full spmm per layer)"}
     lines = [f"Graph of 20NG's size: {args.nodes:,} nodes, {ann['nnz']:,} non-zeros in A-hat, X = I, "
              f"{args.hidden} hidden, {args.classes} classes; T = {args.T}, Q = {args.Q}; {args.threads} threads, "
-             f"{rec['machine']}, torch {torch.__version__}, {rec['date']}. Times: best of {args.repeat}, all configurations "
+             f"{rec['machine']}, torch {torch.__version__}, {rec['date']}. Times: best of {args.repeat}, all "
+             f"configurations "
              f"interleaved in one process; peak = VmHWM of one forward, each configuration in its own process. "
              f"Exact mode with Tw < T runs the {rec['exact_kernel']} kernel.",
-             "", "| configuration | time / ANN | speed-up vs clock-driven | peak memory / ANN |", "|---|---:|---:|---:|"]
+             "", "| configuration | time / ANN | speed-up vs clock-driven | peak memory / ANN |",
+             "|---|---:|---:|---:|"]
     for r in rows:
         if "seconds" not in r:
             lines.append(f"| {names.get(r['config'], r['config'])} | failed | | |")
