@@ -29,7 +29,7 @@ from torch_geometric.nn import (
     global_mean_pool,
 )
 from torch_geometric.nn.models import GCN, GIN, MLP, GraphSAGE
-from torch_geometric.utils import subgraph
+from torch_geometric.utils import subgraph, to_torch_coo_tensor
 
 import spikegcn
 from spikegcn import PhaseCode, UnsupportedModuleError
@@ -395,6 +395,8 @@ def test_subgraph_and_new_graph_inductive(g):
     xs = g.x[subset]
     st = lambda ei: [(lambda h: model.first(h, ei), "relu"), (lambda h: model.second(h, ei), "output")]  # noqa: E731
     close(snn(xs, sub_ei), reference(st(sub_ei), xs, calib=(st(g.edge_index), g.x)))
+    adj_t = to_torch_coo_tensor(g.edge_index.flip(0), size=(g.num_nodes, g.num_nodes)).to(D)  # PyG's adj_t
+    assert torch.allclose(snn(g.x, adj_t), snn(g.x, g.edge_index), rtol=1e-12, atol=1e-12)
 
 
 def test_user_model_untouched_and_float64(g):

@@ -136,6 +136,9 @@ def prepare(model: nn.Module, example: Any, variant: str = "signed",
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if percentile is not None and not (0.0 < percentile <= 100.0):
         raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        raise TypeError("prepare() is the graph converter's first step; convert a CNN in one call with "
+                        "spikegcn.convert(model, images, code)")
     refuse_unsupported(model)
     copy_ = copy.deepcopy(model).eval()
     args, kwargs = call_args(copy_, example)

@@ -66,7 +66,7 @@ class SpikingChebConv(SpikingGraphLayer):
                 lambda_max: Tensor | None = None):
         inp = as_spike_input(x)
         n = inp.shape[0]
-        checked_graph(edge_index, edge_weight, n)
+        edge_index, edge_weight = checked_graph(edge_index, edge_weight, n)
         return self.run([inp], self.operator(edge_index, edge_weight, n, batch, lambda_max))
 
     def extra_repr_args(self) -> str:

@@ -67,7 +67,7 @@ class SpikingGCN2Conv(SpikingGraphLayer):
     def forward(self, x, x_0, edge_index: Tensor, edge_weight: Tensor | None = None):
         inp, inp0 = as_spike_input(x), as_spike_input(x_0)
         n = inp.shape[0]
-        checked_graph(edge_index, edge_weight, n)
+        edge_index, edge_weight = checked_graph(edge_index, edge_weight, n)
         return self.run([inp, inp0], self.operator(edge_index, edge_weight, n))
 
     def extra_repr_args(self) -> str:

@@ -26,11 +26,19 @@ __all__ = ["SpikingGraphLayer", "aggregation_op", "gcn_adjacency", "checked_grap
 AGGRS = ("add", "sum", "mean", "max")
 
 
-def checked_graph(edge_index: Tensor, edge_weight: Tensor | None, num_nodes: int) -> None:
-    """The checks of :mod:`spikegcn.validate` on a layer's graph arguments (O(E), switchable)."""
+def checked_graph(edge_index: Tensor, edge_weight: Tensor | None,
+                  num_nodes: int) -> tuple[Tensor, Tensor | None]:
+    """The checks of :mod:`spikegcn.validate` on a layer's graph arguments (O(E), switchable); a torch sparse
+    adjacency (PyG's ``adj_t``, ``[target, source]``) becomes ``edge_index`` and its non-unit values weights."""
     check_edge_index(edge_index, num_nodes)
+    if edge_index.layout != torch.strided:
+        adj_t = edge_index.to_sparse_coo().coalesce()
+        tgt, src = adj_t.indices()
+        values = adj_t.values()
+        return torch.stack([src, tgt]), (None if bool((values == 1).all()) else values)
     if edge_weight is not None:
         check_edge_weight(edge_weight, edge_index.shape[1])
+    return edge_index, edge_weight
 
 
 def aggregation_op(edge_index: Tensor, edge_weight: Tensor | None, num_nodes: int, aggr: str,
@@ -126,7 +134,7 @@ class SpikingGraphLayer(nn.Module, SpikingMixin):
     def forward(self, x, edge_index: Tensor, edge_weight: Tensor | None = None):
         inp = as_spike_input(x)
         n = inp.shape[0]
-        checked_graph(edge_index, edge_weight, n)
+        edge_index, edge_weight = checked_graph(edge_index, edge_weight, n)
         return self.run([inp], self.operator(edge_index, edge_weight, num_nodes=n))
 
     def extra_repr_args(self) -> str:
