@@ -164,7 +164,7 @@ def _relu_hooks(model: nn.Module, cfg: TrainConfig) -> Iterator[None]:
     relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
     if not relus:
         raise ValueError(f"activation_noise / fake_quant need nn.ReLU modules; {type(model).__name__} has none")
-    sites = relus
+    sites: list[nn.Module] = list(relus)
     if code is not None and window > 1:
         sites = sites + [m for m in model.modules() if isinstance(m, (nn.AvgPool2d, nn.AdaptiveAvgPool2d))]
     hooks = [m.register_forward_hook(noise if a > 0 else fake_quant) for m in sites]
