@@ -495,3 +495,24 @@ def test_device_true_under_meta_default_device(g):
         with torch.device("meta"):
             out = snn(*args)
         assert out.device.type == "cpu" and torch.equal(out, ref)
+
+
+class Weighted(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = GraphConv(8, 16), ChebConv(16, 16, K=2), TAGConv(16, 4, K=2)
+
+    def forward(self, x, edge_index, edge_weight):
+        x = F.relu(self.a(x, edge_index, edge_weight))
+        return self.c(F.relu(self.b(x, edge_index, edge_weight)), edge_index, edge_weight)
+
+
+def test_edge_weights(g):
+    torch.manual_seed(0)
+    m = Weighted().to(D).eval()
+    ew = torch.rand(g.edge_index.shape[1], dtype=D, generator=torch.Generator().manual_seed(0)) + 0.1
+    data = Data(x=g.x, edge_index=g.edge_index, edge_weight=ew)
+    snn = spikegcn.convert(m, data, CODE, mode="functional")
+    ref = reference([(lambda h: m.a(h, g.edge_index, ew), "relu"), (lambda h: m.b(h, g.edge_index, ew), "relu"),
+                     (lambda h: m.c(h, g.edge_index, ew), "output")], g.x)
+    close(snn(g.x, g.edge_index, ew), ref)

@@ -122,7 +122,7 @@ def stream_nodes(n: fx.Node, modules: dict) -> list[fx.Node]:
         vals = [bound.get(a if a in sig.parameters else first) for a in rule_for(m).stream_args]
     else:
         vals = [n.args[i] if i < len(n.args) else n.kwargs.get("x") for i in FUNCTION_STREAMS[_fn_kind(n)]]
-    out = []
+    out: list = []
     for v in vals:
         out.extend(v if isinstance(v, (list, tuple)) else [v])
     return [v for v in out if isinstance(v, fx.Node)]
@@ -234,7 +234,8 @@ class SpikingModel(fx.GraphModule):
 
     def spiking_layers(self) -> list[tuple[str, nn.Module]]:
         """Top-level spiking layers in execution order (a SpikingGCNConv's inner layers are its own)."""
-        out, convs = [], []
+        out: list[tuple[str, nn.Module]] = []
+        convs: list[str] = []
         order = {n.target: i for i, n in enumerate(self.graph.nodes) if n.op == "call_module"}
         for n, m in self.named_modules():
             if any(n.startswith(c + ".") for c in convs):
