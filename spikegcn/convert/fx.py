@@ -2,9 +2,10 @@ r"""Converting CNNs (Conv2d/BatchNorm2d/ReLU/pooling/Linear, residual blocks) th
 
 1. **Capture**: :class:`CNNTracer` traces the forward with the supported layers as leaves (``Conv2d``,
    ``BatchNorm2d``, ``ReLU``, ``MaxPool2d``, ``AvgPool2d``, ``AdaptiveAvgPool2d``, ``Flatten``, ``Linear``,
-   ``Dropout``, ``Identity`` and :class:`~spikegcn.vision.OptionAShortcut`); ``F.relu``/``torch.relu``/``x.relu()``,
-   ``+``/``torch.add``, ``torch.flatten``/``x.flatten(1)``/``x.view(x.size(0), -1)`` and ``F.dropout`` are
-   understood as functions. Anything else raises :class:`UnsupportedModuleError` naming it.
+   ``Dropout``, ``Identity`` and the shortcuts registered in :mod:`spikegcn.nn.leaves`);
+   ``F.relu``/``torch.relu``/``x.relu()``, ``+``/``torch.add``, ``torch.flatten``/``x.flatten(1)``/
+   ``x.view(x.size(0), -1)`` and ``F.dropout`` are understood as functions. Anything else raises
+   :class:`UnsupportedModuleError` naming it.
 2. **Observe**: an :class:`torch.fx.Interpreter` runs the calibration images batch by batch and keeps, for every
    ReLU and average-pool output, the per-channel maximum (or all values, for a percentile), and :math:`\max|x|`.
 3. **Calibrate**: :math:`\lambda` per channel for conv outputs, one per layer for fully-connected and pooling
@@ -38,10 +39,10 @@ from ..energy import LayerStats
 from ..nn.conv import OneSpikeLayer, SpikingConv2d, fold_batchnorm
 from ..nn.encoder import PhaseEncoder
 from ..nn.fc import SpikingFC, SpikingFlatten
+from ..nn.leaves import ChannelSelect, leaf_rule, leaf_types
 from ..nn.pool import SpikingAvgPool2d, SpikingMaxPool2d, avgpool_args
 from ..nn.residual import SpikingResidual
 from ..simulate import check_mode
-from ..vision.models import OptionAShortcut
 from .graph import _RELU_FUNCS, SpikingModel, UnsupportedModuleError, _is_relu
 from .observers import activation_scale, check_calibration
 
@@ -49,8 +50,8 @@ __all__ = ["CNNTracer", "SpikingCNN", "convert_cnn", "SUPPORTED_MODULES"]
 
 SUPPORTED_MODULES: tuple[type, ...] = (
     nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Linear,
-    nn.Dropout, nn.Identity, OptionAShortcut,
-)
+    nn.Dropout, nn.Identity,
+)  # plus the leaves registered in spikegcn.nn.leaves (e.g. vision's OptionAShortcut): see _supported()
 _ADD_FUNCS = (operator.add, operator.iadd, torch.add)
 _DROPOUT_FUNCS = (F.dropout,)
 _FLATTEN_FUNCS = (torch.flatten,)
@@ -61,7 +62,11 @@ class CNNTracer(fx.Tracer):
     that an unsupported one shows up as a single named node) as leaves."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, SUPPORTED_MODULES) or super().is_leaf_module(m, qualname)
+        return isinstance(m, _supported()) or super().is_leaf_module(m, qualname)
+
+
+def _supported() -> tuple[type, ...]:
+    return SUPPORTED_MODULES + leaf_types()
 
 
 # --------------------------------------------------------------------------------------------- the spiking model
@@ -321,10 +326,10 @@ _OK_METHODS = ("relu", "relu_", "flatten", "view", "reshape", "size", "add", "ad
 
 def _check_supported(gm: fx.GraphModule, modules: dict) -> None:
     for n in gm.graph.nodes:
-        if n.op == "call_module" and not isinstance(modules[n.target], SUPPORTED_MODULES):
+        if n.op == "call_module" and not isinstance(modules[n.target], _supported()):
             raise UnsupportedModuleError(
                 f"cannot convert {_describe(n, modules)}: supported modules are "
-                f"{', '.join(t.__name__ for t in SUPPORTED_MODULES)}")
+                f"{', '.join(t.__name__ for t in _supported())}")
         if n.op == "call_function" and n.target not in _RELU_FUNCS + _ADD_FUNCS + _DROPOUT_FUNCS + _FLATTEN_FUNCS \
                 and n.target not in (getattr, operator.getitem):
             raise UnsupportedModuleError(
@@ -395,8 +400,8 @@ class _Builder:
             self.env[n] = self.maxpool(n, m, x)
         elif isinstance(m, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
             self.env[n] = self.avgpool(n, m, x)
-        elif isinstance(m, OptionAShortcut):
-            self.env[n] = self.option_a(n, m, x)
+        elif (sel := leaf_rule(m)) is not None:
+            self.env[n] = self.option_a(n, sel, x)
         elif isinstance(m, nn.Flatten) or (n.op == "call_function" and n.target in _FLATTEN_FUNCS) or \
                 (n.op == "call_method" and n.target in ("flatten", "view", "reshape")):
             self.env[n] = self.flatten(n, m, x)
@@ -460,10 +465,9 @@ class _Builder:
         return _Pre([_Term("avgpool", x, torch.ones(c, **self.f64), args, name=n.target)], None,
                     self.shapes[n.name], obs=n.name, name=n.target)
 
-    def option_a(self, n, m: OptionAShortcut, x):
+    def option_a(self, n, m: ChannelSelect, x):
         x = self.spikes(n, x)
-        w = torch.zeros(m.out_channels, **self.f64)
-        w[m.pad_front: m.pad_front + m.in_channels] = 1.0
+        w = m.gains(torch.zeros((), **self.f64))
         return _Pre([_Term("option_a", x, w, dict(stride=m.stride, in_channels=m.in_channels), name=n.target)],
                     None, self.shapes[n.name], name=n.target)
 

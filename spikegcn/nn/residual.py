@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from ..coding import PhaseCode
 from ..kernels.conv_cpu import ConvForm
 from .conv import OneSpikeLayer, SpikingConv2d, _pair, _set_scale, _window_counts
+from .leaves import leaf_rule
 
 __all__ = ["SpikingResidual"]
 
@@ -120,21 +121,20 @@ class SpikingResidual(OneSpikeLayer):
                    in_scale: Tensor | float = 1.0, shortcut_in_scale: Tensor | float = 1.0,
                    scale: Tensor | float = 1.0, **kwargs) -> "SpikingResidual":
         r"""From the trained pieces of a basic block: the main path's ``conv2`` and ``bn2`` and the ``shortcut``
-        (:class:`torch.nn.Identity`, :class:`~spikegcn.vision.OptionAShortcut`, or ``Sequential(Conv2d,
+        (:class:`torch.nn.Identity`, a shortcut registered in :mod:`spikegcn.nn.leaves`, or ``Sequential(Conv2d,
         BatchNorm2d)``); ``in_scale`` = :math:`\lambda^{l-1}` (conv2's input), ``shortcut_in_scale`` =
         :math:`\lambda^{l-2}` (the block input), ``scale`` = :math:`\lambda^l` (the block output)."""
-        from ..vision.models import OptionAShortcut  # the module the CIFAR ResNets use
         from .conv import fold_batchnorm
 
         w, b = fold_batchnorm(conv2.weight, conv2.bias, bn2)
         sc_kw: dict = {}
         if isinstance(shortcut, nn.Identity):
             sc_kw, sc_w = dict(shortcut="identity"), w.new_ones(conv2.out_channels)
-        elif isinstance(shortcut, OptionAShortcut):
-            sc_kw = dict(shortcut="option_a", shortcut_in_channels=shortcut.in_channels,
-                         shortcut_stride=shortcut.stride)
-            sc_w = w.new_zeros(conv2.out_channels)
-            sc_w[shortcut.pad_front: shortcut.pad_front + shortcut.in_channels] = 1.0
+        elif (sel := leaf_rule(shortcut)) is not None:  # e.g. the CIFAR ResNets' option-A shortcut
+            if sel.out_channels != conv2.out_channels:
+                raise ValueError(f"shortcut gives {sel.out_channels} channels, conv2 {conv2.out_channels}")
+            sc_kw = dict(shortcut="option_a", shortcut_in_channels=sel.in_channels, shortcut_stride=sel.stride)
+            sc_w = sel.gains(w)
         elif isinstance(shortcut, nn.Sequential) and isinstance(shortcut[0], nn.Conv2d):
             pc = shortcut[0]
             sc_w, sc_b = fold_batchnorm(pc.weight, pc.bias, shortcut[1] if len(shortcut) > 1 else None)

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from ..datafiles import DataFileError, fetch, verify
 from ..fileio import load_torch
+from ..nn.leaves import ChannelSelect, register_leaf
 
 __all__ = [
     "OptionAShortcut",
@@ -91,6 +92,10 @@ class OptionAShortcut(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"
+
+
+# The converters know this module as a channel selection (the core does not import this file).
+register_leaf(OptionAShortcut, lambda m: ChannelSelect(m.in_channels, m.out_channels, m.stride))
 
 
 class BasicBlock(nn.Module):
