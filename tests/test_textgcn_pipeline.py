@@ -39,14 +39,19 @@ def test_cli_demo_and_errors(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Tw = 4" in out and "record:" in out
     assert len(list(tmp_path.glob("demo_T16_Q1.3_Tw4_seed0.json"))) == 1
-    with pytest.raises(SystemExit, match="Q must be a finite real number > 1"):
-        main(["textgcn", "--dataset", "demo", "--quiet", "--Q", "0.9", "--out", str(tmp_path)])
+    # user errors: one line on stderr and exit code 2, before any work
     bad = tmp_path / "bad.yaml"
     bad.write_text("dataset: demo\nlr: 3\n")
-    with pytest.raises(SystemExit, match="unknown keys"):
-        main(["textgcn", "--config", str(bad), "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="not found"):
-        main(["textgcn", "--config", str(tmp_path / "nope.yaml")])
+    for argv, msg in ((["--dataset", "demo", "--quiet", "--Q", "0.9", "--out", str(tmp_path)], "--Q: must be > 1"),
+                      (["--config", str(bad), "--out", str(tmp_path)], "unknown key"),
+                      (["--config", str(tmp_path / "nope.yaml")], "not found")):
+        try:  # argparse exits, later checks return the code
+            code = main(["textgcn", *argv])
+        except SystemExit as exc:
+            code = exc.code
+        assert code == 2
+        err = capsys.readouterr().err.strip()
+        assert msg in err and len(err.splitlines()) == 1, err
 
 
 needs_data = pytest.mark.skipif(
