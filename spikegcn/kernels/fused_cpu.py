@@ -47,6 +47,7 @@ from torch import Tensor
 
 _NAME = "spikegcn_fused_cpu"
 SOURCE = Path(__file__).resolve().parent / "csrc" / "fused_cpu.cpp"
+SOURCES = (SOURCE, SOURCE.parent / "conv_exact.cpp")  # conv_exact: exact-mode CNN layers (kernels/conv_cpu.py)
 CFLAGS = ("-O3", "-fopenmp", "-ffp-contract=off")
 LDFLAGS = ("-fopenmp",)
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def build_key() -> str:
         "compiler": _compiler(),
         "cflags": CFLAGS,
         "ldflags": LDFLAGS,
-        "source": hashlib.sha256(SOURCE.read_bytes()).hexdigest(),
+        "source": [hashlib.sha256(s.read_bytes()).hexdigest() for s in SOURCES],
     }
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -147,7 +148,7 @@ def build(force: bool = False, verbose: bool = False) -> Path:
         log.info("building the compiled CPU kernels into %s (about a minute)", folder)
         t0 = time.perf_counter()
         try:
-            mod = cpp_load(name=path.stem, sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
+            mod = cpp_load(name=path.stem, sources=[str(s) for s in SOURCES], extra_cflags=list(CFLAGS),
                            extra_ldflags=list(LDFLAGS), build_directory=str(folder), verbose=verbose)
         except Exception as exc:  # compiler, ninja or OpenMP missing, or a compile error
             raise RuntimeError(f"building the compiled CPU kernels failed ({type(exc).__name__}: "

@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..coding import PhaseCode, _check_finite, decode, decode_binary, encode, saturated_count
+from ..coding import _FAST_MIN, PhaseCode, _check_finite, _check_phases, decode, decode_binary, encode, saturated_count
 from ..energy import LayerStats
-from ..kernels import conv_cpu
+from ..kernels import conv_cpu, fused_cpu
 from ..neuron import one_spike_fire
 from ..spikes import BinarySpikes, PhaseSpikes
 from .base import SpikingMixin
@@ -72,6 +72,16 @@ def spike_values(x: CNNSpikes, lo: int = 0, hi: int | None = None, dtype: torch.
     T = x.T_in
     hi = T if hi is None else min(hi, T)
     if isinstance(x, PhaseSpikes):
+        if dtype == torch.float32 and x.phase.numel() >= _FAST_MIN:  # one compiled pass: a table zero outside (lo, hi]
+            table = x.code.values(dtype, x.phase.device)
+            if lo > 0 or hi < T:
+                table = table.clone()
+                table[1:lo + 1] = 0
+                table[hi + 1:] = 0
+            _check_phases(x.phase, T)
+            v = fused_cpu.decode_phase(x.phase, table, x.sign, table.new_ones(()))
+            if v is not None:
+                return v
         v = decode(x.phase, x.code, x.sign, dtype=dtype)
         if lo > 0 or hi < T:
             v = v * ((x.phase > lo) & (x.phase <= hi))
@@ -98,6 +108,13 @@ def _window_counts(in_hw: tuple[int, int], fn, device: torch.device) -> Tensor:
     with torch.enable_grad():
         fn(x).sum().backward()
     return x.grad[0, 0].round()
+
+
+def _border(fan: Tensor) -> tuple[float, Tensor, Tensor]:
+    """``(max, positions where the fan-out map is below its max, the shortfall there)``."""
+    fmax = fan.max()
+    idx = (fan.reshape(-1) != fmax).nonzero().squeeze(1)
+    return float(fmax), idx, fmax - fan.reshape(-1)[idx]
 
 
 def fold_batchnorm(weight: Tensor, bias: Tensor | None, bn: nn.BatchNorm2d | nn.BatchNorm1d | None
@@ -257,12 +274,14 @@ class OneSpikeLayer(nn.Module, SpikingMixin):
             first = c if first is None else first.add_(c)
         if self.bias is not None:
             first.add_(self._channel_view(self.bias, first.dim()))
-        _check_finite(first, "neuron input")
         fast = conv_cpu.fire_late(first, list(inputs), [self.conv_form(i) for i in range(len(inputs))], offset, k0,
                                   T_v, max_d, self.code.thresholds(dtype, first.device))
         if fast is not None:  # one convolution + late spikes x fan-out (kernels/conv_cpu.py)
-            self.stats[0].saturated_neurons = float(fast[1])
-            return fast[0]
+            phase, saturated, bad = fast
+            if bad:
+                _check_finite(first, "neuron input")
+            self.stats[0].saturated_neurons = float(saturated)
+            return phase
 
         def phase_input(r: int) -> Tensor | None:
             if r == 1:
@@ -287,24 +306,38 @@ class OneSpikeLayer(nn.Module, SpikingMixin):
     def _count(self, inputs: Sequence[CNNSpikes]) -> list[LayerStats]:
         out = []
         for i, x in enumerate(inputs):
-            if isinstance(x, PhaseSpikes):  # one pass over the int8 phases, no int64 copy of the map
-                counts = x.phase
-                per_pos = (counts != 0).sum(0, dtype=torch.float64)
-            else:
-                counts = x.spike_counts()
-                per_pos = counts.sum(0).to(torch.float64)
+            counts = x.phase if isinstance(x, PhaseSpikes) else x.spike_counts()
             n = counts.shape[0]
             fan = self.fanout(i, counts.shape[1:]).to(torch.float64)
+            in_spikes, additions = self._spikes_and_additions(i, x, counts, fan)
             kind = "output" if (i == 0 and self.output == "potential") else self.input_kind(i)
             out.append(LayerStats(
                 name=self._get_name() if i == 0 else f"{self._get_name()}.shortcut",
                 macs=float(self.macs(i, counts.shape[1:])) * n,
                 in_neurons=int(counts.numel()),
-                in_spikes=float(per_pos.sum()),
-                additions=float((per_pos * fan).sum()),
+                in_spikes=in_spikes,
+                additions=additions,
                 kind=kind,
             ))
         return out
+
+    def _spikes_and_additions(self, i: int, x: CNNSpikes, counts: Tensor, fan: Tensor) -> tuple[float, float]:
+        """Input spikes and the sum of their fan-outs (exact integers in float64). For one-spike inputs whose
+        fan-out map is constant but for a few (border) positions: the total count times the interior fan-out,
+        corrected at those positions only (no per-position reduction of the whole map)."""
+        if isinstance(x, PhaseSpikes):
+            total = float(torch.count_nonzero(counts))
+            if fan.numel() == 1:
+                return total, total * float(fan)
+            if fan.dim() == 2 and counts.dim() == 4:
+                fmax, idx, delta = self._cached_fanout(("border", i, tuple(fan.shape)), lambda: _border(fan))
+                if idx.numel() <= fan.numel() // 4:
+                    at = torch.count_nonzero(counts.flatten(2)[:, :, idx], dim=(0, 1)).to(torch.float64)
+                    return total, total * fmax - float((delta * at).sum())
+            per_pos = (counts != 0).sum(0, dtype=torch.float64)
+        else:
+            per_pos = counts.sum(0).to(torch.float64)
+        return float(per_pos.sum()), float((per_pos * fan).sum())
 
     def _layer_repr(self) -> str:
         q = f", weight_bits={self.weight_bits}" if self.weight_bits else ""

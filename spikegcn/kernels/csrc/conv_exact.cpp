@@ -6,11 +6,12 @@
 // `first`. The late spikes (virtual phase r > k0) are listed per input position; for each kernel offset the row
 // reads the late spikes at the input position under it and adds value x weight[ky][kx][c][:] (a C-wide axpy)
 // into the bin of their phase. The neurons then add the bins phase by phase and fire at the first threshold
-// crossing (the rule of spikegcn.neuron.one_spike_fire with wait max_d over T_v virtual phases). Cost: the
-// dense convolution plus late spikes x fan-out.
+// crossing (the rule of spikegcn.neuron.one_spike_fire with wait max_d over T_v virtual phases), all C channels
+// of the row in lockstep. Cost: the dense convolution plus late spikes x fan-out.
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 namespace {
@@ -24,69 +25,196 @@ struct ConvInput {  // one synaptic input of the layer, as a convolution
   int64_t H, W, Cin, kh, kw, sh, sw, ph, pw, dh, dw;
 };
 
+struct Layer {  // what every output row needs
+  const ConvInput* ins;
+  int64_t n_in, Ho, Wo, C, T, k0, T_v, max_d;
+};
+
+// One output row: the late contributions into its phase bins (bins[(r - k0 - 1) * C + k]), then its C neurons in
+// lockstep (the same additions in the same order as one neuron at a time; local int32 phases so that the compiler
+// sees no aliasing and vectorises over the channels). Adds to *sat / *bad.
 template <typename scalar_t>
-int64_t run(const scalar_t* first, const std::vector<ConvInput>& ins, int64_t N, int64_t Ho, int64_t Wo,
-            int64_t C, const scalar_t* thr, int64_t T, int64_t k0, int64_t T_v, int64_t max_d, int8_t* out) {
-  const int64_t R = N * Ho * Wo, nb = std::max<int64_t>(T_v - k0, 1);
-  int64_t sat = 0;
-#pragma omp parallel reduction(+ : sat)
-  {
-    std::vector<scalar_t> bins(nb * C);
-#pragma omp for schedule(dynamic, 16)
-    for (int64_t m = 0; m < R; ++m) {
-      std::fill(bins.begin(), bins.end(), scalar_t(0));
-      const int64_t n = m / (Ho * Wo), oy = (m / Wo) % Ho, ox = m % Wo;
-      for (const ConvInput& in : ins) {
-        const scalar_t* val = static_cast<const scalar_t*>(in.val);
-        const scalar_t* w = static_cast<const scalar_t*>(in.w);
-        for (int64_t ky = 0; ky < in.kh; ++ky) {
-          const int64_t y = oy * in.sh - in.ph + ky * in.dh;
-          if (y < 0 || y >= in.H) continue;
-          for (int64_t kx = 0; kx < in.kw; ++kx) {
-            const int64_t x = ox * in.sw - in.pw + kx * in.dw;
-            if (x < 0 || x >= in.W) continue;
-            const int64_t pos = (n * in.H + y) * in.W + x;
-            const scalar_t* wk = w + (ky * in.kw + kx) * in.Cin * C;
-            for (int64_t j = in.ptr[pos]; j < in.ptr[pos + 1]; ++j) {
-              const scalar_t v = val[j];
-              const scalar_t* wr = wk + (int64_t)in.ch[j] * C;
-              scalar_t* h = bins.data() + (int64_t)(in.bin[j] - k0 - 1) * C;
+__attribute__((always_inline)) inline void row_body(const Layer& L, int64_t m, const scalar_t* first,
+                                                    const scalar_t* thr, scalar_t* __restrict bins,
+                                                    scalar_t* __restrict p, int32_t* __restrict fz, int8_t* out,
+                                                    int64_t* sat, int64_t* bad) {
+  const int64_t C = L.C, k0 = L.k0, n = m / (L.Ho * L.Wo), oy = (m / L.Wo) % L.Ho, ox = m % L.Wo;
+  const int64_t nbc = (L.T_v - k0) * C;
+  for (int64_t q = 0; q < nbc; ++q) bins[q] = scalar_t(0);
+  for (int64_t i = 0; i < L.n_in; ++i) {
+    const ConvInput& in = L.ins[i];
+    const scalar_t* val = static_cast<const scalar_t*>(in.val);
+    const scalar_t* w = static_cast<const scalar_t*>(in.w);
+    for (int64_t ky = 0; ky < in.kh; ++ky) {
+      const int64_t y = oy * in.sh - in.ph + ky * in.dh;
+      if (y < 0 || y >= in.H) continue;
+      for (int64_t kx = 0; kx < in.kw; ++kx) {
+        const int64_t x = ox * in.sw - in.pw + kx * in.dw;
+        if (x < 0 || x >= in.W) continue;
+        const int64_t pos = (n * in.H + y) * in.W + x;
+        const scalar_t* wk = w + (ky * in.kw + kx) * in.Cin * C;
+        for (int64_t j = in.ptr[pos]; j < in.ptr[pos + 1]; ++j) {
+          const scalar_t v = val[j];
+          const scalar_t* __restrict wr = wk + (int64_t)in.ch[j] * C;
+          scalar_t* __restrict h = bins + (int64_t)(in.bin[j] - k0 - 1) * C;
 #pragma omp simd
-              for (int64_t k = 0; k < C; ++k) h[k] += wr[k] * v;
-            }
-          }
+          for (int64_t k = 0; k < C; ++k) h[k] += wr[k] * v;
         }
-      }
-      for (int64_t k = 0; k < C; ++k) {
-        scalar_t P = first[m * C + k];
-        int64_t r = k0;  // virtual phases added so far
-        int8_t fired = 0;
-        for (int64_t t = 1; t <= T; ++t) {
-          for (const int64_t upto = std::min(t + max_d, T_v); r < upto; ++r) P += bins[(r - k0) * C + k];
-          if (P >= thr[t - 1]) {
-            fired = (int8_t)t;
-            break;
-          }
-        }
-        for (; r < T_v; ++r) P += bins[(r - k0) * C + k];  // the final potential, for the saturation count
-        out[m * C + k] = fired;
-        sat += P > scalar_t(1);
       }
     }
   }
-  return sat;
+  const scalar_t* __restrict fr = first + m * C;
+  int64_t nbad = 0;
+#pragma omp simd reduction(+ : nbad)
+  for (int64_t k = 0; k < C; ++k) {
+    p[k] = fr[k];
+    fz[k] = 0;
+    nbad += !(fr[k] - fr[k] == scalar_t(0));  // NaN or inf
+  }
+  int64_t r = k0;  // virtual phases added so far
+  for (int64_t t = 1; t <= L.T; ++t) {
+    for (const int64_t upto = std::min(t + L.max_d, L.T_v); r < upto; ++r) {
+      const scalar_t* __restrict b = bins + (r - k0) * C;
+#pragma omp simd
+      for (int64_t k = 0; k < C; ++k) p[k] += b[k];
+    }
+    const scalar_t th = thr[t - 1];
+    const int32_t tt = (int32_t)t;
+#pragma omp simd
+    for (int64_t k = 0; k < C; ++k) fz[k] = (fz[k] == 0 && p[k] >= th) ? tt : fz[k];
+  }
+  for (; r < L.T_v; ++r) {  // the final potential, for the saturation count
+    const scalar_t* __restrict b = bins + (r - k0) * C;
+#pragma omp simd
+    for (int64_t k = 0; k < C; ++k) p[k] += b[k];
+  }
+  int64_t nsat = 0;
+#pragma omp simd reduction(+ : nsat)
+  for (int64_t k = 0; k < C; ++k) nsat += p[k] > scalar_t(1);
+  for (int64_t k = 0; k < C; ++k) out[m * C + k] = (int8_t)fz[k];
+  *sat += nsat;
+  *bad += nbad;
+}
+
+template <typename scalar_t>
+using RowFn = void (*)(const Layer&, int64_t, const scalar_t*, const scalar_t*, scalar_t*, scalar_t*, int32_t*,
+                       int8_t*, int64_t*, int64_t*);
+
+template <typename scalar_t>
+void row_portable(const Layer& L, int64_t m, const scalar_t* first, const scalar_t* thr, scalar_t* bins, scalar_t* p,
+                  int32_t* fz, int8_t* out, int64_t* sat, int64_t* bad) {
+  row_body<scalar_t>(L, m, first, thr, bins, p, fz, out, sat, bad);
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define SPIKEGCN_CONV_X86 1
+// The same code compiled for wider vectors (no FMA: -ffp-contract=off keeps products and sums separate).
+template <typename scalar_t>
+__attribute__((target("avx2"))) void row_avx2(const Layer& L, int64_t m, const scalar_t* first, const scalar_t* thr,
+                                              scalar_t* bins, scalar_t* p, int32_t* fz, int8_t* out, int64_t* sat,
+                                              int64_t* bad) {
+  row_body<scalar_t>(L, m, first, thr, bins, p, fz, out, sat, bad);
+}
+
+template <typename scalar_t>
+__attribute__((target("avx512f"))) void row_avx512(const Layer& L, int64_t m, const scalar_t* first,
+                                                   const scalar_t* thr, scalar_t* bins, scalar_t* p, int32_t* fz,
+                                                   int8_t* out, int64_t* sat, int64_t* bad) {
+  row_body<scalar_t>(L, m, first, thr, bins, p, fz, out, sat, bad);
+}
+#endif
+
+template <typename scalar_t>
+RowFn<scalar_t> pick_row(int64_t isa) {
+#ifdef SPIKEGCN_CONV_X86
+  if (isa >= 2 && __builtin_cpu_supports("avx512f")) return row_avx512<scalar_t>;
+  if (isa >= 1 && __builtin_cpu_supports("avx2")) return row_avx2<scalar_t>;
+#endif
+  return row_portable<scalar_t>;
+}
+
+template <typename scalar_t>
+void run(const scalar_t* first, const std::vector<ConvInput>& ins, int64_t N, int64_t Ho, int64_t Wo, int64_t C,
+         const scalar_t* thr, int64_t T, int64_t k0, int64_t T_v, int64_t max_d, int64_t isa, int8_t* out,
+         int64_t* sat_out, int64_t* bad_out) {
+  const Layer L{ins.data(), (int64_t)ins.size(), Ho, Wo, C, T, k0, T_v, max_d};
+  const int64_t R = N * Ho * Wo;
+  const RowFn<scalar_t> row = pick_row<scalar_t>(isa);
+  int64_t sat = 0, bad = 0;
+#pragma omp parallel reduction(+ : sat, bad)
+  {
+    std::vector<scalar_t> bins(std::max<int64_t>(T_v - k0, 1) * C + 16), P(C + 16);
+    std::vector<int32_t> fz(C + 16);
+#pragma omp for schedule(dynamic, 64)
+    for (int64_t m = 0; m < R; ++m) row(L, m, first, thr, bins.data(), P.data(), fz.data(), out, &sat, &bad);
+  }
+  *sat_out = sat;
+  *bad_out = bad;
+}
+
+template <typename scalar_t>
+void fill_late(const int8_t* phase, const int8_t* sign, const scalar_t* table, int64_t P, int64_t C, int64_t lo,
+               int64_t offset, const int64_t* ptr, int32_t* ch, int16_t* bin, scalar_t* val) {
+#pragma omp parallel for schedule(static)
+  for (int64_t q = 0; q < P; ++q) {
+    int64_t j = ptr[q];
+    for (int64_t c = 0; c < C; ++c) {
+      const int8_t p = phase[q * C + c];
+      if (p > lo) {
+        ch[j] = (int32_t)c;
+        bin[j] = (int16_t)(p + offset);
+        val[j] = sign ? table[p] * (scalar_t)sign[q * C + c] : table[p];
+        ++j;
+      }
+    }
+  }
 }
 
 }  // namespace
 
+// The late spikes (fire phase > lo) of one-spike inputs `phase` [P, C] (int8, positions x channels, contiguous;
+// `sign` the same or empty) as per-position lists: ptr [P + 1], channel, virtual phase (phase + offset) and value
+// table[phase] (x sign).
+std::vector<torch::Tensor> late_list(torch::Tensor phase, torch::Tensor sign, torch::Tensor table, int64_t lo,
+                                     int64_t offset) {
+  TORCH_CHECK(phase.dim() == 2 && phase.is_contiguous() && phase.scalar_type() == torch::kInt8,
+              "late_list: phase must be a contiguous int8 [positions, channels]");
+  TORCH_CHECK(sign.numel() == 0 || (sign.sizes() == phase.sizes() && sign.is_contiguous() &&
+                                    sign.scalar_type() == torch::kInt8),
+              "late_list: sign must be empty or an int8 tensor like phase");
+  TORCH_CHECK(table.dim() == 1 && table.is_contiguous(), "late_list: table must be a contiguous vector");
+  const int64_t P = phase.size(0), C = phase.size(1);
+  const int8_t* ph = phase.data_ptr<int8_t>();
+  auto ptr = torch::zeros({P + 1}, torch::kInt64);
+  int64_t* pt = ptr.data_ptr<int64_t>();
+#pragma omp parallel for schedule(static)
+  for (int64_t q = 0; q < P; ++q) {
+    int64_t cnt = 0;
+    for (int64_t c = 0; c < C; ++c) cnt += ph[q * C + c] > lo;
+    pt[q + 1] = cnt;
+  }
+  for (int64_t q = 0; q < P; ++q) pt[q + 1] += pt[q];
+  const int64_t L = pt[P];
+  auto ch = torch::empty({L}, torch::kInt32);
+  auto bin = torch::empty({L}, torch::kInt16);
+  auto val = torch::empty({L}, table.options());
+  const int8_t* sg = sign.numel() ? sign.data_ptr<int8_t>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "late_list", [&] {
+    fill_late<scalar_t>(ph, sg, table.data_ptr<scalar_t>(), P, C, lo, offset, pt, ch.data_ptr<int32_t>(),
+                        bin.data_ptr<int16_t>(), val.data_ptr<scalar_t>());
+  });
+  return {ptr, ch, bin, val};
+}
+
 // first: [N, Ho, Wo, C] early potentials; per input i: late_ptr[i], late_ch[i], late_bin[i], late_val[i],
 // weight[i] ([kh, kw, Cin, C]) and geom[8 i .. 8 i + 7] = H, W, stride (2), padding (2), dilation (2).
-// Returns the fire phases [N, Ho, Wo, C] (int8) and the number of neurons whose final potential exceeds 1.
+// isa: 2 AVX-512, 1 AVX2, 0 portable (capped by what the CPU has). Returns the fire phases [N, Ho, Wo, C] (int8),
+// the number of neurons whose final potential exceeds 1 and the number of non-finite early potentials.
 std::vector<torch::Tensor> conv_exact(torch::Tensor first, std::vector<torch::Tensor> late_ptr,
                                       std::vector<torch::Tensor> late_ch, std::vector<torch::Tensor> late_bin,
                                       std::vector<torch::Tensor> late_val, std::vector<torch::Tensor> weight,
                                       std::vector<int64_t> geom, torch::Tensor thr, int64_t k0, int64_t T_v,
-                                      int64_t max_d) {
+                                      int64_t max_d, int64_t isa) {
   TORCH_CHECK(first.dim() == 4 && first.is_contiguous(), "conv_exact: first must be a contiguous [N, Ho, Wo, C]");
   const int64_t N = first.size(0), Ho = first.size(1), Wo = first.size(2), C = first.size(3), T = thr.numel();
   const size_t n_in = weight.size();
@@ -94,7 +222,8 @@ std::vector<torch::Tensor> conv_exact(torch::Tensor first, std::vector<torch::Te
                   late_val.size() == n_in && geom.size() == 8 * n_in,
               "conv_exact: one late list, weight and geometry per input");
   TORCH_CHECK(T <= 127 && k0 >= 0 && T_v > k0 && max_d >= 0, "conv_exact: bad phase arguments");
-  TORCH_CHECK(thr.scalar_type() == first.scalar_type(), "conv_exact: thresholds and potentials differ in dtype");
+  TORCH_CHECK(thr.scalar_type() == first.scalar_type() && thr.is_contiguous(),
+              "conv_exact: thresholds and potentials differ in dtype");
   std::vector<ConvInput> ins;
   for (size_t i = 0; i < n_in; ++i) {
     const auto& w = weight[i];
@@ -112,14 +241,15 @@ std::vector<torch::Tensor> conv_exact(torch::Tensor first, std::vector<torch::Te
                             w.size(2), w.size(0), w.size(1), g[2], g[3], g[4], g[5], g[6], g[7]});
   }
   auto out = torch::zeros({N, Ho, Wo, C}, torch::kInt8);
-  int64_t sat = 0;
+  int64_t sat = 0, bad = 0;
   AT_DISPATCH_FLOATING_TYPES(first.scalar_type(), "conv_exact", [&] {
-    sat = run<scalar_t>(first.data_ptr<scalar_t>(), ins, N, Ho, Wo, C, thr.data_ptr<scalar_t>(), T, k0, T_v,
-                        max_d, out.data_ptr<int8_t>());
+    run<scalar_t>(first.data_ptr<scalar_t>(), ins, N, Ho, Wo, C, thr.data_ptr<scalar_t>(), T, k0, T_v, max_d, isa,
+                  out.data_ptr<int8_t>(), &sat, &bad);
   });
-  return {out, torch::tensor(sat)};
+  return {out, torch::tensor(sat), torch::tensor(bad)};
 }
 
 void register_conv_exact(pybind11::module_& m) {
   m.def("conv_exact", &conv_exact, "exact-mode one-spike convolution layer, late spikes on im2col rows");
+  m.def("late_list", &late_list, "late spikes of int8 one-spike inputs as per-position lists");
 }

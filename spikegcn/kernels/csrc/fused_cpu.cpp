@@ -373,7 +373,10 @@ std::vector<torch::Tensor> aggregate_codes(torch::Tensor crow, torch::Tensor col
   return {out_phase, out_sign};
 }
 
+void register_conv_exact(pybind11::module_& m);  // conv_exact.cpp: exact-mode CNN layers
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  register_conv_exact(m);
   m.def("aggregate_exact", &aggregate_exact, "exact-mode aggregation, portable float kernel");
   m.def("aggregate_codes", &aggregate_codes, "exact-mode aggregation, int8-code AVX2 / AVX-512 kernels");
   m.def("cpu_isa", &cpu_isa, "2: AVX-512, 1: AVX2, 0: neither");
