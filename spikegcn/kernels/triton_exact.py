@@ -3,20 +3,23 @@ r"""Triton kernel for exact-mode graph aggregation with a wait time Tw < T (CUDA
 
 Same algorithm as the fused CPU kernel: :math:`\hat A` is walked row by row like an spmm. For target node
 :math:`m` the input spikes fired by phase :math:`k_0 = T_w + 1` have all arrived before the first output phase,
-so they are summed densely; every later input phase :math:`k_0 < p \le T_{in}` is summed into its own bin. The
-neuron then adds one bin per output phase (output phase :math:`t` sees the input up to :math:`t + T_w`) and fires
-at the first crossing of the shifted thresholds :func:`~spikegcn.coding.PhaseCode.thresholds` (signed neurons on
-:math:`|P|`, carrying the sign of :math:`P`), exactly as :func:`spikegcn.neuron.one_spike_fire` does.
+so they are summed densely (bin 0); every later input phase :math:`k_0 + r \le T_{in}` is summed into its own bin
+:math:`r`. Output phase :math:`t` sees the input up to phase :math:`t + T_w`, i.e. the prefix sum of bins
+:math:`0..\min(t-1, n_{late})`; the neuron fires at the first crossing of the shifted thresholds
+:func:`~spikegcn.coding.PhaseCode.thresholds` (signed neurons on :math:`|P|`, carrying the sign of :math:`P`), as
+:func:`spikegcn.neuron.one_spike_fire` does. After the last late bin the potential is final, so the first
+crossing there is the later of :math:`n_{late} + 1` and its round-off phase.
 
 One program handles one row and a block of features. The input is read as int8 codes (sign x fire phase, a
-quarter of a float row's memory traffic) and decoded in registers from the ``[T_in + 1]`` value table; a block of
-the row's edges is gathered at a time (``BLOCK_E x BLOCK_F`` codes), and the late bins are a
-``[late phases, BLOCK_F]`` tile in registers. No host synchronisation and no per-phase pass: one launch per layer,
-where the per-phase event path needs a ``nonzero`` (a host sync) and a scatter for every late phase.
+quarter of a float row's memory traffic) and decoded in registers from the ``[T_in + 1]`` value table; ``BLOCK_E``
+of the row's edges are gathered at a time (``BLOCK_E x BLOCK_F`` codes) into a ``[bins, BLOCK_E, BLOCK_F]`` tile
+of per-lane partial sums in registers, reduced once after the row. No host synchronisation and no per-phase pass:
+one launch per layer, where the per-phase event path needs a ``nonzero`` (a host sync) and a scatter for every
+late phase.
 
-Sums run in blocks of edges (a tree reduction per block), so they may differ from the CPU kernel's sequential sums
-in the last bit; with dyadic values every order is exact and the spikes are equal (the tests use that). Floating
-point contraction (FMA) is switched off, as in the CPU build.
+Sums are taken per lane and then reduced (and the prefix over bins by a scan), so they may differ from the CPU
+kernel's sequential sums in the last bit; with dyadic values every order is exact and the spikes are equal (the
+tests use that). Floating point contraction (FMA) is switched off, as in the CPU build.
 
 Triton is optional (``pip install spikegcn[gpu]``). :func:`available` says whether it can run on a device: CUDA
 tensors need Triton and a GPU; CPU tensors run only under Triton's interpreter (``TRITON_INTERPRET=1``), which the
