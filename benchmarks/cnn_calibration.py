@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cnn_tables import VARIANTS, _subset  # noqa: E402
 
 from spikegcn import PhaseCode, convert  # noqa: E402
+from spikegcn.experiments.cnn_train import default_checkpoint_path, load_checkpoint  # noqa: E402
 from spikegcn.fileio import write_json, write_text  # noqa: E402
-from spikegcn.vision import CIFAR_MEAN, CIFAR_STD, load_checkpoint, load_cifar10_jpg, normalize  # noqa: E402
-from spikegcn.vision.train import default_checkpoint_path  # noqa: E402
+from spikegcn.vision import CIFAR_MEAN, CIFAR_STD, load_cifar10_jpg, normalize  # noqa: E402
 
 PERCENTILES = (None, 99.999, 99.99, 99.9)
 

@@ -31,9 +31,9 @@ from cnn_tables import VARIANTS, _calib, _subset  # noqa: E402
 
 from spikegcn import PhaseCode  # noqa: E402
 from spikegcn.coding import quantize  # noqa: E402
+from spikegcn.experiments.cnn_train import default_checkpoint_path, load_checkpoint  # noqa: E402
 from spikegcn.fileio import write_json, write_text  # noqa: E402
-from spikegcn.vision import CIFAR_MEAN, CIFAR_STD, load_checkpoint, load_cifar10_jpg, normalize  # noqa: E402
-from spikegcn.vision.train import default_checkpoint_path  # noqa: E402
+from spikegcn.vision import CIFAR_MEAN, CIFAR_STD, load_cifar10_jpg, normalize  # noqa: E402
 
 
 def analyse(name: str, x: torch.Tensor, calib: torch.Tensor, batch: int = 500) -> dict:

@@ -38,18 +38,10 @@ from pathlib import Path
 import torch
 
 from spikegcn import PhaseCode, convert
+from spikegcn.experiments.cnn_train import default_checkpoint_path, load_checkpoint
 from spikegcn.fileio import write_json, write_text
 from spikegcn.kernels import conv_cpu, fused_cpu
-from spikegcn.vision import (
-    CIFAR_MEAN,
-    CIFAR_STD,
-    get_model,
-    load_checkpoint,
-    load_cifar10_jpg,
-    load_pretrained,
-    normalize,
-)
-from spikegcn.vision.train import default_checkpoint_path
+from spikegcn.vision import CIFAR_MEAN, CIFAR_STD, get_model, load_cifar10_jpg, load_pretrained, normalize
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -50,23 +50,19 @@ import torch
 
 from spikegcn import PhaseCode, convert
 from spikegcn.energy import FP32, INT8, INT8_MULT_ONLY
+from spikegcn.experiments.cnn_train import TrainConfig, default_checkpoint_path, fit, load_checkpoint, save_checkpoint
 from spikegcn.fileio import load_cached, load_torch, write_json, write_text
 from spikegcn.vision import (
     CIFAR_MEAN,
     CIFAR_STD,
-    TrainConfig,
     cifar10_loader,
-    fit,
     get_model,
-    load_checkpoint,
     load_cifar10_jpg,
     load_mnist,
     load_pretrained,
     mnist_loader,
     normalize,
-    save_checkpoint,
 )
-from spikegcn.vision.train import default_checkpoint_path
 
 # Paper numbers for CIFAR-10 (Tables I, IV, VI, VII, VIII): ANN, SNN, E FP32, INT8 SNN, E INT8, single-spike SNN,
 # single-spike E, Tw sweep 4..16. The paper's VGG is VGG-16; ours is a small VGG-style net.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from spikegcn.report import build_report
+from spikegcn.experiments.report import build_report
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from spikegcn import PhaseCode
+from spikegcn.experiments.textgcn import evaluate_snn, prepare_textgcn
 from spikegcn.fileio import write_json, write_text
-from spikegcn.text.pipeline import evaluate_snn, prepare_textgcn
 
 PAPER = {  # Table V (ANN, SNN, energy FP32) and the published Text GCN accuracy (mean, std)
     "20ng": (86.27, 85.90, 5.91, 86.34, 0.09),

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch_geometric.nn import GCNConv
 
+from spikegcn.experiments.textgcn_train import TrainConfig, set_tf_adam_eps, setup_training, train_textgcn
 from spikegcn.fileio import write_json, write_text
 from spikegcn.text.graph import build_text_graph
-from spikegcn.text.train import TrainConfig, set_tf_adam_eps, setup_training, train_textgcn
 
 
 def plain_loop(graph, cfg: TrainConfig):

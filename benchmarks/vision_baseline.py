@@ -7,11 +7,11 @@ import time
 import torch
 
 from spikegcn.datafiles import cache_dir
+from spikegcn.experiments.cnn_train import TrainConfig, evaluate
+from spikegcn.experiments.cnn_train import fit as train
 from spikegcn.fileio import write_json
 from spikegcn.vision import data as D
 from spikegcn.vision.models import PRETRAINED, load_pretrained, pretrained_path, vgg_cifar
-from spikegcn.vision.train import TrainConfig, evaluate
-from spikegcn.vision.train import fit as train
 
 out = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                    "python": platform.python_version(), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),

@@ -55,7 +55,8 @@ def below(hi: float) -> Callable[[Any], str | None]:
 
 MODES = ("functional", "exact")
 
-#: ``train:`` section: :class:`spikegcn.text.train.TrainConfig` without ``seed`` (the top-level ``seed`` sets it).
+#: ``train:`` section: :class:`spikegcn.experiments.textgcn_train.TrainConfig` without ``seed`` (the top-level
+#: ``seed`` sets it).
 TRAIN_SCHEMA: dict[str, Field] = {
     "hidden": Field(int, at_least(1)),
     "dropout": Field(float, below(1)),

@@ -49,8 +49,8 @@ def test_every_help_answers(command, capsys):
 
 
 def test_cli_tables_match_the_library():
-    from spikegcn import sweep
-    from spikegcn.text.train import TrainConfig
+    from spikegcn.experiments import sweep
+    from spikegcn.experiments.textgcn_train import TrainConfig
     from spikegcn.vision import DATASETS, MODELS
 
     assert set(CNN_MODELS) == set(MODELS)
@@ -62,8 +62,8 @@ def test_cli_tables_match_the_library():
 # ------------------------------------------------------------------------------------------------ user errors
 def _forbid_work(monkeypatch):
     """Any pipeline run fails the test: the errors below must come before it."""
-    import spikegcn.text.pipeline as tp
-    import spikegcn.vision.pipeline as vp
+    import spikegcn.experiments.cnn as vp
+    import spikegcn.experiments.textgcn as tp
 
     def boom(*a, **k):
         raise AssertionError("the pipeline ran before the error was found")
@@ -128,7 +128,8 @@ def test_user_errors_are_one_line_exit_2_before_any_work(case, tmp_path, capsys,
 def test_data_and_file_errors_become_one_line(tmp_path, capsys, monkeypatch):
     """DataFileError and a truncated --weights file: the message names the file, no traceback."""
     from spikegcn.datafiles import DataFileError
-    from spikegcn.vision import resnet20, save_checkpoint
+    from spikegcn.experiments.cnn_train import save_checkpoint
+    from spikegcn.vision import resnet20
 
     good = save_checkpoint(tmp_path / "w.pt", resnet20(), arch="resnet20")
     trunc = tmp_path / "trunc.pt"
@@ -137,7 +138,7 @@ def test_data_and_file_errors_become_one_line(tmp_path, capsys, monkeypatch):
                        capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and str(trunc) in err, err
 
-    import spikegcn.vision.pipeline as vp
+    import spikegcn.experiments.cnn as vp
 
     def missing(*a, **k):
         raise DataFileError("CIFAR-10 file 'cifar10/cifar-10-python.tar.gz' not found (looked in: /nowhere)")

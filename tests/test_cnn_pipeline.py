@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from spikegcn.vision.pipeline import load_data, load_model, run_cnn, summary_table
+from spikegcn.experiments.cnn import load_data, load_model, run_cnn, summary_table
 
 
 def _env_file(var: str, rel: str) -> bool:
@@ -53,8 +53,8 @@ def test_cli_cnn(tmp_path, capsys):
 def test_load_model_prefers_finetuned_checkpoint(tmp_path, monkeypatch):
     import torch
 
-    from spikegcn.vision import resnet20, save_checkpoint
-    from spikegcn.vision.train import default_checkpoint_path
+    from spikegcn.experiments.cnn_train import default_checkpoint_path, save_checkpoint
+    from spikegcn.vision import resnet20
 
     monkeypatch.setenv("SPIKEGCN_CACHE", str(tmp_path))
     torch.manual_seed(0)

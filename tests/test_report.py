@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from spikegcn import sweep as sweep_mod
 from spikegcn.cli import main
-from spikegcn.report import build_report, load_results
-from spikegcn.sweep import GridError, parse_grid
+from spikegcn.experiments import sweep as sweep_mod
+from spikegcn.experiments.report import build_report, load_results
+from spikegcn.experiments.sweep import GridError, parse_grid
 
 FIX = Path(__file__).parent / "fixtures" / "results"
 

@@ -160,7 +160,7 @@ def test_file_lock_serialises_read_modify_write(tmp_path):
 
 
 def _sweep_worker(out: str, Ts: list, queue) -> None:
-    from spikegcn.sweep import Task, run_sweep
+    from spikegcn.experiments.sweep import Task, run_sweep
 
     def evaluate(code):
         time.sleep(0.1)  # both processes are busy at once
@@ -203,7 +203,7 @@ def test_corrupt_checkpoint_is_named_without_weights_only_advice(tmp_path):
 
 
 def test_corrupt_sweep_model_cache_is_rebuilt(tmp_path, monkeypatch):
-    from spikegcn.sweep import textgcn_task
+    from spikegcn.experiments.sweep import textgcn_task
 
     monkeypatch.setenv("SPIKEGCN_CACHE", str(tmp_path))
     first = textgcn_task("demo", train={"epochs": 3}, progress=False)
@@ -216,7 +216,7 @@ def test_corrupt_sweep_model_cache_is_rebuilt(tmp_path, monkeypatch):
 
 
 def test_corrupt_finetuned_checkpoint_is_removed_and_named(tmp_path, monkeypatch):
-    from spikegcn.vision import pipeline
+    from spikegcn.experiments import cnn as pipeline
 
     monkeypatch.setenv("SPIKEGCN_CACHE", str(tmp_path))
     ck = pipeline.default_checkpoint_path("resnet20")
@@ -229,7 +229,7 @@ def test_corrupt_finetuned_checkpoint_is_removed_and_named(tmp_path, monkeypatch
 
 
 def test_sweep_file_that_is_not_json_is_named(tmp_path):
-    from spikegcn.sweep import load_sweep
+    from spikegcn.experiments.sweep import load_sweep
 
     path = tmp_path / "sweep.json"
     path.write_text('{"kind": "sweep", "poi')

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from spikegcn.cli import main
-from spikegcn.text.pipeline import run_textgcn, summary_table, write_record
+from spikegcn.experiments.textgcn import run_textgcn, summary_table, write_record
 
 
 def test_demo_end_to_end(tmp_path):
@@ -74,7 +74,7 @@ def test_tf_adam_eps_reproduces_tf1_update():
 
     import torch
 
-    from spikegcn.text.train import set_tf_adam_eps
+    from spikegcn.experiments.textgcn_train import set_tf_adam_eps
 
     lr, b1, b2, eps = 0.02, 0.9, 0.999, 1e-8
     torch.manual_seed(0)
@@ -159,8 +159,8 @@ def test_training_reuses_layer1_with_the_same_numbers(tf_adam):
     the history and weights of the plain loop with PyG's GCNConv (benchmarks/textgcn_train_speed.py) bit for bit."""
     import importlib.util
 
+    from spikegcn.experiments.textgcn_train import TrainConfig, train_textgcn
     from spikegcn.text.graph import build_text_graph
-    from spikegcn.text.train import TrainConfig, train_textgcn
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "textgcn_train_speed.py"
     spec = importlib.util.spec_from_file_location("textgcn_train_speed", path)
@@ -179,8 +179,8 @@ def test_training_reuses_layer1_with_the_same_numbers(tf_adam):
 def test_training_rejects_an_asymmetric_graph():
     import dataclasses
 
+    from spikegcn.experiments.textgcn_train import TrainConfig, train_textgcn
     from spikegcn.text.graph import build_text_graph
-    from spikegcn.text.train import TrainConfig, train_textgcn
 
     g = build_text_graph("demo", seed=0, progress=False)
     adj = g.adj_norm.tolil()

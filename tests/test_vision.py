@@ -14,9 +14,9 @@ from torch import nn
 
 from spikegcn import datafiles
 from spikegcn.datafiles import DataFileError, read_sums
+from spikegcn.experiments.cnn_train import TrainConfig, evaluate, fit, load_checkpoint, save_checkpoint
 from spikegcn.vision import data as D
 from spikegcn.vision import models as M
-from spikegcn.vision.train import TrainConfig, evaluate, fit, load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_ROOT = datafiles.data_root()
@@ -279,7 +279,7 @@ def test_activation_noise_training_is_seeded_train_only_and_removed():
 
 def test_fake_quant_training_quantises_relu_outputs_with_straight_through_gradients():
     from spikegcn.coding import PhaseCode, quantize
-    from spikegcn.vision.train import _relu_hooks
+    from spikegcn.experiments.cnn_train import _relu_hooks
 
     code = PhaseCode(16, 1.3)
     with pytest.raises(ValueError, match="exclusive"):
@@ -309,7 +309,7 @@ def test_fake_quant_training_quantises_relu_outputs_with_straight_through_gradie
 
 def test_fake_quant_window_uses_the_running_maximum_and_quantises_pools():
     from spikegcn.coding import PhaseCode, quantize
-    from spikegcn.vision.train import _relu_hooks
+    from spikegcn.experiments.cnn_train import _relu_hooks
 
     code = PhaseCode(16, 1.3)
     for bad in (0, -2, 1.5, True):
@@ -354,7 +354,7 @@ def test_fake_quant_window_mirrors_the_converters_scales_per_call_site():
     """With a window: one scale per layer for fully-connected outputs (the converter's layer-wise λ), one window
     per call site of a reused module, and nothing left registered afterwards."""
     from spikegcn.coding import PhaseCode, quantize
-    from spikegcn.vision.train import _relu_hooks
+    from spikegcn.experiments.cnn_train import _relu_hooks
 
     code = PhaseCode(16, 1.3)
     torch.manual_seed(0)

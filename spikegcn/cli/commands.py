@@ -110,7 +110,7 @@ def textgcn(args: argparse.Namespace) -> int:
     code = _phase_code(T, Q, Tw)
     out = out_dir(args.out)
     _prepare_torch(args)
-    from ..text.pipeline import run_textgcn, summary_table, write_record
+    from ..experiments.textgcn import run_textgcn, summary_table, write_record
 
     rec = run_textgcn(dataset, T=code.T, Q=code.Q, Tw=code.Tw, seed=seed, train=cfg.get("train"),
                       modes=tuple(cfg.get("modes", ("functional", "exact"))), progress=not args.quiet)
@@ -126,8 +126,8 @@ def cnn(args: argparse.Namespace) -> int:
     code = _phase_code(args.T, args.Q, args.Tw)
     out = out_dir(args.out)
     _prepare_torch(args)
+    from ..experiments.cnn import run_cnn, summary_table
     from ..fileio import write_json
-    from ..vision.pipeline import run_cnn, summary_table
 
     rec = run_cnn(args.model, dataset, weights=weights, T=code.T, Q=code.Q, Tw=code.Tw, limit=args.limit,
                   calib=args.calib, seed=args.seed, modes=tuple(args.modes))
@@ -142,7 +142,7 @@ def finetune(args: argparse.Namespace) -> int:
     init = in_file(args.init, "--init")
     out = out_file(args.out) if args.out else None
     _prepare_torch(args)
-    from ..vision.train import finetune as run
+    from ..experiments.cnn_train import finetune as run
 
     res = run(args.model, out, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
               batch_size=args.batch_size, label_smoothing=args.label_smoothing, seed=args.seed,
@@ -154,14 +154,14 @@ def finetune(args: argparse.Namespace) -> int:
 
 
 def mape(args: argparse.Namespace) -> int:
-    from ..sweep import flatten, parse_grid
+    from ..experiments.sweep import flatten, parse_grid
 
     stem = Path(args.out).expanduser()
     stem = stem / "mape" if stem.is_dir() else stem.with_suffix("") if stem.suffix in (".json", ".png") else stem
     for suffix in (".json", ".png"):
         out_file(stem.with_name(stem.name + suffix))
     Qs = flatten(args.Q) or parse_grid("1.01:2.00:0.01", name="--Q")
-    from ..sweep import mape_curves, write_mape
+    from ..experiments.sweep import mape_curves, write_mape
 
     rec = mape_curves(flatten(args.T), Qs, mu=args.mu, sigma=args.sigma, shift=not args.no_shift,
                       progress=not args.quiet)
@@ -175,7 +175,7 @@ def mape(args: argparse.Namespace) -> int:
 
 
 def _sweep_task(args: argparse.Namespace) -> tuple[str, dict, Any]:
-    from .. import sweep as S
+    from ..experiments import sweep as S
 
     if args.task == "textgcn":
         if not args.dataset:
@@ -202,7 +202,7 @@ def _sweep_task(args: argparse.Namespace) -> tuple[str, dict, Any]:
 
 
 def sweep(args: argparse.Namespace) -> int:
-    from ..sweep import flatten, grid_points, point_key, run_sweep, summarize_sweep
+    from ..experiments.sweep import flatten, grid_points, point_key, run_sweep, summarize_sweep
 
     Ts, Qs, Tws = flatten(args.T), flatten(args.Q), flatten(args.Tw)
     name, task_config, make = _sweep_task(args)
@@ -226,7 +226,7 @@ def report(args: argparse.Namespace) -> int:
         raise UsageError(f"--results {results}: no such folder (it holds the records of `spikegcn textgcn`, "
                          f"`cnn`, `sweep` and `mape`; default {RUNS})")
     out = out_file(args.out)
-    from ..report import build_report
+    from ..experiments.report import build_report
 
     path = build_report(results, out)
     print(f"report: {path}")

@@ -1,6 +1,6 @@
 r"""Vision models and data: CIFAR ResNet-20/32/44/56 (pretrained), a VGG-style net, LeNet-5, and loaders for
-CIFAR-10 (the official release, and the JPEG version ``cifar10-jpg``), MNIST and sklearn digits, with a seeded
-training loop.
+CIFAR-10 (the official release, and the JPEG version ``cifar10-jpg``), MNIST and sklearn digits. The seeded
+training loop lives with the experiments (:mod:`spikegcn.experiments.cnn_train`).
 
 The models are plain :mod:`torch.nn` modules written for :mod:`torch.fx` conversion (one :class:`~torch.nn.ReLU`
 module per use, pooling and shortcuts as modules); the data loaders need Pillow (JPEG) and scikit-learn (digits)
@@ -28,11 +28,11 @@ from .data import (
 from .models import (
     MODELS,
     PRETRAINED,
+    VGG,
     BasicBlock,
     CifarResNet,
     LeNet5,
     OptionAShortcut,
-    VGG,
     VisionTracer,
     get_model,
     lenet5,
@@ -45,7 +45,6 @@ from .models import (
     symbolic_trace,
     vgg_cifar,
 )
-from .train import TrainConfig, evaluate, finetune, fit, load_checkpoint, save_checkpoint
 
 __all__ = [
     "CIFAR10_CLASSES", "CIFAR_MEAN", "CIFAR_STD", "MNIST_MEAN", "MNIST_STD",
@@ -55,5 +54,4 @@ __all__ = [
     "MODELS", "PRETRAINED", "BasicBlock", "CifarResNet", "LeNet5", "OptionAShortcut", "VGG", "VisionTracer",
     "get_model", "lenet5", "load_pretrained", "pretrained_path", "resnet20", "resnet32", "resnet44", "resnet56",
     "symbolic_trace", "vgg_cifar",
-    "TrainConfig", "evaluate", "finetune", "fit", "load_checkpoint", "save_checkpoint",
 ]

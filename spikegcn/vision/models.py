@@ -440,7 +440,7 @@ def load_pretrained(name: str, path: Union[str, os.PathLike, None] = None) -> nn
     Args:
         name (str): ``"resnet20"``, ``"resnet32"``, ``"resnet44"`` or ``"resnet56"``.
         path (str or PathLike, optional): an explicit checkpoint file (not checksum-verified: it may be a
-            fine-tuned checkpoint saved by :func:`spikegcn.vision.train.finetune`). By default the published
+            fine-tuned checkpoint saved by :func:`spikegcn.experiments.cnn_train.finetune`). By default the published
             file located by :func:`pretrained_path`. (default: :obj:`None`)
     """
     model = get_model(name)

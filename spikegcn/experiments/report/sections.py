@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..fileio import write_text
+from ...fileio import write_text
 from .figures import plot_encoding, plot_loss_vs_q, plot_mape, plot_spikes, plot_tw
 from .records import (
     PRODUCERS,
@@ -58,7 +58,7 @@ def _slug(s: str) -> str:
 
 
 def _lat(s: dict, tw: int, convs: list[Conversion]) -> str:
-    from ..energy import latency
+    from ...energy import latency
 
     c = next((c for c in convs if c.label == s["label"]), None)
     if c is None:

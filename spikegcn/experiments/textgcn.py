@@ -16,8 +16,8 @@ from ..convert import convert
 from ..energy import FP32, INT8, INT8_MULT_ONLY
 from ..fileio import write_json
 from ..nn.aggregation import SpikingAggregation
-from .graph import build_text_graph
-from .train import TrainConfig, train_textgcn
+from ..text.graph import build_text_graph
+from .textgcn_train import TrainConfig, train_textgcn
 
 VARIANTS = ("signed", "agg_first", "relu_mp")
 

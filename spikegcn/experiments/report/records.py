@@ -1,4 +1,4 @@
-"""Reading and checking the results records the report is built from (see :mod:`spikegcn.report`)."""
+"""Reading and checking the results records the report is built from (see :mod:`spikegcn.experiments.report`)."""
 from __future__ import annotations
 
 import json
@@ -121,7 +121,7 @@ class Conversion:
         return sum(1 for l in self.layers if l.get("kind") != "shortcut")
 
     def latency(self, N: int = 1) -> int:
-        from ..energy import latency
+        from ...energy import latency
 
         return latency(self.T, self.Tw, self.L, N)
 

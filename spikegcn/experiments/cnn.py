@@ -12,9 +12,9 @@ import torch
 from ..coding import PhaseCode
 from ..energy import FP32, INT8, INT8_MULT_ONLY
 from ..fileio import load_cached, load_torch
-from .cifar import DATASETS, load_dataset, preprocess
-from .models import PRETRAINED, load_pretrained
-from .train import default_checkpoint_path, load_checkpoint
+from ..vision.cifar import DATASETS, load_dataset, preprocess
+from ..vision.models import PRETRAINED, load_pretrained
+from .cnn_train import default_checkpoint_path, load_checkpoint
 
 
 def _subset(n_total: int, limit: int | None) -> torch.Tensor:
@@ -38,9 +38,10 @@ def load_data(dataset: str, limit: int | None, calib: int, seed: int = 0) -> dic
 
 
 def load_model(name: str, weights: str | Path | None, dataset: str = "cifar10-jpg") -> tuple[torch.nn.Module, str]:
-    """A trained model: a checkpoint path (``spikegcn.vision.train`` format or a published ResNet file); without one,
-    for ``resnet20/32/44/56``, on ``cifar10-jpg`` the JPEG fine-tuned checkpoint that ``spikegcn finetune`` left in
-    the cache, else the published weights (trained on the official CIFAR-10)."""
+    """A trained model: a checkpoint path (:func:`~spikegcn.experiments.cnn_train.save_checkpoint` format or a
+    published ResNet file); without one, for ``resnet20/32/44/56``, on ``cifar10-jpg`` the JPEG fine-tuned
+    checkpoint that ``spikegcn finetune`` left in the cache, else the published weights (trained on the official
+    CIFAR-10)."""
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
@@ -58,8 +59,8 @@ def load_model(name: str, weights: str | Path | None, dataset: str = "cifar10-jp
             return net.eval(), f"fine-tuned on CIFAR-10 JPEG ({ft})"
         return load_pretrained(name).eval(), "published checkpoint (trained on the official CIFAR-10" + (
             f"; not fine-tuned: `spikegcn finetune {name}` adapts it to the JPEG images)" if jpg else ")")
-    raise ValueError(f"model {name!r} has no published weights: train it (spikegcn.vision.fit) and pass "
-                     f"--weights PATH")
+    raise ValueError(f"model {name!r} has no published weights: train it (spikegcn.experiments.cnn_train.fit) "
+                     f"and pass --weights PATH")
 
 
 def _acc(logits: torch.Tensor, y: torch.Tensor) -> float:

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from .fileio import file_lock, write_json
+from ..fileio import file_lock, write_json
 
 __all__ = [
     "GridError", "parse_grid", "grid_type", "point_key", "Task", "textgcn_task", "cnn_task", "TASKS", "run_sweep",
@@ -202,12 +202,12 @@ def textgcn_task(dataset: str, seed: int = 0, train: dict | None = None, progres
     cached under ``cache_dir()/models``), and evaluate converted SNNs on the test documents."""
     import torch
 
-    from .datafiles import cache_dir
-    from .fileio import load_cached, load_torch, torch_save
-    from .text.graph import build_text_graph
-    from .text.model import TextGCN, sparse_identity, to_torch_csr
-    from .text.pipeline import evaluate_snn, prepare_textgcn
-    from .text.train import TrainConfig
+    from ..datafiles import cache_dir
+    from ..fileio import load_cached, load_torch, torch_save
+    from ..text.graph import build_text_graph
+    from ..text.model import TextGCN, sparse_identity, to_torch_csr
+    from .textgcn import evaluate_snn, prepare_textgcn
+    from .textgcn_train import TrainConfig
 
     graph = build_text_graph(dataset, seed=seed, progress=progress)
     cfg = TrainConfig(seed=seed, **(train or {}))
@@ -251,7 +251,7 @@ def textgcn_task(dataset: str, seed: int = 0, train: dict | None = None, progres
                 "energy_int8": r["energy_int8"], "energy_int8_mult_only": r["energy_int8_mult_only"]}
 
     def activation_sample() -> dict:
-        from .convert.observers import activation_scale
+        from ..convert.observers import activation_scale
 
         with torch.no_grad():
             y = model.conv1(x, adj_t)
@@ -279,7 +279,7 @@ def _cnn_available() -> bool:
     import importlib
 
     try:  # the module, not the function `spikegcn.convert` that the package exports under the same name
-        conv = importlib.import_module(f"{__package__}.convert")
+        conv = importlib.import_module("spikegcn.convert")
     except ImportError:
         return False
     return hasattr(conv, "convert_cnn")
@@ -296,10 +296,10 @@ def cnn_task(model: str = "resnet20", seed: int = 0, limit: int = 1000, calib: i
                            "installation of spikegcn does not have")
     import torch
 
-    from .convert import convert
-    from .energy import FP32, INT8, INT8_MULT_ONLY
-    from .vision import load_checkpoint, load_dataset, load_pretrained, preprocess
-    from .vision.train import default_checkpoint_path
+    from ..convert import convert
+    from ..energy import FP32, INT8, INT8_MULT_ONLY
+    from ..vision import load_dataset, load_pretrained, preprocess
+    from .cnn_train import default_checkpoint_path, load_checkpoint
 
     if model not in CNN_MODELS:
         raise ValueError(f"unknown CNN model {model!r}; choose from {sorted(CNN_MODELS)}")
@@ -326,7 +326,7 @@ def cnn_task(model: str = "resnet20", seed: int = 0, limit: int = 1000, calib: i
     with torch.no_grad():
         ann_logits = torch.cat([net(x[i:i + batch]) for i in range(0, len(x), batch)])
     ann = 100.0 * float((ann_logits.argmax(1) == y).double().mean())
-    from .coding import PhaseCode
+    from ..coding import PhaseCode
 
     snn = convert(net, xc, PhaseCode(16, 1.3), mode="functional")  # lambdas do not depend on the code
 
@@ -359,8 +359,8 @@ def _cnn_activation_sample(net, xc, batch: int, seed: int) -> dict:
     import torch.nn.functional as F
     from torch import fx, nn
 
-    from .convert.fx import CNNTracer
-    from .convert.observers import activation_scale
+    from ..convert.fx import CNNTracer
+    from ..convert.observers import activation_scale
 
     gm = fx.GraphModule(net, CNNTracer().trace(net))
     mods = dict(gm.named_modules())
@@ -399,7 +399,7 @@ def _versions() -> dict[str, str]:
     import scipy
     import torch
 
-    from . import __version__
+    from .. import __version__
 
     return {"spikegcn": __version__, "torch": torch.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
             "python": platform.python_version()}
@@ -436,7 +436,7 @@ def run_sweep(out: str | Path, task_name: str, task_config: dict[str, Any], poin
     """
     from tqdm.auto import tqdm
 
-    from .coding import PhaseCode
+    from ..coding import PhaseCode
 
     path = Path(out)
     rec = load_sweep(path)
@@ -547,7 +547,7 @@ def mape_curves(Ts: Sequence[int], Qs: Sequence[float], mu: float = 0.0, sigma: 
     """Eq. 5 MAPE (in %) over ``Qs`` for every ``T``, and the argmin of each curve."""
     from tqdm.auto import tqdm
 
-    from .coding import mape
+    from ..coding import mape
 
     curves, optimum = {}, {}
     bar = tqdm(total=len(Ts) * len(Qs), desc="MAPE (Eq. 5)", disable=not progress, leave=False)

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .graph import TextGraph
-from .model import TextGCN, is_symmetric, sparse_identity, to_torch_csr
+from ..text.graph import TextGraph
+from ..text.model import TextGCN, is_symmetric, sparse_identity, to_torch_csr
 
 
 @dataclass

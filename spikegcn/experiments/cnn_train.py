@@ -29,8 +29,8 @@ from torch import Tensor, nn
 from ..coding import PhaseCode, quantize
 from ..datafiles import cache_dir
 from ..fileio import load_torch, torch_save
-from .data import cifar10_loader
-from .models import get_model, load_pretrained
+from ..vision.data import cifar10_loader
+from ..vision.models import get_model, load_pretrained
 
 __all__ = [
     "TrainConfig",

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..fileio import savefig
+from ...fileio import savefig
 from .records import Conversion
 
 __all__ = ["plot_mape", "plot_loss_vs_q", "plot_tw", "plot_encoding", "plot_spikes"]
@@ -142,7 +142,7 @@ def plot_encoding(values: Sequence[float], T: int, Q: float, title: str, source:
     (floor). Activations that do not fire are drawn on the bottom line. Returns the sample's error statistics."""
     import torch
 
-    from ..coding import PhaseCode, quantize
+    from ...coding import PhaseCode, quantize
 
     plt = _plt()
     a = torch.tensor([v for v in values if v > 0], dtype=torch.float64)
