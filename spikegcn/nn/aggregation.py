@@ -8,10 +8,9 @@ from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
-from ..coding import PhaseCode
-from ..simulate import GraphOp, run_layer
-from ..coding import encode
+from ..coding import PhaseCode, encode
 from ..energy import LayerStats
+from ..simulate import GraphOp, run_layer
 from ..spikes import IdentitySpikes, PhaseSpikes, SparsePhaseSpikes
 from ..validate import check_edge_index, check_edge_weight
 from .base import SpikingMixin, as_spike_input
@@ -37,7 +36,7 @@ def build_graph_op(edge_index: Tensor, edge_weight: Tensor | None, num_nodes: in
     dst_s, src_s = key // num_nodes, key % num_nodes
     crow = torch.zeros(num_nodes + 1, dtype=torch.int64, device=src.device)
     crow[1:] = torch.cumsum(torch.bincount(dst_s, minlength=num_nodes), 0)
-    # int32 indices make CPU spmm 2-4x faster (textgcn_pipeline.md, section 4)
+    # int32 indices make CPU spmm 2-4x faster (docs/textgcn.md, section 4)
     idx_dtype = torch.int32 if src_s.numel() < 2**31 and num_nodes < 2**31 else torch.int64
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
