@@ -11,6 +11,7 @@ from spikegcn.experiments.cnn_train import TrainConfig, evaluate
 from spikegcn.experiments.cnn_train import fit as train
 from spikegcn.fileio import write_json
 from spikegcn.vision import data as D
+from spikegcn.vision import loaders as L
 from spikegcn.vision.models import PRETRAINED, load_pretrained, pretrained_path, vgg_cifar
 
 out = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -33,7 +34,7 @@ out["cifar10_jpg_decode"] = {"images": 60000, "zip_sha256_seconds": round(t_sha,
     "cached_load_both_splits_seconds": round(t_cached, 3), "pillow": meta.get("pillow"), "single_process": True}
 print(out["cifar10_jpg_decode"], flush=True)
 # 2. pretrained accuracy on the full 10k JPEG test set
-test = D.cifar10_loader("test", 500, dataset="cifar10-jpg")
+test = L.cifar10_loader("test", 500, dataset="cifar10-jpg")
 acc = {}
 for name in PRETRAINED:
     m = load_pretrained(name)
@@ -46,7 +47,7 @@ for name in PRETRAINED:
     print(name, acc[name], flush=True)
 out["pretrained_jpeg_test"] = acc
 # 3. ResNet-20 training speed on the JPEG train set (batch 128, crop+flip, SGD momentum)
-loader = D.cifar10_loader("train", 128, seed=0, dataset="cifar10-jpg")
+loader = L.cifar10_loader("train", 128, seed=0, dataset="cifar10-jpg")
 m = load_pretrained("resnet20")
 train(m, loader, TrainConfig(epochs=1, lr=0.01, max_steps=10), progress=False)  # warm-up
 nsteps = int(os.environ.get("NSTEPS", 200))

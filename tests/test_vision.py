@@ -16,6 +16,7 @@ from spikegcn import datafiles
 from spikegcn.datafiles import DataFileError, read_sums
 from spikegcn.experiments.cnn_train import TrainConfig, evaluate, fit, load_checkpoint, save_checkpoint
 from spikegcn.vision import data as D
+from spikegcn.vision import loaders as L
 from spikegcn.vision import models as M
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,7 +124,7 @@ def test_pretrained_resnet20_loads_strictly_and_classifies(monkeypatch):
     assert not model.training
     if not HAVE_CIFAR:
         pytest.skip("CIFAR-10 JPEG: cifar10-jpg/cifar10_jpg.zip is not under $SPIKEGCN_DATA or the cache")
-    loader = D.cifar10_loader("test", 250, subset=500, dataset="cifar10-jpg")
+    loader = L.cifar10_loader("test", 250, subset=500, dataset="cifar10-jpg")
     assert torch.equal(torch.bincount(loader.labels), torch.full((10,), 50))
     acc = evaluate(model, loader)
     assert acc >= 0.75, acc
@@ -147,7 +148,7 @@ def test_cifar10_loader_shapes():
         assert x.shape == (n, 3, 32, 32) and x.dtype == torch.uint8
         assert y.shape == (n,) and y.dtype == torch.int64
         assert torch.equal(torch.bincount(y), torch.full((10,), n // 10))
-    xb, yb = next(iter(D.cifar10_loader("test", 64, dataset="cifar10-jpg")))
+    xb, yb = next(iter(L.cifar10_loader("test", 64, dataset="cifar10-jpg")))
     assert xb.shape == (64, 3, 32, 32) and xb.dtype == torch.float32
     assert -2.5 < float(xb.min()) and float(xb.max()) < 2.7  # normalised with the ImageNet statistics
 
@@ -196,9 +197,9 @@ def test_missing_cifar_zip_explains(tmp_path, monkeypatch):
 
 def test_augmentation_is_deterministic_and_correct():
     x = torch.arange(4 * 3 * 8 * 8, dtype=torch.float32).view(4, 3, 8, 8) + 1
-    a = D.random_crop_flip(x, 2, generator=torch.Generator().manual_seed(5))
-    b = D.random_crop_flip(x, 2, generator=torch.Generator().manual_seed(5))
-    c = D.random_crop_flip(x, 2, generator=torch.Generator().manual_seed(6))
+    a = L.random_crop_flip(x, 2, generator=torch.Generator().manual_seed(5))
+    b = L.random_crop_flip(x, 2, generator=torch.Generator().manual_seed(5))
+    c = L.random_crop_flip(x, 2, generator=torch.Generator().manual_seed(6))
     assert torch.equal(a, b) and not torch.equal(a, c) and a.shape == x.shape
     # every output is a zero-padded shifted (possibly flipped) copy of its input
     xp = torch.nn.functional.pad(x, (2, 2, 2, 2))
@@ -206,14 +207,14 @@ def test_augmentation_is_deterministic_and_correct():
         windows = [xp[i, :, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]
         assert any(torch.equal(a[i], w) or torch.equal(a[i], w.flip(2)) for w in windows)
     # uint8 works and pads with black
-    u = D.random_crop_flip(torch.full((2, 3, 8, 8), 200, dtype=torch.uint8), 4, generator=torch.Generator())
+    u = L.random_crop_flip(torch.full((2, 3, 8, 8), 200, dtype=torch.uint8), 4, generator=torch.Generator())
     assert u.dtype == torch.uint8 and set(u.unique().tolist()) <= {0, 200}
 
 
 def test_batch_loader_epochs_are_reproducible():
     x = torch.randint(0, 256, (50, 3, 8, 8), dtype=torch.uint8)
     y = torch.arange(50)
-    mk = lambda: D.BatchLoader(x, y, 16, shuffle=True, augment=True, mean=(0.5,) * 3, std=(0.25,) * 3, seed=3)
+    mk = lambda: L.BatchLoader(x, y, 16, shuffle=True, augment=True, mean=(0.5,) * 3, std=(0.25,) * 3, seed=3)
     l1, l2 = mk(), mk()
     assert len(l1) == 4
     e1 = [b for b in l1]
@@ -223,7 +224,7 @@ def test_batch_loader_epochs_are_reproducible():
     l2.set_epoch(1)
     for (xa, ya), (xb, yb) in zip(e2, l2):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
-    dl = D.tensor_dataloader(x, y, 16, shuffle=True, seed=1)
+    dl = L.tensor_dataloader(x, y, 16, shuffle=True, seed=1)
     assert sum(len(b[1]) for b in dl) == 50
 
 
@@ -232,24 +233,24 @@ def test_lenet5_learns_digits(tmp_path):
     model = M.lenet5(in_size=8)
     t0 = time.perf_counter()
     cfg = TrainConfig(epochs=15, lr=0.05, weight_decay=1e-4, seed=0)
-    train_loader = D.digits_loader("train", 32, seed=0)
+    train_loader = L.digits_loader("train", 32, seed=0)
     hist = fit(model, train_loader, cfg, progress=False)
-    acc = evaluate(model, D.digits_loader("test", 256))
+    acc = evaluate(model, L.digits_loader("test", 256))
     assert acc > 0.90, (acc, hist["loss"])
     assert time.perf_counter() - t0 < 30
     # same seed -> same weights
     torch.manual_seed(0)
     again = M.lenet5(in_size=8)
-    fit(again, D.digits_loader("train", 32, seed=0), TrainConfig(epochs=1, lr=0.05, seed=0), progress=False)
+    fit(again, L.digits_loader("train", 32, seed=0), TrainConfig(epochs=1, lr=0.05, seed=0), progress=False)
     torch.manual_seed(0)
     twin = M.lenet5(in_size=8)
-    fit(twin, D.digits_loader("train", 32, seed=0), TrainConfig(epochs=1, lr=0.05, seed=0), progress=False)
+    fit(twin, L.digits_loader("train", 32, seed=0), TrainConfig(epochs=1, lr=0.05, seed=0), progress=False)
     for p, q in zip(again.parameters(), twin.parameters()):
         assert torch.equal(p, q)
     # checkpoint round trip
     path = save_checkpoint(tmp_path / "ck" / "lenet.pt", model, arch="lenet5", model_kwargs={"in_size": 8})
     back = load_checkpoint(path)
-    assert evaluate(back, D.digits_loader("test", 256)) == acc
+    assert evaluate(back, L.digits_loader("test", 256)) == acc
 
 
 def test_activation_noise_training_is_seeded_train_only_and_removed():
@@ -260,7 +261,7 @@ def test_activation_noise_training_is_seeded_train_only_and_removed():
         torch.manual_seed(0)
         m = M.lenet5(in_size=8)
         cfg = TrainConfig(epochs=1, lr=0.05, seed=0, activation_noise=noise, max_steps=5)
-        fit(m, D.digits_loader("train", 32, seed=0), cfg, progress=False)
+        fit(m, L.digits_loader("train", 32, seed=0), cfg, progress=False)
         return m
 
     a, b, plain = train(0.13), train(0.13), train(0.0)
@@ -273,7 +274,7 @@ def test_activation_noise_training_is_seeded_train_only_and_removed():
     a.train()
     assert torch.equal(a(x), a(x))
     with pytest.raises(ValueError, match="nn.ReLU"):
-        fit(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), D.digits_loader("train", 32, seed=0),
+        fit(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), L.digits_loader("train", 32, seed=0),
             TrainConfig(epochs=1, max_steps=1, activation_noise=0.1), progress=False)
 
 
@@ -410,13 +411,13 @@ def test_freeze_bn_keeps_running_statistics():
     before = [b.clone() for b in m[1].buffers()]
     w_before = m[1].weight.detach().clone()
     # two epochs with validation: evaluate() switches the model back and forth, BN must stay frozen throughout
-    fit(m, D.digits_loader("train", 32, seed=0),
-        TrainConfig(epochs=2, lr=0.05, max_steps=6, freeze_bn=True), val_loader=D.digits_loader("test", 256),
+    fit(m, L.digits_loader("train", 32, seed=0),
+        TrainConfig(epochs=2, lr=0.05, max_steps=6, freeze_bn=True), val_loader=L.digits_loader("test", 256),
         progress=False)
     for b, c in zip(before, m[1].buffers()):
         assert torch.equal(b, c)
     assert not torch.equal(w_before, m[1].weight)  # the affine parameters still train
-    fit(m, D.digits_loader("train", 32, seed=0), TrainConfig(epochs=1, lr=0.05, max_steps=3), progress=False)
+    fit(m, L.digits_loader("train", 32, seed=0), TrainConfig(epochs=1, lr=0.05, max_steps=3), progress=False)
     assert not torch.equal(before[0], m[1].running_mean)
 
 
@@ -485,7 +486,7 @@ def test_cifar10_official_release_found_and_verified(tmp_path, monkeypatch):
     monkeypatch.setattr(C, "CIFAR10_BATCH_MD5", sums)
     x, y = C.load_dataset("cifar10", "test")
     assert x.shape == (4, 3, 32, 32)
-    xb, yb = next(iter(D.cifar10_loader("test", 4, dataset="cifar10")))
+    xb, yb = next(iter(L.cifar10_loader("test", 4, dataset="cifar10")))
     assert xb.dtype == torch.float32 and torch.equal(yb, y)
     # a truncated batch is named
     with open(archive.parent / C.CIFAR10_FOLDER / "test_batch", "r+b") as f:

@@ -1,7 +1,7 @@
 r"""Seeded training, fine-tuning and evaluation of the vision models (CPU-friendly, deterministic for a seed).
 
 Determinism: :func:`fit` seeds :func:`torch.manual_seed` (initialisation, dropout) and draws shuffling and
-augmentation from the loader's own :class:`torch.Generator` (see :class:`~spikegcn.vision.data.BatchLoader`), so
+augmentation from the loader's own :class:`torch.Generator` (see :class:`~spikegcn.vision.loaders.BatchLoader`), so
 two runs with the same seed and thread count give the same weights on CPU.
 
 Checkpoints (:func:`save_checkpoint`) are results, never committed: :func:`default_checkpoint_path` puts them in
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ..coding import PhaseCode, quantize
 from ..datafiles import cache_dir
 from ..fileio import load_torch, torch_save
-from ..vision.data import cifar10_loader
+from ..vision.loaders import cifar10_loader
 from ..vision.models import get_model, load_pretrained
 
 __all__ = [
@@ -255,7 +255,7 @@ def fit(
 
     Call :func:`torch.manual_seed` yourself before building a freshly initialised model if its initialisation must
     be reproducible too (this function seeds again at its start, for anything random during training). Loaders
-    with a ``set_epoch`` method (:class:`~spikegcn.vision.data.BatchLoader`) are told the epoch before each pass.
+    with a ``set_epoch`` method (:class:`~spikegcn.vision.loaders.BatchLoader`) are told the epoch before each pass.
     The model is left in eval mode.
 
     Returns:

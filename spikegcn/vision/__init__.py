@@ -13,13 +13,15 @@ from .data import (
     CIFAR_STD,
     MNIST_MEAN,
     MNIST_STD,
+    load_cifar10_jpg,
+    load_digits,
+    load_mnist,
+)
+from .loaders import (
     BatchLoader,
     Normalize,
     cifar10_loader,
     digits_loader,
-    load_cifar10_jpg,
-    load_digits,
-    load_mnist,
     mnist_loader,
     normalize,
     random_crop_flip,

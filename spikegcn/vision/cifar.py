@@ -162,7 +162,7 @@ def load_cifar10(split: str = "test", *, path: Optional[PathLike] = None) -> tup
         path (str or PathLike, optional): ``cifar-10-python.tar.gz``, its ``cifar-10-batches-py`` folder, or a
             folder holding either; default: found under ``$SPIKEGCN_DATA/cifar10``, the cache, or downloaded.
 
-    Convert with :func:`~spikegcn.vision.data.normalize` (``CIFAR_MEAN`` / ``CIFAR_STD`` for the pretrained
+    Convert with :func:`~spikegcn.vision.loaders.normalize` (``CIFAR_MEAN`` / ``CIFAR_STD`` for the pretrained
     ResNets).
     """
     x, y = load_cifar10_python_arrays(split, path=path)
@@ -184,6 +184,7 @@ def load_dataset(name: str, split: str) -> tuple[Tensor, Tensor]:
 def preprocess(name: str, x: Tensor) -> Tensor:
     """Model inputs from images of dataset ``name``: CIFAR normalised with ``CIFAR_MEAN`` / ``CIFAR_STD`` (what
     the pretrained ResNets expect), MNIST raw ``[0, 1)`` pixels (exact in binary input coding)."""
-    from .data import CIFAR_MEAN, CIFAR_STD, normalize
+    from .data import CIFAR_MEAN, CIFAR_STD
+    from .loaders import normalize
 
     return x if name == "mnist" else normalize(x, CIFAR_MEAN, CIFAR_STD)
