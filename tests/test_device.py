@@ -163,6 +163,19 @@ def test_scatter_backend_per_device(device):
     assert torch.equal(out_g.cpu(), ref_g) and torch.equal(out_d.cpu(), ref_d)
 
 
+def test_scatter_backend_without_torch_scatter(monkeypatch):
+    """Without torch-scatter (or with a build lacking the device's kernels) "auto" takes index_add_, and asking for
+    torch-scatter says why it cannot run."""
+    from spikegcn.kernels import scatter
+
+    monkeypatch.setattr(scatter, "HAS_TORCH_SCATTER", False)
+    assert scatter_backend("auto", "cpu") == "native"
+    with pytest.raises(RuntimeError, match="not installed"):
+        scatter_backend("torch_scatter", "cpu")
+    with pytest.raises(ValueError, match="unknown scatter backend"):
+        scatter_backend("cuda-magic", "cpu")
+
+
 def _spy_triton(monkeypatch):
     from spikegcn.kernels import triton_exact
 
