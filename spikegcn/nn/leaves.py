@@ -73,5 +73,5 @@ def leaf_rule(module: object) -> ChannelSelect | None:
     registered."""
     for t in type(module).__mro__:
         if t in _LEAVES:
-            return _LEAVES[t](module)  # type: ignore[arg-type]
+            return _LEAVES[t](module)
     return None
