@@ -233,3 +233,17 @@ def test_sweep_is_resumable(tmp_path, monkeypatch, capsys):
     # a file written for another network is refused
     assert main(base + ["--T", "8", "--seed", "1"]) == 2
     assert "holds a sweep of task 'textgcn'" in capsys.readouterr().err
+
+
+def test_sweep_warns_when_the_ann_differs_from_the_file(tmp_path):
+    # a resumed sweep whose retrained ANN scores differently says so through warnings (the library does not print)
+    out = tmp_path / "sweep_textgcn_demo.json"
+    base = ["sweep", "--task", "textgcn", "--dataset", "demo", "--Q", "1.3", "--out", str(out), "--quiet",
+            "--no-model-cache"]
+    main(base + ["--T", "8"])
+    rec = json.loads(out.read_text())
+    rec["ann_accuracy"] -= 1.0
+    out.write_text(json.dumps(rec))
+    with pytest.warns(RuntimeWarning, match=r"the ANN of this run has accuracy .* each point keeps the ANN accuracy"):
+        main(base + ["--T", "12"])
+    assert set(json.loads(out.read_text())["points"]) == {"T8_Q1.3_Tw8", "T12_Q1.3_Tw12"}

@@ -20,8 +20,8 @@ import hashlib
 import json
 import math
 import platform
-import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -233,7 +233,7 @@ def textgcn_task(dataset: str, seed: int = 0, train: dict | None = None, progres
             try:
                 torch_save({"model": model.state_dict(), "epochs": epochs, "train": asdict(cfg)}, path)
             except OSError as exc:  # a read-only cache only costs the training next time
-                print(f"warning: could not cache the trained model at {path}: {exc}", file=sys.stderr)
+                warnings.warn(f"could not cache the trained model at {path}: {exc}", RuntimeWarning, stacklevel=2)
     t_model = time.perf_counter() - t0
     labels = torch.from_numpy(graph.labels).long()
     test = torch.from_numpy(graph.test_idx).long()
@@ -461,9 +461,9 @@ def run_sweep(out: str | Path, task_name: str, task_config: dict[str, Any], poin
         if task.activation_sample is not None:
             rec["activation_sample"] = task.activation_sample()
     elif abs(rec["ann_accuracy"] - task.meta["ann_accuracy"]) > 1e-6:
-        print(f"warning: the ANN of this run has accuracy {task.meta['ann_accuracy']:.4f} %, the file's "
-              f"{rec['ann_accuracy']:.4f} %; each point keeps the ANN accuracy it was measured against",
-              file=sys.stderr)
+        warnings.warn(f"the ANN of this run has accuracy {task.meta['ann_accuracy']:.4f} %, the file's "
+                      f"{rec['ann_accuracy']:.4f} %; each point keeps the ANN accuracy it was measured against",
+                      RuntimeWarning, stacklevel=2)
     rec.update(versions=_versions(), machine=f"{platform.machine()} {_threads()} threads")
     if command:
         rec.setdefault("commands", [])
