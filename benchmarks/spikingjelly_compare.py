@@ -75,11 +75,10 @@ import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from spikegcn import PhaseCode, convert, latency  # noqa: E402
+from spikegcn.experiments.cnn_train import default_checkpoint_path, load_checkpoint  # noqa: E402
 from spikegcn.fileio import write_json, write_text  # noqa: E402
-from spikegcn.vision import (CIFAR_MEAN, CIFAR_STD, load_checkpoint, load_cifar10_jpg, load_pretrained,  # noqa: E402
-                             normalize)
+from spikegcn.vision import CIFAR_MEAN, CIFAR_STD, load_cifar10_jpg, load_pretrained, normalize  # noqa: E402
 from spikegcn.vision.models import OptionAShortcut  # noqa: E402
-from spikegcn.vision.train import default_checkpoint_path  # noqa: E402
 
 try:
     import spikingjelly.activation_based.ann2snn as ann2snn
