@@ -434,7 +434,8 @@ def verdict(res: dict) -> str:
             cs = r["compare"]["long_subset"]
             g = cs["sj_fewest_spikes_for_same_accuracy"]
             fs += (f" (on the {r['long_subset']['images']}-image subset, where spikegcn has "
-                   f"{cs['spikegcn_accuracy']:.2f} % at {cs['spikegcn_hidden_spikes_per_image']:,.0f} spikes, SpikingJelly first matches it with "
+                   f"{cs['spikegcn_accuracy']:.2f} % at {cs['spikegcn_hidden_spikes_per_image']:,.0f} spikes, "
+                   f"SpikingJelly first matches it with "
                    f"{g['hidden_spikes_per_image']:,.0f} spikes: {g['accuracy']:.2f} %, {g['config']}, {g['readout']} "
                    f"readout, t = {g['t']})") if g else \
                 f" (nor within t <= {max(res['args']['T_list'])} on the {r['long_subset']['images']}-image subset)"
