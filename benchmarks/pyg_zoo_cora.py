@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import platform
 import sys
 import time
@@ -182,10 +183,11 @@ def measure(name: str, make, data, args) -> dict:
     return row
 
 
-def markdown(rows: list[dict], args) -> str:
+def markdown(rows: list[dict], args, meta: dict) -> str:
     lines = [f"# PyG zoo on Cora (T = {args.T}, Q = {args.Q}, public split, seed {args.seed}, {args.epochs} epochs)",
              "", "Written by `python benchmarks/pyg_zoo_cora.py`. Accuracies in % on the 1,000 test nodes; loss = "
              "ANN - SNN (exact, Tw = T) in percentage points.", "",
+             "Commands: " + "; ".join(f"`{c}`" for c in meta["commands"]), "",
              "| model | ANN | lambda | SNN functional | SNN exact (Tw = T) | loss (pp) | loss, lambda = max (pp) | "
              "SNN exact (Tw = 4) | spikes / neuron |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -206,6 +208,7 @@ def main() -> None:
     p.add_argument("--Q", type=float, default=1.3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--only", nargs="*", help="model names to run (default: all)")
+    p.add_argument("--merge", action="store_true", help="replace only these models' rows in an existing record")
     p.add_argument("--out", default=str(ROOT / "results" / "pyg_zoo_cora"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -220,9 +223,14 @@ def main() -> None:
               f"loss {r['loss_pp']:+.1f} pp (max: {r['loss_max_pp']:+.1f})  "
               f"Tw=4 {100 * r['exact_tw4']:.1f}  s/n {r['spikes_per_neuron']:.3f}", flush=True)
     meta = {"T": args.T, "Q": args.Q, "seed": args.seed, "epochs": args.epochs, "torch": torch.__version__,
-            "python": platform.python_version(), "command": " ".join(["python"] + sys.argv)}
+            "python": platform.python_version(), "commands": [" ".join(["python"] + sys.argv)]}
+    if args.merge:
+        old = json.loads(Path(args.out + ".json").read_text())
+        new = {r["model"]: r for r in rows}
+        rows = [new.pop(r["model"], r) for r in old["rows"]] + list(new.values())
+        meta["commands"] = old["meta"].get("commands", [old["meta"].get("command")]) + meta["commands"]
     write_json(args.out + ".json", {"meta": meta, "rows": rows})
-    write_text(args.out + ".md", markdown(rows, args))
+    write_text(args.out + ".md", markdown(rows, args, meta))
 
 
 if __name__ == "__main__":

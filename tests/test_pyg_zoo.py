@@ -114,6 +114,7 @@ ZOO = {
     "chebconv": lambda: Two(ChebConv(8, 16, K=3), ChebConv(16, 4, K=2)),
     "tagconv": lambda: Two(TAGConv(8, 16, K=2), TAGConv(16, 4, K=3)),
     "simpleconv": lambda: Two(SimpleConv(aggr="mean", combine_root="sum"), LinG(8, 4)),
+    "gin_sum_alone": lambda: Two(GINConv(nn.Identity(), eps=0.5), LinG(8, 4)),  # no Linear to fuse the sum with
 }
 
 
@@ -183,9 +184,10 @@ def test_appnp_gcn2_gin_functional_equal_quantised_ann(g):
     from spikegcn.convert.capture import gin_aggregate
 
     c1, c2 = m.conv1, m.conv2
-    ref = reference([(lambda h: gin_aggregate(h, ei, c1.eps), "signed"), (c1.nn[0], "relu"), (c1.nn[2], "relu"),
-                     (lambda h: gin_aggregate(h, ei, c2.eps), "signed"), (c2.nn.lins[0], "relu"),
-                     (c2.nn.lins[1], "relu"), (m.out, "output")], g.x)
+    # GIN's sum and the first Linear of its MLP are one layer (no non-linearity between them in the ANN)
+    ref = reference([(lambda h: c1.nn[0](gin_aggregate(h, ei, c1.eps)), "relu"), (c1.nn[2], "relu"),
+                     (lambda h: c2.nn.lins[0](gin_aggregate(h, ei, c2.eps)), "relu"), (c2.nn.lins[1], "relu"),
+                     (m.out, "output")], g.x)
     close(spikegcn.convert(m, g, CODE, mode="functional")(g.x, ei), ref)
 
 
@@ -314,8 +316,7 @@ def test_basic_gnn_sage_gin_mlp_equal_quantised_ann(g):
 
     def gin_stages(conv, norm, last):
         mlp = conv.nn
-        return [(lambda h: gin_aggregate(h, ei, conv.eps), "signed"),
-                (lambda h: mlp.norms[0](mlp.lins[0](h)), "relu"),
+        return [(lambda h: mlp.norms[0](mlp.lins[0](gin_aggregate(h, ei, conv.eps))), "relu"),
                 (lambda h: norm(mlp.lins[1](h)), "output" if last else "relu")]
     close(spikegcn.convert(gin, g, CODE, mode="functional")(g.x, ei), _ref_basic_gnn(gin, g.x, ei, gin_stages))
 

@@ -90,6 +90,8 @@ def _twin(prepared, modules, node: fx.Node, info: LayerInfo, code, mode, channel
     else:
         if info.fn == "gin":
             ctx.extra["eps"] = _attr(prepared, node.args[2].target)
+            if info.post is not None:
+                ctx.extra["linear"] = modules[_node(node.graph, info.post).target]
         new = build_function_layer(info.fn, ctx)
     if info.bn is not None:
         a, c = bn_affine(modules[info.bn])
@@ -136,3 +138,11 @@ def _install(gm: fx.GraphModule, node: fx.Node, info: LayerInfo, new: nn.Module)
         m = gm.graph.call_module(name, tuple(args), kwargs)
     node.replace_all_uses_with(m)
     gm.graph.erase_node(node)
+    if info.post is not None:  # the Linear fused into GIN's sum
+        post = _node(gm.graph, info.post)
+        post.replace_all_uses_with(m)
+        gm.graph.erase_node(post)
+
+
+def _node(graph: fx.Graph, name: str) -> fx.Node:
+    return next(n for n in graph.nodes if n.name == name)

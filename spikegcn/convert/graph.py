@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch_geometric.nn import JumpingKnowledge
+from torch_geometric.nn.dense.linear import Linear as PygLinear
 
 from ..coding import PhaseCode
 from ..energy import FP32, EnergyCosts, LayerStats, energy_report
@@ -50,6 +51,7 @@ class LayerInfo:
     site: str  # the node whose value the neurons take (the layer, or the BatchNorm folded into it)
     fn: str | None = None  # function-call layers: "join", "cat", "gin", "pool_add", "pool_mean", "pool_max"
     bn: str | None = None  # target of the BatchNorm1d folded into the layer
+    post: str | None = None  # GIN's sum: the node of the MLP's first Linear, fused into the layer
     relus: list[str] = field(default_factory=list)
 
 
@@ -146,8 +148,10 @@ def analyse(gm: fx.GraphModule, example_inputs: list) -> Plan:
         raise UnsupportedModuleError(f"{type(gm).__name__} has no GCNConv or Linear layer (nor another supported "
                                      f"PyG layer) to convert")
     plan = Plan(layers={}, inputs=[])
+    fused = {n: _gin_linear(n, modules) for n in layers if n.op == "call_function" and n.target is gin_aggregate}
     for n in layers:
-        plan.layers[n.name] = _place(n, roles, modules)
+        if n not in fused.values():
+            plan.layers[n.name] = _place(n, roles, modules, fused.get(n))
     for r in routes:
         bad = [u for u in r.users if roles[u] not in ("layer", "route")]
         if bad:
@@ -162,11 +166,21 @@ def analyse(gm: fx.GraphModule, example_inputs: list) -> Plan:
     return plan
 
 
-def _place(n: fx.Node, roles: dict, modules: dict) -> LayerInfo:
+def _gin_linear(n: fx.Node, modules: dict) -> fx.Node | None:
+    """The ``Linear`` right after GIN's sum (its only consumer), which the sum fuses with."""
+    users = list(n.users)
+    if len(users) == 1 and users[0].op == "call_module" and users[0].args[:1] == (n,) \
+            and isinstance(modules[users[0].target], (nn.Linear, PygLinear)):
+        return users[0]
+    return None
+
+
+def _place(n: fx.Node, roles: dict, modules: dict, post: fx.Node | None = None) -> LayerInfo:
     fn = _fn_kind(n) if n.op == "call_function" else None
-    site, bn = n, None
-    if len(n.users) == 1 and roles[next(iter(n.users))] == "bn":
-        site = next(iter(n.users))
+    out = post if post is not None else n
+    site, bn = out, None
+    if len(out.users) == 1 and roles[next(iter(out.users))] == "bn":
+        site = next(iter(out.users))
         bn = site.target
     users = list(site.users)
     relus = [u for u in users if roles[u] == "relu"]
@@ -183,7 +197,8 @@ def _place(n: fx.Node, roles: dict, modules: dict) -> LayerInfo:
         raise UnsupportedModuleError(
             f"cannot convert {describe(bad, modules)} after {describe(n, modules)}: between spiking layers only "
             f"ReLU, dropout, BatchNorm after a layer, +, torch.cat and the supported PyG layers are allowed")
-    return LayerInfo(kind, site.name, fn=fn, bn=bn, relus=[r.name for r in relus])
+    return LayerInfo(kind, site.name, fn=fn, bn=bn, relus=[r.name for r in relus],
+                     post=post.name if post is not None else None)
 
 
 def _reaches_layer(node: fx.Node, roles: dict) -> bool:

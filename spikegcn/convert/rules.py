@@ -33,7 +33,7 @@ from ..nn.base import set_scale
 from ..nn.cheb_conv import SpikingChebConv
 from ..nn.gcn2_conv import SpikingGCN2Conv
 from ..nn.gcn_conv import SpikingGCNConv
-from ..nn.gin_conv import SpikingGINAggregation
+from ..nn.gin_conv import SpikingGINAggregation, SpikingGINConv
 from ..nn.global_pool import SpikingGlobalPool
 from ..nn.graph_conv import SpikingGraphConv
 from ..nn.join import SpikingConcat, SpikingJoin
@@ -161,6 +161,8 @@ def build_function_layer(kind: str, ctx: BuildContext) -> nn.Module:
         return _scaled(SpikingJoin(ctx.channels, **kw), ctx)
     if kind == "gin":
         eps = float(torch.as_tensor(ctx.extra["eps"]).detach())
+        if "linear" in ctx.extra:
+            return _scaled(SpikingGINConv.from_linear(ctx.extra["linear"], eps, **kw), ctx)
         return _scaled(SpikingGINAggregation(ctx.channels, eps=eps, **kw), ctx)
     return _scaled(SpikingGlobalPool(ctx.channels, reduce=kind.split("_", 1)[1], **kw), ctx)
 
@@ -196,7 +198,7 @@ def fold_affine(layer: nn.Module, a: Tensor, c: Tensor) -> None:
         targets, holder = [out_lin.weight], out_lin
     elif isinstance(layer, SpikingLinear):
         targets, holder = [layer.weight], layer
-    elif isinstance(layer, (SpikingSAGEConv, SpikingSGConv, SpikingChebConv, SpikingTAGConv)):
+    elif isinstance(layer, (SpikingSAGEConv, SpikingSGConv, SpikingChebConv, SpikingTAGConv, SpikingGINConv)):
         targets = [p for n, p in layer.named_parameters() if n.startswith("weight")]
         holder = layer
     else:

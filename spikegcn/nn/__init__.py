@@ -7,7 +7,7 @@ from .encoder import PhaseEncoder
 from .fc import SpikingFC, SpikingFlatten
 from .gcn2_conv import SpikingGCN2Conv
 from .gcn_conv import SpikingGCNConv
-from .gin_conv import SpikingGINAggregation
+from .gin_conv import SpikingGINAggregation, SpikingGINConv
 from .global_pool import SpikingGlobalPool
 from .graph_conv import SpikingGraphConv
 from .graph_layer import SpikingGraphLayer
@@ -22,7 +22,8 @@ from .tag_conv import SpikingTAGConv
 
 __all__ = ["PhaseEncoder", "SpikingLinear", "SpikingAggregation", "SpikingGCNConv"]
 __all__ += ["SpikingGraphLayer", "SpikingSAGEConv", "SpikingGraphConv", "SpikingSGConv", "SpikingChebConv",
-            "SpikingTAGConv", "SpikingAPPNP", "SpikingGCN2Conv", "SpikingSimpleConv", "SpikingGINAggregation",
+            "SpikingTAGConv", "SpikingAPPNP", "SpikingGCN2Conv", "SpikingSimpleConv", "SpikingGINConv",
+            "SpikingGINAggregation",
             "SpikingGlobalPool", "SpikingJoin", "SpikingConcat"]
 __all__ += ["OneSpikeLayer", "SpikingConv2d", "SpikingFC", "SpikingFlatten", "SpikingMaxPool2d", "SpikingAvgPool2d",
             "SpikingResidual"]
