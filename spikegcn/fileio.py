@@ -55,8 +55,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        kw = {"encoding": encoding, "newline": newline} if mode == "w" else {}
-        with os.fdopen(fd, mode, **kw) as f:
+        f: IO
+        with (os.fdopen(fd, "w", encoding=encoding, newline=newline) if mode == "w" else os.fdopen(fd, "wb")) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -214,7 +214,9 @@ def test_augmentation_is_deterministic_and_correct():
 def test_batch_loader_epochs_are_reproducible():
     x = torch.randint(0, 256, (50, 3, 8, 8), dtype=torch.uint8)
     y = torch.arange(50)
-    mk = lambda: L.BatchLoader(x, y, 16, shuffle=True, augment=True, mean=(0.5,) * 3, std=(0.25,) * 3, seed=3)
+    def mk():
+        return L.BatchLoader(x, y, 16, shuffle=True, augment=True, mean=(0.5,) * 3, std=(0.25,) * 3, seed=3)
+
     l1, l2 = mk(), mk()
     assert len(l1) == 4
     e1 = [b for b in l1]

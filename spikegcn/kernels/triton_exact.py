@@ -85,8 +85,9 @@ def _kernel(interpret: bool):
 
     @triton.jit
     def exact_rows(crow_ptr, col_ptr, val_ptr, codes_ptr, table_ptr, in_scale_ptr, bias_ptr, inv_scale_ptr,
-                   thr_ptr, out_phase_ptr, out_sign_ptr, F, T, k0, nl, NB: tl.constexpr, HAS_BIAS: tl.constexpr,
-                   SIGNED: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr, IDX: tl.constexpr):
+                   thr_ptr, out_phase_ptr, out_sign_ptr, F, T, k0, nl,
+                   NB: tl.constexpr, HAS_BIAS: tl.constexpr, SIGNED: tl.constexpr,  # type: ignore[name-defined]
+                   BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr, IDX: tl.constexpr):  # type: ignore[name-defined]
         # IDX: the integer type of phase arithmetic (int32 on a GPU; int64 in the interpreter, which checks every
         # narrower integer operation for overflow at a high cost)
         m = tl.program_id(0)
