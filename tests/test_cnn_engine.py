@@ -122,3 +122,16 @@ def test_meta_default_device_run_equals_normal_run(mode, tw):
     with torch.device("meta"):
         meta, meta_fresh = snn(x), fresh(x)
     assert meta.device.type == "cpu" and torch.equal(meta, out) and torch.equal(meta_fresh, out)
+
+
+@pytest.mark.parametrize("hw,stride", [(8, 1), (32, 1), (9, 2)])
+def test_input_statistics_equal_per_position_counts(hw, stride):
+    """The border-corrected spike x fan-out sum equals the per-position formula exactly."""
+    code = PhaseCode(8, 1.3)
+    layer = SpikingConv2d(3, 5, 3, stride=stride, padding=1, code=code)
+    x = _random_phase_spikes((4, 3, hw, hw), code, start=0, seed=3)
+    layer(x)
+    per_pos = (x.phase != 0).sum(0).double()
+    fan = layer.fanout(0, x.phase.shape[1:]).double()
+    assert layer.stats[0].additions == float((per_pos * fan).sum())
+    assert layer.stats[0].in_spikes == float(per_pos.sum())

@@ -331,7 +331,7 @@ class OneSpikeLayer(nn.Module, SpikingMixin):
                 return total, total * float(fan)
             if fan.dim() == 2 and counts.dim() == 4:
                 fmax, idx, delta = self._cached_fanout(("border", i, tuple(fan.shape)), lambda: _border(fan))
-                if idx.numel() <= fan.numel() // 4:
+                if 2 * idx.numel() <= fan.numel():
                     at = torch.count_nonzero(counts.flatten(2)[:, :, idx], dim=(0, 1)).to(torch.float64)
                     return total, total * fmax - float((delta * at).sum())
             per_pos = (counts != 0).sum(0, dtype=torch.float64)

@@ -33,12 +33,13 @@ struct Layer {  // what every output row needs
 // One output row: the late contributions into its phase bins (bins[(r - k0 - 1) * C + k]), then its C neurons in
 // lockstep (the same additions in the same order as one neuron at a time; local int32 phases so that the compiler
 // sees no aliasing and vectorises over the channels). Adds to *sat / *bad.
-template <typename scalar_t>
+// CC > 0: the channel count as a compile-time constant (16, 32, 64: loops unrolled, no remainders); 0: L.C.
+template <typename scalar_t, int CC>
 __attribute__((always_inline)) inline void row_body(const Layer& L, int64_t m, const scalar_t* first,
                                                     const scalar_t* thr, scalar_t* __restrict bins,
                                                     scalar_t* __restrict p, int32_t* __restrict fz, int8_t* out,
                                                     int64_t* sat, int64_t* bad) {
-  const int64_t C = L.C, k0 = L.k0, n = m / (L.Ho * L.Wo), oy = (m / L.Wo) % L.Ho, ox = m % L.Wo;
+  const int64_t C = CC > 0 ? CC : L.C, k0 = L.k0, n = m / (L.Ho * L.Wo), oy = (m / L.Wo) % L.Ho, ox = m % L.Wo;
   const int64_t nbc = (L.T_v - k0) * C;
   for (int64_t q = 0; q < nbc; ++q) bins[q] = scalar_t(0);
   for (int64_t i = 0; i < L.n_in; ++i) {
@@ -100,37 +101,47 @@ template <typename scalar_t>
 using RowFn = void (*)(const Layer&, int64_t, const scalar_t*, const scalar_t*, scalar_t*, scalar_t*, int32_t*,
                        int8_t*, int64_t*, int64_t*);
 
-template <typename scalar_t>
+template <typename scalar_t, int CC>
 void row_portable(const Layer& L, int64_t m, const scalar_t* first, const scalar_t* thr, scalar_t* bins, scalar_t* p,
                   int32_t* fz, int8_t* out, int64_t* sat, int64_t* bad) {
-  row_body<scalar_t>(L, m, first, thr, bins, p, fz, out, sat, bad);
+  row_body<scalar_t, CC>(L, m, first, thr, bins, p, fz, out, sat, bad);
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define SPIKEGCN_CONV_X86 1
 // The same code compiled for wider vectors (no FMA: -ffp-contract=off keeps products and sums separate).
-template <typename scalar_t>
+template <typename scalar_t, int CC>
 __attribute__((target("avx2"))) void row_avx2(const Layer& L, int64_t m, const scalar_t* first, const scalar_t* thr,
                                               scalar_t* bins, scalar_t* p, int32_t* fz, int8_t* out, int64_t* sat,
                                               int64_t* bad) {
-  row_body<scalar_t>(L, m, first, thr, bins, p, fz, out, sat, bad);
+  row_body<scalar_t, CC>(L, m, first, thr, bins, p, fz, out, sat, bad);
 }
 
-template <typename scalar_t>
+template <typename scalar_t, int CC>
 __attribute__((target("avx512f"))) void row_avx512(const Layer& L, int64_t m, const scalar_t* first,
                                                    const scalar_t* thr, scalar_t* bins, scalar_t* p, int32_t* fz,
                                                    int8_t* out, int64_t* sat, int64_t* bad) {
-  row_body<scalar_t>(L, m, first, thr, bins, p, fz, out, sat, bad);
+  row_body<scalar_t, CC>(L, m, first, thr, bins, p, fz, out, sat, bad);
 }
 #endif
 
-template <typename scalar_t>
-RowFn<scalar_t> pick_row(int64_t isa) {
+template <typename scalar_t, int CC>
+RowFn<scalar_t> pick_isa(int64_t isa) {
 #ifdef SPIKEGCN_CONV_X86
-  if (isa >= 2 && __builtin_cpu_supports("avx512f")) return row_avx512<scalar_t>;
-  if (isa >= 1 && __builtin_cpu_supports("avx2")) return row_avx2<scalar_t>;
+  if (isa >= 2 && __builtin_cpu_supports("avx512f")) return row_avx512<scalar_t, CC>;
+  if (isa >= 1 && __builtin_cpu_supports("avx2")) return row_avx2<scalar_t, CC>;
 #endif
-  return row_portable<scalar_t>;
+  return row_portable<scalar_t, CC>;
+}
+
+template <typename scalar_t>
+RowFn<scalar_t> pick_row(int64_t isa, int64_t C) {
+  switch (C) {
+    case 16: return pick_isa<scalar_t, 16>(isa);
+    case 32: return pick_isa<scalar_t, 32>(isa);
+    case 64: return pick_isa<scalar_t, 64>(isa);
+    default: return pick_isa<scalar_t, 0>(isa);
+  }
 }
 
 template <typename scalar_t>
@@ -139,7 +150,7 @@ void run(const scalar_t* first, const std::vector<ConvInput>& ins, int64_t N, in
          int64_t* sat_out, int64_t* bad_out) {
   const Layer L{ins.data(), (int64_t)ins.size(), Ho, Wo, C, T, k0, T_v, max_d};
   const int64_t R = N * Ho * Wo;
-  const RowFn<scalar_t> row = pick_row<scalar_t>(isa);
+  const RowFn<scalar_t> row = pick_row<scalar_t>(isa, C);
   int64_t sat = 0, bad = 0;
 #pragma omp parallel reduction(+ : sat, bad)
   {
@@ -189,8 +200,9 @@ std::vector<torch::Tensor> late_list(torch::Tensor phase, torch::Tensor sign, to
   int64_t* pt = ptr.data_ptr<int64_t>();
 #pragma omp parallel for schedule(static)
   for (int64_t q = 0; q < P; ++q) {
-    int64_t cnt = 0;
-    for (int64_t c = 0; c < C; ++c) cnt += ph[q * C + c] > lo;
+    int32_t cnt = 0;  // int32: the compare-and-count vectorises
+    const int8_t* row = ph + q * C;
+    for (int64_t c = 0; c < C; ++c) cnt += (int32_t)(row[c] > lo);
     pt[q + 1] = cnt;
   }
   for (int64_t q = 0; q < P; ++q) pt[q + 1] += pt[q];
