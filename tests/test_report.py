@@ -8,8 +8,8 @@ import pytest
 
 from spikegcn.cli import main
 from spikegcn.experiments import sweep as sweep_mod
+from spikegcn.experiments.grid import GridError, parse_grid
 from spikegcn.experiments.report import build_report, load_results
-from spikegcn.experiments.sweep import GridError, parse_grid
 
 FIX = Path(__file__).parent / "fixtures" / "results"
 

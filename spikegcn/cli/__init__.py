@@ -55,10 +55,10 @@ def _number(kind: type, lo: float | None = None, strict: bool = False) -> Callab
 
 
 def _grid(integer: bool, name: str, minimum: float, strict: bool = False) -> Callable[[str], list]:
-    """``spikegcn.experiments.sweep.grid_type``, imported when a value is parsed (numpy stays out of ``--help``)."""
+    """``spikegcn.experiments.grid.grid_type``, imported when a value is parsed (``--help`` imports nothing)."""
 
     def parse(tok: str) -> list:
-        from ..experiments.sweep import grid_type
+        from ..experiments.grid import grid_type
 
         return grid_type(integer, name, minimum, strict=strict)(tok)
 

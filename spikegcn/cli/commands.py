@@ -154,7 +154,7 @@ def finetune(args: argparse.Namespace) -> int:
 
 
 def mape(args: argparse.Namespace) -> int:
-    from ..experiments.sweep import flatten, parse_grid
+    from ..experiments.grid import flatten, parse_grid
 
     stem = Path(args.out).expanduser()
     stem = stem / "mape" if stem.is_dir() else stem.with_suffix("") if stem.suffix in (".json", ".png") else stem
@@ -202,7 +202,8 @@ def _sweep_task(args: argparse.Namespace) -> tuple[str, dict, Any]:
 
 
 def sweep(args: argparse.Namespace) -> int:
-    from ..experiments.sweep import flatten, grid_points, point_key, run_sweep, summarize_sweep
+    from ..experiments.grid import flatten, grid_points, point_key
+    from ..experiments.sweep import run_sweep, summarize_sweep
 
     Ts, Qs, Tws = flatten(args.T), flatten(args.Q), flatten(args.Tw)
     name, task_config, make = _sweep_task(args)

@@ -8,7 +8,7 @@
 * :mod:`~spikegcn.experiments.cnn`: a trained CNN converted and evaluated on an image set; ``spikegcn cnn``.
   Training, fine-tuning and checkpoints: :mod:`~spikegcn.experiments.cnn_train` (``spikegcn finetune``).
 * :mod:`~spikegcn.experiments.sweep`: resumable grid sweeps over (T, Q, Tw) and the MAPE curves
-  (``spikegcn sweep``, ``spikegcn mape``).
+  (``spikegcn sweep``, ``spikegcn mape``); their ``--T``/``--Q``/``--Tw`` grids: :mod:`~spikegcn.experiments.grid`.
 * :mod:`~spikegcn.experiments.report`: the CNN-vs-GCN report and its figures (``spikegcn report``).
 
 Submodules are imported on use, so ``import spikegcn.experiments`` loads nothing heavy.
