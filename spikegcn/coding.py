@@ -20,7 +20,7 @@ with an optional sign per element.
 
 Phases are stored as small integers (``0`` = silent), never as :math:`T` float planes: ``int8`` for
 :math:`T \le 127`, ``int16`` up to :data:`MAX_T` = 32767. :class:`PhaseCode` also refuses codes whose smallest
-threshold :math:`c_Q Q^{-(T-1)}` is not a normal float32 number (at :math:`Q = 1.3`: :math:`T > 332`): it would
+threshold :math:`c_Q Q^{-(T-1)}` is not a normal float32 number (at :math:`Q = 1.3`: :math:`T > 333`): it would
 round to 0 and silent neurons (activation 0) would fire at phase :math:`T`.
 """
 from __future__ import annotations
@@ -267,11 +267,12 @@ def _check_phases(phase: Tensor, T: int) -> None:
 
 def decode(phase: Tensor, code: PhaseCode, sign: Tensor | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
     """Normalised value :math:`\\pm Q^{-(t-1)}` (0 for silent neurons) of fire phases ``0..T`` (others raise)."""
-    _check_phases(phase, code.T)
     if phase.numel() >= _FAST_MIN and dtype == torch.float32:
-        v = _decode_fast(phase, code, sign, torch.ones(1))
+        v = _decode_fast(phase, code, sign, torch.ones(1, device=phase.device))  # checks the phases first
         if v is not None:
             return v
+    else:
+        _check_phases(phase, code.T)
     v = code.values(dtype, phase.device)[phase.long()]
     if sign is not None:
         v = v * sign.to(dtype)

@@ -239,3 +239,30 @@ def test_gpu_check_refuses_cleanly_without_cuda():
                        cwd=root, timeout=300)
     assert p.returncode == 2 and p.stdout == ""
     assert len(p.stderr.strip().splitlines()) == 1 and "no CUDA device" in p.stderr
+
+
+def test_meta_default_device_compiled_cpu_paths(sbm):
+    """The compiled CPU decoder (tensors of >= _FAST_MIN elements) and the portable fused exact-mode kernel (input
+    codes with T > 31, or without bias) create their scratch tensors on the input's device, not the default one."""
+    from spikegcn.coding import _FAST_MIN, decode, encode
+    from spikegcn.kernels import fused_cpu
+    from spikegcn.nn.aggregation import build_graph_op
+
+    if fused_cpu.load() is None:
+        pytest.skip("needs the fused kernels (`spikegcn build-kernels`)")
+    code = PhaseCode(16, 1.3)
+    phase, sign = encode(torch.randn(2 * _FAST_MIN, generator=torch.Generator().manual_seed(0)), code, signed=True)
+    ref = decode(phase, code, sign)
+    out = _on_meta_default(lambda: decode(phase, code, sign))
+    assert out.device.type == "cpu" and torch.equal(out, ref)
+
+    data, _ = sbm
+    n, f, T = data.num_nodes, 6, 40  # T > 31: the portable float kernel
+    op = build_graph_op(data.edge_index, None, n)
+    g = torch.Generator().manual_seed(1)
+    inp = PhaseSpikes(phase=torch.randint(0, T + 1, (n, f), generator=g).to(torch.int8), code=PhaseCode(T, 1.3))
+    thr, scale = PhaseCode(T, 1.3, Tw=5).thresholds(), torch.rand(f, generator=g) + 1
+    ref = fused_cpu.aggregate_exact(op.adj, inp, None, scale, thr, T, 5, True)
+    out = _on_meta_default(lambda: fused_cpu.aggregate_exact(op.adj, inp, None, scale, thr, T, 5, True))
+    assert torch.unique(ref[0]).numel() > 3 and out[0].device.type == "cpu"
+    assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])

@@ -209,7 +209,7 @@ def aggregate_exact(adj: Tensor, inp, bias: Tensor | None, scale: Tensor, thresh
         if lo < 0 or hi > T_in:
             raise ValueError(f"input fire phases must lie in 0..{T_in}, got {lo}..{hi}")
     inv = (1.0 / scale.to(torch.float32).expand(F)).contiguous()
-    b = bias.to(torch.float32).contiguous() if bias is not None else torch.empty(0)
+    b = bias.to(torch.float32).contiguous() if bias is not None else torch.empty(0, device=phase.device)
     thr = thresholds.to(torch.float32).contiguous()
     codes_ok = T_in <= 31 and phase.dtype == torch.int8
     if kernel == "auto":
@@ -232,9 +232,9 @@ def aggregate_exact(adj: Tensor, inp, bias: Tensor | None, scale: Tensor, thresh
     x = inp.values(torch.float32)
     k0 = min(Tw + 1, T_in)
     late = phase > k0
-    xe = torch.where(late, torch.zeros((), dtype=x.dtype), x).contiguous()
+    xe = torch.where(late, torch.zeros((), dtype=x.dtype, device=x.device), x).contiguous()
     rows, feats = late.nonzero(as_tuple=True)  # row-major: already grouped by source node
-    late_ptr = torch.zeros(N + 1, dtype=torch.int64)
+    late_ptr = torch.zeros(N + 1, dtype=torch.int64, device=phase.device)
     late_ptr[1:] = torch.cumsum(torch.bincount(rows, minlength=N), 0)
     ph, sg = mod.aggregate_exact(adj.crow_indices(), adj.col_indices(), adj.values().to(torch.float32).contiguous(),
                                  xe, late_ptr, feats.to(torch.int16), phase[rows, feats].to(torch.int8),
@@ -267,5 +267,5 @@ def decode_phase(phase: Tensor, table: Tensor, sign: Tensor | None, scale: Tenso
     mod = _module if _tried else load()
     if mod is None:
         return None
-    s = sign.contiguous() if sign is not None else torch.empty(0, dtype=torch.int8)
+    s = sign.contiguous() if sign is not None else torch.empty(0, dtype=torch.int8, device=phase.device)
     return mod.decode_phase(phase.contiguous(), s, table.contiguous(), scale.to(torch.float32).reshape(-1).contiguous())
