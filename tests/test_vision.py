@@ -211,6 +211,20 @@ def test_augmentation_is_deterministic_and_correct():
     assert u.dtype == torch.uint8 and set(u.unique().tolist()) <= {0, 200}
 
 
+def test_augmentation_is_device_true():
+    """Crops, flips and shuffles are drawn on the generator's device and applied on the images' device: the same
+    batches under a meta default device (where a tensor made without a device would land)."""
+    x = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8)
+    y = torch.arange(20)
+    ref = list(L.BatchLoader(x, y, 8, shuffle=True, augment=True, seed=5))
+    with torch.device("meta"):
+        out = list(L.BatchLoader(x, y, 8, shuffle=True, augment=True, seed=5))
+        crop = L.random_crop_flip(x, 4, generator=torch.Generator().manual_seed(1))
+    assert crop.device.type == "cpu"
+    assert torch.equal(crop, L.random_crop_flip(x, 4, generator=torch.Generator().manual_seed(1)))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(ref, out, strict=True))
+
+
 def test_batch_loader_epochs_are_reproducible():
     x = torch.randint(0, 256, (50, 3, 8, 8), dtype=torch.uint8)
     y = torch.arange(50)

@@ -78,16 +78,19 @@ def random_crop_flip(
         generator (torch.Generator, optional): source of randomness. (default: :obj:`None`)
     """
     n, _, h, w = x.shape
+    # drawn on the generator's device (the same numbers whatever the default device), used on the images' device
+    rdev = generator.device if generator is not None else torch.device("cpu")
     if padding > 0:
         xp = F.pad(x, (padding, padding, padding, padding))
-        oy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-        ox = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-        rows = (oy[:, None] + torch.arange(h))[:, :, None]  # [N, H, 1]
-        cols = (ox[:, None] + torch.arange(w))[:, None, :]  # [N, 1, W]
+        oy = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=rdev).to(x.device)
+        ox = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=rdev).to(x.device)
+        rows = (oy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # [N, H, 1]
+        cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, :]  # [N, 1, W]
         # Gather on a channels-last view: one advanced index gives [N, H, W, C].
-        x = xp.permute(0, 2, 3, 1)[torch.arange(n)[:, None, None], rows, cols].permute(0, 3, 1, 2)
+        idx = torch.arange(n, device=x.device)[:, None, None]
+        x = xp.permute(0, 2, 3, 1)[idx, rows, cols].permute(0, 3, 1, 2)
     if flip:
-        m = torch.rand(n, generator=generator) < 0.5
+        m = (torch.rand(n, generator=generator, device=rdev) < 0.5).to(x.device)
         x = torch.where(m[:, None, None, None], x.flip(3), x)
     return x.contiguous()
 
@@ -158,7 +161,7 @@ class BatchLoader:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         self.epoch += 1
         n = len(self.labels)
-        order = torch.randperm(n, generator=g) if self.shuffle else None
+        order = torch.randperm(n, generator=g, device=g.device) if self.shuffle else None
         for b in range(len(self)):
             sl = slice(b * self.batch_size, min(n, (b + 1) * self.batch_size))
             if order is None:
