@@ -162,6 +162,30 @@ def restrict(op, lo: int, hi: int, src: Tensor | None):
     return Join(*(restrict(o, lo, hi, src) for o in op.ops), inputs=op.inputs)
 
 
+class _SharedAdjacency:
+    """Layers on one graph build equal sparse operators (at scale each is ~E x 8 bytes): keep one copy."""
+
+    def __init__(self):
+        self.seen: list = []
+
+    @staticmethod
+    def _same(a, b) -> bool:
+        A, B = a.adj, b.adj
+        return (type(a) is type(b) and A.layout == B.layout == torch.sparse_csr and A.shape == B.shape
+                and A.dtype == B.dtype and A._nnz() == B._nnz() and torch.equal(A.crow_indices(), B.crow_indices())
+                and torch.equal(A.col_indices(), B.col_indices()) and torch.equal(A.values(), B.values()))
+
+    def __call__(self, op):
+        if isinstance(op, (GraphOp, Sparse)):
+            twin = next((s for s in self.seen if self._same(s, op)), None)
+            if twin is None:
+                self.seen.append(op)
+            return twin or op
+        if isinstance(op, (Chain, Join)):
+            op.ops = tuple(self(o) for o in op.ops)
+        return op
+
+
 def chunks(lo: int, hi: int, size: int) -> Iterator[tuple[int, int]]:
     """Blocks of ``size`` rows over ``lo..hi-1``; a remainder under :data:`MIN_ROWS` joins the block before."""
     starts = list(range(lo, hi, size))
@@ -278,7 +302,7 @@ class GraphChain:
             check_edge_weight(edge_weight, edge_index.shape[1])
         graph_args = {"edge_index": edge_index, "edge_weight": edge_weight}
         modules = dict(snn.named_modules())
-        encoder, steps, tail = None, [], []
+        encoder, steps, tail, share = None, [], [], _SharedAdjacency()
         placeholders = {nd: nd.target for nd in snn.graph.nodes if nd.op == "placeholder"}
         cur = next((nd for nd in placeholders if nd.target == "x"), next(iter(placeholders), None))
         for node in snn.graph.nodes:
@@ -299,7 +323,9 @@ class GraphChain:
             elif mod is not None and not tail and (hasattr(mod, "code") and hasattr(mod, "mode")):
                 if node.args[0] is not cur:
                     raise NotAChainError(f"{_describe(node)} takes the previous layer's spikes in another argument")
-                steps += layer_steps(mod, node.target, _bind_graph(mod, node, placeholders, graph_args), n)
+                for step in layer_steps(mod, node.target, _bind_graph(mod, node, placeholders, graph_args), n):
+                    step.op = share(step.op)  # before the next layer builds its own
+                    steps.append(step)
             elif steps:
                 tail.append(_rowwise(node))
             else:

@@ -125,3 +125,17 @@ def test_two_gloo_processes_equal_one(graph, tmp_path):
                 # one byte per neuron: GCN sends its messages X W (32 or 4 channels), SAGE its layer outputs
                 assert info["channels"] in (32, 4)
                 assert info["code_bytes_received"] == info["halo_nodes"] * info["channels"]
+
+
+def test_layers_share_one_adjacency(graph):
+    from spikegcn.inference import GraphChain
+    from spikegcn.operators import Sparse
+    from spikegcn.simulate import GraphOp
+
+    def adjacencies(op):
+        own = [id(op)] if isinstance(op, (GraphOp, Sparse)) else []
+        return own + [i for o in getattr(op, "ops", ()) for i in adjacencies(o)]
+
+    for name in ("gcn", "sage"):  # three layers on one graph: one A-hat (GCN) / one mean matrix (SAGE) in memory
+        chain = GraphChain.from_model(_snns(name, graph)[0], graph.x, graph.edge_index)
+        assert len({i for stage in chain.stages for s in stage for i in adjacencies(s.op)}) == 1
