@@ -401,6 +401,7 @@ def test_subgraph_and_new_graph_inductive(g):
 
 
 def test_user_model_untouched_and_float64(g):
+    torch.manual_seed(0)
     model = GCN(8, 16, 2, 4, norm="batch_norm").to(D)
     model.train()
     before = copy.deepcopy(model.state_dict())
@@ -409,7 +410,10 @@ def test_user_model_untouched_and_float64(g):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
     out = snn(g.x, g.edge_index)
-    assert out.dtype == torch.float64 and snn.training is not None
+    assert out.dtype == torch.float64
+    moved = copy.deepcopy(snn).to(torch.float32)  # the SNN moves with .to(): buffers, weights, encoder
+    out32 = moved(g.x.float(), g.edge_index)
+    assert out32.dtype == torch.float32 and torch.allclose(out32, out.float(), atol=1e-4)
     snn32 = spikegcn.convert(model.float(), Data(x=g.x.float(), edge_index=g.edge_index), CODE)
     assert snn32(g.x.float(), g.edge_index).dtype == torch.float32
 
