@@ -18,7 +18,6 @@ import fcntl
 import json
 import os
 import pickle
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator
@@ -35,10 +34,17 @@ class CorruptFileError(ValueError):
     """A file exists but cannot be read as what it should be (truncated, overwritten, not the right format)."""
 
 
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+def _create_temp(folder: Path, name: str) -> tuple[int, Path]:
+    """A new ``.<name>.<random>.tmp`` in ``folder``, opened for writing with the mode a plain ``open()`` gives
+    (0666 less the umask, applied by the kernel: reading the umask would mean setting it, racing other threads)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = folder / f".{name}.{os.urandom(6).hex()}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary file name for {folder / name}")
 
 
 @contextlib.contextmanager
@@ -53,17 +59,16 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
         raise ValueError(f"atomic_open supports mode 'w' or 'wb', got {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temp(path.parent, path.name)
     try:
         f: IO
         with (os.fdopen(fd, "w", encoding=encoding, newline=newline) if mode == "w" else os.fdopen(fd, "wb")) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, _umask_mode())  # mkstemp creates 0600; give the file the mode a plain open() would
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     with contextlib.suppress(OSError):  # make the rename itself durable (not possible on every filesystem)
         dfd = os.open(path.parent, os.O_RDONLY)

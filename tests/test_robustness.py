@@ -26,6 +26,7 @@ from spikegcn.fileio import (
     load_torch,
     torch_save,
     write_json,
+    write_text,
 )
 from spikegcn.nn.encoder import PhaseEncoder
 from spikegcn.simulate import DenseOp, run_layer
@@ -114,6 +115,18 @@ def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # the mode a plain open() gives
+
+
+def test_atomic_write_mode_follows_the_umask(tmp_path):
+    """The temporary file is created with 0666 and the kernel applies the umask (no umask read-and-restore, which
+    races other threads creating files)."""
+    old = os.umask(0o027)
+    try:
+        write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
 
 
 def test_concurrent_reader_never_sees_half_written_json(tmp_path):
