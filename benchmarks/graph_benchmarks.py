@@ -734,7 +734,7 @@ def targets_md(recs: list[dict], T: int) -> list[str]:
     node = [r for r in recs if r["task"] == "node" and r.get("mode") == "functional" and r["T"] == T and r["Tw"] == T]
     graph = [r for r in recs if r["task"] == "graph" and r.get("mode") == "functional" and r["T"] == T]
     missing = sorted({r["model"] for r in recs if r["status"] != "ok"})
-    lines = ["## Targets (T = 16, Q = 1.3, Tw = T)", ""]
+    lines = ["## Targets (T = 16, Q = 1.3, Tw = T), judged on the seeds measured (coverage below)", ""]
     if node:
         losses = [r["loss_mean"] for r in node]
         worst = max(node, key=lambda r: r["loss_mean"])
