@@ -115,17 +115,13 @@ def _check_op(op, name: str) -> None:
                          f"chains/joins (use the whole-graph forward)")
 
 
-def _adj(op) -> Tensor:
-    return op.adj
-
-
 def sources(op, lo: int, hi: int) -> Tensor | None:
     """Sorted global ids of the input rows that target rows ``lo..hi-1`` of ``op`` read (``None``: only
     their own rows)."""
     if _row_local(op):
         return None
     if isinstance(op, (GraphOp, Sparse)):
-        adj = _adj(op)
+        adj = op.adj
         crow, col = adj.crow_indices(), adj.col_indices()
         seen = torch.zeros(adj.shape[1], dtype=torch.bool, device=col.device)
         seen[col[int(crow[lo]):int(crow[hi])]] = True  # O(E_chunk + N): no sort
@@ -145,7 +141,7 @@ def restrict(op, lo: int, hi: int, src: Tensor | None):
         own = torch.arange(lo, hi, device=src.device)
         return Chain(Rows(torch.searchsorted(src, own)), op)
     if isinstance(op, (GraphOp, Sparse)):
-        adj = _adj(op)
+        adj = op.adj
         crow, col, val = adj.crow_indices(), adj.col_indices(), adj.values()
         a, b = int(crow[lo]), int(crow[hi])
         # the renumbering is monotone (src is sorted): every row keeps its summation order

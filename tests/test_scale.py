@@ -87,6 +87,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _halves(data):
+    n = data.num_nodes
+    return [data.subgraph(torch.arange(0, n // 2)), data.subgraph(torch.arange(n // 2, n))]
+
+
+def _observer_reduced(data, rank):
+    """Each rank calibrates on its half of the graph; all_reduce(MAX) of the observers gives every rank the
+    lambdas of the whole calibration set."""
+    from spikegcn.convert import calibrate, prepare
+    from spikegcn.distributed import all_reduce_observers
+
+    prepared = prepare(_model("gcn"), data)
+    calibrate(prepared, _halves(data)[rank])
+    return convert(all_reduce_observers(prepared), PhaseCode(16, 1.3), mode="functional")
+
+
 def _worker(rank, world, port, names, data, path):
     from spikegcn.distributed import inference
 
@@ -95,6 +111,7 @@ def _worker(rank, world, port, names, data, path):
     snns = [s for name in names for s in _snns(name, data)]  # seeded: every process converts the same models
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
+        snns.append(_observer_reduced(data, rank))
         results = []
         for snn in snns:
             rec = {}
@@ -108,6 +125,10 @@ def _worker(rank, world, port, names, data, path):
 def test_two_gloo_processes_equal_one(graph, tmp_path):
     names = ("gcn", "sage")
     snns = [s for name in names for s in _snns(name, graph)]
+    from spikegcn.convert import calibrate, prepare
+
+    both = calibrate(prepare(_model("gcn"), graph), _halves(graph))  # one process, both halves
+    snns.append(convert(both, PhaseCode(16, 1.3), mode="functional"))
     mp.spawn(_worker, args=(2, _free_port(), names, graph, str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     for i, snn in enumerate(snns):
