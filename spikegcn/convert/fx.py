@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, NoReturn
 
 import torch
 import torch.nn.functional as F
@@ -365,7 +365,7 @@ class _Builder:
         self.root[name] = mod
         return self.graph.call_module(name, args)
 
-    def fail(self, n: fx.Node, why: str):
+    def fail(self, n: fx.Node, why: str) -> NoReturn:
         raise UnsupportedModuleError(f"cannot convert {_describe(n, self.modules)}: {why}")
 
     def arg(self, n: fx.Node, a):
@@ -572,6 +572,7 @@ class _Builder:
                 return torch.ones(out_c, **self.f64)
             return self.lam_of(lam_node, layer_wise or not self.channel_wise)
 
+        layer: Any  # the four layer kinds share no load_normalized_ signature
         if len(terms) == 1 and kinds[0] == "conv" and is_map:
             t = terms[0]
             a = t.args

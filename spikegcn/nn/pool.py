@@ -22,6 +22,8 @@ which re-encodes (one more :math:`T_w`). The alternative, folding the pool into 
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -103,9 +105,9 @@ class SpikingAvgPool2d(OneSpikeLayer):
         self._init_layer(channels, code, mode, output)
         self.channels = int(channels)
         ks = _pair(kernel_size)
-        self.pool = dict(kernel_size=ks, stride=_pair(stride) if stride is not None else ks, padding=_pair(padding),
-                         ceil_mode=bool(ceil_mode), count_include_pad=bool(count_include_pad),
-                         divisor_override=divisor_override)
+        self.pool: dict[str, Any] = dict(
+            kernel_size=ks, stride=_pair(stride) if stride is not None else ks, padding=_pair(padding),
+            ceil_mode=bool(ceil_mode), count_include_pad=bool(count_include_pad), divisor_override=divisor_override)
         self.weight = nn.Parameter(torch.empty(channels))
         self.bias = None
         self.reset_parameters()
