@@ -179,18 +179,18 @@ def ann_layerwise(name: str, model, x: torch.Tensor, op: GraphOp, chunk_size: in
 
 
 # ------------------------------------------------------------------ one configuration in this process
+def proc_status_kb(key: str) -> int:
+    """A ``kB`` field of /proc/self/status (VmRSS, VmData, ...)."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return int(fields[key].split()[0])
+
+
 def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    return proc_status_kb("VmRSS") / 1024
 
 
 def vm_data_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmData"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmData in /proc/self/status")
+    return proc_status_kb("VmData") * 1024
 
 
 def setup(cfg: dict):
