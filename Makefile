@@ -12,7 +12,7 @@ export SPIKEGCN_DATA ?= $(if $(wildcard $(SHARED)/datasets),$(SHARED)/datasets,)
 export SPIKEGCN_WEIGHTS ?= $(if $(wildcard $(SHARED)/weights),$(SHARED)/weights,)
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: install run test bench clean
+.PHONY: install run test lint bench clean
 
 install: $(STAMP) $(KERNELS)
 
@@ -37,6 +37,10 @@ run: install
 
 test: install
 	$(PY) -m pytest -q tests
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 bench: install
 	$(PY) benchmarks/neuron_core.py

@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import time
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
         rec["seconds"] = time.perf_counter() - t0
         records = [None] * dist.get_world_size()
         dist.all_gather_object(records, rec)
-        outs = [None] * dist.get_world_size()
+        outs: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(outs, (ids, out))
         result = {"model": args.model, "graph": args.graph, "num_nodes": int(x.shape[0]),
                   "chunk_size": args.chunk_size, "ranks": records}

@@ -26,7 +26,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -298,7 +298,9 @@ class GraphChain:
             check_edge_weight(edge_weight, edge_index.shape[1])
         graph_args = {"edge_index": edge_index, "edge_weight": edge_weight}
         modules = dict(snn.named_modules())
-        encoder, steps, tail, share = None, [], [], _SharedAdjacency()
+        encoder, share = None, _SharedAdjacency()
+        steps: list[Step] = []
+        tail: list[Any] = []
         placeholders = {nd: nd.target for nd in snn.graph.nodes if nd.op == "placeholder"}
         cur = next((nd for nd in placeholders if nd.target == "x"), next(iter(placeholders), None))
         for node in snn.graph.nodes:
