@@ -169,6 +169,72 @@ def _input_stats(inp: SpikeInput, op, name: str, dtype: torch.dtype) -> LayerSta
                       additions=additions)
 
 
+def _potential(inp: SpikeInput, op, k: int, dtype: torch.dtype, bias: Tensor | None) -> Tensor:
+    """Pre-activation (ANN units) from the input phases ``1..k``, bias included."""
+    z = op.apply(inp, k, dtype)
+    if bias is not None:
+        z = z + bias.to(dtype)
+    return z
+
+
+def _fire_closed_form(inp: SpikeInput, op, code: PhaseCode, bias: Tensor | None, scale_t: Tensor, signed: bool,
+                      dtype: torch.dtype, stats: LayerStats, collect_stats: bool) -> tuple[Tensor, Tensor | None]:
+    """Functional mode (or a full wait): one ANN pass on the decoded input, then the round-off encoder."""
+    z = _potential(inp, op, inp.T_in, dtype, bias)
+    z = z / scale_t.to(z.device)
+    stats.saturated_neurons = float(saturated_count(z, signed)) if collect_stats else None
+    return encode(z, code, signed=signed)
+
+
+def _fire_kernel(inp: SpikeInput, op, code: PhaseCode, bias: Tensor | None, scale_t: Tensor, signed: bool,
+                 dtype: torch.dtype, backend: str, stepped: bool) -> tuple[Tensor, Tensor | None] | None:
+    """Exact mode on the fused CPU or the Triton aggregation kernel where one serves the layer, else ``None``."""
+    if _use_fused(inp, op, code, dtype, backend, stepped):
+        from .kernels import fused_cpu
+
+        return fused_cpu.aggregate_exact(op.adj, inp, bias, scale_t, code.thresholds(torch.float32), inp.T_in,
+                                         code.Tw, signed)
+    if _use_triton(inp, op, code, dtype, backend, stepped):
+        from .kernels import triton_exact
+
+        return triton_exact.aggregate_exact(op.adj if op.adj.dtype == dtype else op.adj.to(dtype), inp, bias,
+                                            scale_t, code.thresholds(dtype, op.adj.device), inp.T_in, code.Tw,
+                                            signed)
+    return None
+
+
+def _fire_events(inp: SpikeInput, op, code: PhaseCode, bias: Tensor | None, scale_t: Tensor, signed: bool,
+                 dtype: torch.dtype, backend: str, stepped: bool, stats: LayerStats) -> tuple[Tensor, Tensor | None]:
+    """Exact mode on the event path: one pass over the phases fired by ``Tw + 1`` (phase 1 only when
+    ``stepped``), then every later input phase adds its own spike events to the streaming neuron."""
+    T_in = inp.T_in
+    k0 = 1 if stepped else min(code.Tw + 1, T_in)
+    first = _potential(inp, op, k0, dtype, bias)
+    first = first / scale_t.to(first.device)
+    synapses = None if isinstance(op, ValueOp) else op.synapses
+    scatter_backend = backend if backend in ("torch_scatter", "native") else "auto"
+
+    def phase_input(p: int) -> Tensor | None:
+        if p == 1:
+            return first
+        if p <= k0:
+            return None
+        if synapses is None:  # composite operators: linear maps of the values fired at p (or a gate)
+            d = op.delta(inp, p, dtype)
+            return None if d is None else d / scale_t.to(d.device)
+        row, col, val = inp.events_at(p, dtype)
+        if row.numel() == 0:
+            return None
+        buf = torch.zeros(first.shape, dtype=dtype, device=first.device)
+        accumulate_events(row, col, val, synapses, buf, backend=scatter_backend)
+        return buf / scale_t.to(buf.device)
+
+    def count_saturated(P: Tensor) -> None:
+        stats.saturated_neurons = float(saturated_count(P, signed))
+
+    return one_spike_fire(phase_input, code, T_in=T_in, signed=signed, final_potential=count_saturated)
+
+
 def run_layer(
     inp: SpikeInput,
     op: DenseOp | GraphOp | ValueOp,
@@ -210,69 +276,22 @@ def run_layer(
     """
     check_mode(mode)
     dtype = dtype or _compute_dtype(scale, bias)
-    T_in = inp.T_in
     stats = _input_stats(inp, op, name, dtype) if collect_stats else LayerStats(name, 0.0, 0, 0.0, 0.0)
     # the device of the layer's buffers (a plain float scale: that of the input)
     scale_t = torch.as_tensor(scale, dtype=dtype,
                               device=scale.device if isinstance(scale, Tensor) else inp.spike_counts().device)
     if output == "potential":
-        z = op.apply(inp, T_in, dtype)
-        if bias is not None:
-            z = z + bias.to(dtype)
-        return z, stats
+        return _potential(inp, op, inp.T_in, dtype, bias), stats
     if output != "spikes":
         raise ValueError(f"output must be 'spikes' or 'potential', got {output!r}")
 
-    full_wait = code.Tw + 1 >= T_in
-    if mode == "functional" or (full_wait and not stepped):
-        z = op.apply(inp, T_in, dtype)
-        if bias is not None:
-            z = z + bias.to(dtype)
-        z = z / scale_t.to(z.device)
-        stats.saturated_neurons = float(saturated_count(z, signed)) if collect_stats else None
-        phase, sign = encode(z, code, signed=signed)
-    elif _use_fused(inp, op, code, dtype, backend, stepped):
-        from .kernels import fused_cpu
-
+    if mode == "functional" or (code.Tw + 1 >= inp.T_in and not stepped):
+        phase, sign = _fire_closed_form(inp, op, code, bias, scale_t, signed, dtype, stats, collect_stats)
+    elif (fired := _fire_kernel(inp, op, code, bias, scale_t, signed, dtype, backend, stepped)) is not None:
         stats.saturated_neurons = None  # the kernel never forms the full potential
-
-        phase, sign = fused_cpu.aggregate_exact(op.adj, inp, bias, scale_t, code.thresholds(torch.float32), T_in,
-                                                code.Tw, signed)
-    elif _use_triton(inp, op, code, dtype, backend, stepped):
-        from .kernels import triton_exact
-
-        stats.saturated_neurons = None  # the kernel never forms the full potential
-        phase, sign = triton_exact.aggregate_exact(op.adj if op.adj.dtype == dtype else op.adj.to(dtype), inp, bias,
-                                                   scale_t, code.thresholds(dtype, op.adj.device), T_in, code.Tw,
-                                                   signed)
+        phase, sign = fired
     else:
-        k0 = 1 if stepped else min(code.Tw + 1, T_in)
-        first = op.apply(inp, k0, dtype)
-        if bias is not None:
-            first = first + bias.to(dtype)
-        first = first / scale_t.to(first.device)
-        synapses = None if isinstance(op, ValueOp) else op.synapses
-        scatter_backend = backend if backend in ("torch_scatter", "native") else "auto"
-
-        def phase_input(p: int) -> Tensor | None:
-            if p == 1:
-                return first
-            if p <= k0:
-                return None
-            if synapses is None:  # composite operators: linear maps of the values fired at p (or a gate)
-                d = op.delta(inp, p, dtype)
-                return None if d is None else d / scale_t.to(d.device)
-            row, col, val = inp.events_at(p, dtype)
-            if row.numel() == 0:
-                return None
-            buf = torch.zeros(first.shape, dtype=dtype, device=first.device)
-            accumulate_events(row, col, val, synapses, buf, backend=scatter_backend)
-            return buf / scale_t.to(buf.device)
-
-        def count_saturated(P: Tensor) -> None:
-            stats.saturated_neurons = float(saturated_count(P, signed))
-
-        phase, sign = one_spike_fire(phase_input, code, T_in=T_in, signed=signed, final_potential=count_saturated)
+        phase, sign = _fire_events(inp, op, code, bias, scale_t, signed, dtype, backend, stepped, stats)
     spikes = PhaseSpikes(phase=phase, code=code, scale=scale_t, sign=sign, start=start)
     stats.out_neurons = phase.numel()
     stats.out_spikes = float(spikes.num_spikes())
