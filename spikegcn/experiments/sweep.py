@@ -252,7 +252,7 @@ def _cnn_activation_sample(net, xc, batch: int, seed: int) -> dict:
     import torch.nn.functional as F
     from torch import fx, nn
 
-    from ..convert.fx import CNNTracer
+    from ..convert.cnn_capture import CNNTracer
     from ..convert.observers import activation_scale
 
     gm = fx.GraphModule(net, CNNTracer().trace(net))
