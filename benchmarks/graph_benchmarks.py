@@ -512,9 +512,14 @@ def build_records(state: dict) -> list[dict]:
             rec["agreement"] = _ms([e["agreement"] for e in evs])[0]
             for k in ("spikes_per_neuron", "spikes_per_node", "input_spikes_per_node", "energy_fp32", "energy_int8"):
                 rec[k] = _ms([e[k] for e in evs])[0]
-            rec["spikes_per_neuron_per_layer"] = [
-                {"name": lay["name"], "spikes_per_neuron": _ms([e["layers"][j]["spikes_per_neuron"] for e in evs])[0]}
-                for j, lay in enumerate(evs[0]["layers"])]
+            # by layer name: runs made by different converter versions may report different layer lists
+            per_layer: dict[str, list[float]] = {}
+            for e in evs:
+                for lay in e["layers"]:
+                    per_layer.setdefault(lay["name"], []).append(lay["spikes_per_neuron"])
+            rec["spikes_per_neuron_per_layer"] = [{"name": k, "spikes_per_neuron": _ms(v)[0], "runs": len(v)}
+                                                  for k, v in per_layer.items()]
+            rec["converter_commits"] = sorted({r.get("commit") or "" for r in runs})
             records.append(rec)
     return records
 
