@@ -69,9 +69,10 @@ def _items(inp) -> tuple:
 
 
 def _values(item, k: int, dtype: torch.dtype, like: Tensor | None = None) -> Tensor:
-    if isinstance(item, IdentitySpikes):  # featureless X = I, materialised (small graphs only)
+    if isinstance(item, IdentitySpikes):  # featureless X = I (one spike at phase 1), materialised (small graphs only)
         device = like.device if like is not None else item.device
-        return torch.eye(item.num_nodes, dtype=dtype, device=device)
+        eye = torch.eye(item.num_nodes, dtype=dtype, device=device)
+        return eye if k >= 1 else torch.zeros_like(eye)
     if k <= 0:
         return torch.zeros(item.shape, dtype=dtype, device=_device(item))
     v = item.values_upto(k, dtype)

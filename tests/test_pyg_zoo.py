@@ -521,3 +521,79 @@ def test_edge_weights(g):
     ref = reference([(lambda h: m.a(h, g.edge_index, ew), "relu"), (lambda h: m.b(h, g.edge_index, ew), "relu"),
                      (lambda h: m.c(h, g.edge_index, ew), "output")], g.x)
     close(snn(g.x, g.edge_index, ew), ref)
+
+
+# ------------------------------------------------------------------ featureless input: x=None or a sparse identity
+class FeatAppnp(nn.Module):
+    """APPNP after a Linear on X = I, or (``first=True``) on X = I itself."""
+
+    def __init__(self, n, first=False):
+        super().__init__()
+        self.first = first
+        self.lin, self.prop, self.out = nn.Linear(n, 8), APPNP(K=2, alpha=0.2), nn.Linear(n if first else 8, 4)
+
+    def forward(self, x, edge_index):
+        h = x if self.first else F.relu(self.lin(x))
+        return self.out(F.relu(self.prop(h, edge_index)))
+
+
+FN = 30  # nodes of the featureless graph = input channels of the first layer
+FEATURELESS = {
+    "gcn": lambda: Two(GCNConv(FN, 16), GCNConv(16, 4)),
+    "sage_mean": lambda: Two(SAGEConv(FN, 16), SAGEConv(16, 4)),
+    "sage_max": lambda: Two(SAGEConv(FN, 16, aggr="max"), LinG(16, 4)),
+    "graphconv": lambda: Two(GraphConv(FN, 16), GraphConv(16, 4)),
+    "gin": lambda: Two(GINConv(nn.Linear(FN, 16), eps=0.2), LinG(16, 4)),
+    "sgconv": lambda: Two(SGConv(FN, 16, K=2), SGConv(16, 4)),
+    "chebconv": lambda: Two(ChebConv(FN, 16, K=3), ChebConv(16, 4, K=2)),
+    "tagconv": lambda: Two(TAGConv(FN, 16, K=2), TAGConv(16, 4)),
+    "simpleconv": lambda: Two(SimpleConv(aggr="mean", combine_root="sum"), LinG(FN, 4)),
+    "appnp_after_linear": lambda: FeatAppnp(FN),
+}
+
+
+def _sparse_eye(n):
+    return torch.sparse_coo_tensor(torch.arange(n).repeat(2, 1), torch.ones(n, dtype=D), (n, n))
+
+
+def _stages(m, ei):
+    if isinstance(m, FeatAppnp):
+        return [(m.lin, "relu"), (lambda h: m.prop(h, ei), "relu"), (m.out, "output")]
+    if isinstance(m.first, GCNConv):  # two neuron layers each: X W^T (signed), then A-hat
+        conv = _gcn_stages(ei, FN)
+        return conv(m.first, nn.Identity(), False) + conv(m.second, nn.Identity(), True)
+    if isinstance(m.first, GINConv):
+        from spikegcn.convert.capture import gin_aggregate
+
+        first = lambda h: m.first.nn(gin_aggregate(h, ei, m.first.eps))  # noqa: E731
+    else:
+        first = lambda h: m.first(h, ei)  # noqa: E731
+    return [(first, "relu"), (lambda h: m.second(h, ei), "output")]
+
+
+@pytest.mark.parametrize("name", list(FEATURELESS))
+def test_featureless_input_equals_quantised_ann(name):
+    # X = I: node n sends one spike at phase 1 on its own channel; the ANN reference runs on torch.eye(N)
+    torch.manual_seed(0)
+    graph = sbm_graph(seed=2, n=FN, feats=4)
+    ei = graph.edge_index
+    m = FEATURELESS[name]().to(D).eval()
+    ref = reference(_stages(m, ei), torch.eye(FN, dtype=D))
+    inputs = [_sparse_eye(FN)] + ([] if name == "simpleconv" else [None])  # SimpleConv: N is not in the layer
+    for x in inputs:
+        snn = spikegcn.convert(m, (x, ei), CODE, mode="functional")
+        close(snn(x, ei), ref)
+        exact = spikegcn.convert(m, (x, ei), CODE, mode="exact")
+        assert torch.equal(exact(x, ei), snn(x, ei))
+    small_tw = spikegcn.convert(m, (inputs[-1], ei), PhaseCode(16, 1.3, Tw=3), mode="exact")
+    assert small_tw(inputs[-1], ei).shape == ref.shape
+
+
+@pytest.mark.parametrize("model, x, match", [
+    (lambda: FeatAppnp(FN, first=True), None, r"module prop \(APPNP\) on featureless input .* x=torch.eye\(N\)"),
+    (lambda: Two(SimpleConv(), LinG(FN, 4)), None, r"featureless input x=None .* x=torch.eye\(N\)"),
+])
+def test_featureless_refusals_name_the_layer(model, x, match):
+    graph = sbm_graph(seed=2, n=FN, feats=4)
+    with pytest.raises(UnsupportedModuleError, match=match):
+        spikegcn.convert(model().to(D), (x, graph.edge_index), CODE)

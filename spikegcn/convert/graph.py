@@ -130,11 +130,15 @@ def stream_nodes(n: fx.Node, modules: dict) -> list[fx.Node]:
     return [v for v in out if isinstance(v, fx.Node)]
 
 
-def analyse(gm: fx.GraphModule, example_inputs: list) -> Plan:
-    """Normalise the traced graph (drop dropout, merge ReLUs) and place the neurons; refuse what cannot be."""
+def analyse(gm: fx.GraphModule, example_inputs: list, featureless: tuple[str, ...] = ()) -> Plan:
+    """Normalise the traced graph (drop dropout, merge ReLUs) and place the neurons; refuse what cannot be.
+    ``featureless``: placeholders carrying X = I (no input encoder; the layers take it as IdentitySpikes)."""
     graph = gm.graph
     modules = dict(gm.named_modules())
     _FloatProp(gm).run(*example_inputs)
+    for n in graph.nodes:
+        if n.op == "placeholder" and n.target in featureless:
+            n.meta["float"] = False
     for n in list(graph.nodes):
         role = _role(n, modules)
         arg = n.args[0] if n.args and isinstance(n.args[0], fx.Node) else None

@@ -14,8 +14,10 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, fx, nn
-from torch_geometric.nn import GCNConv
+from torch_geometric.nn import ChebConv, GCNConv, GraphConv, SAGEConv, SGConv, SimpleConv, TAGConv
+from torch_geometric.nn.dense.linear import Linear as PygLinear
 
 from ..nn.aggregation import SpikingAggregation
 from ..nn.base import _is_identity
@@ -88,9 +90,19 @@ class PreparedGraphModule(fx.GraphModule):
     """A traced copy of the model with observers; always evaluates in eval mode (BatchNorm folds, no dropout)."""
 
     plan: Plan
+    featureless: dict[str, tuple[int, bool]]  # placeholder -> (N, the ANN takes a sparse X = I)
 
     def train(self, mode: bool = True) -> "PreparedGraphModule":
         return super().train(False)
+
+    def __call__(self, *args, **kwargs):
+        if getattr(self, "featureless", None):  # X = I for the ANN's calibration pass (see _featureless)
+            bound = inspect.signature(self.forward).bind(*args, **kwargs)
+            for name, spec in self.featureless.items():
+                if name in bound.arguments:
+                    bound.arguments[name] = _eye_like(bound.arguments[name], spec, self)
+            args, kwargs = bound.args, bound.kwargs
+        return super().__call__(*args, **kwargs)
 
     def observers(self) -> dict[str, Observer]:
         return {n: m for n, m in self.named_modules() if isinstance(m, Observer)}
@@ -144,13 +156,85 @@ def prepare(model: nn.Module, example: Any, variant: str = "signed",
     args, kwargs = call_args(copy_, example)
     bound = inspect.signature(copy_.forward).bind(*args, **kwargs).arguments
     gm = trace(copy_, dict(bound))
-    plan = analyse(gm, example_inputs(gm, bound))
+    featureless = _featureless(gm, bound)
+    ann_bound = {k: _eye_like(v, featureless[k], gm) if k in featureless else v for k, v in bound.items()}
+    plan = analyse(gm, example_inputs(gm, ann_bound), featureless=tuple(featureless))
     prepared = PreparedGraphModule(gm, gm.graph, class_name="Prepared" + type(model).__name__)
     prepared.plan = plan
+    prepared.featureless = featureless
     _insert_observers(prepared, plan, variant, percentile)
     prepared.variant = variant
     prepared(*args, **kwargs)
     return prepared
+
+
+def _featureless(gm: fx.GraphModule, bound: dict) -> dict[str, tuple[int, bool]]:
+    """Featureless inputs (``x=None`` or a sparse identity: X = I) -> (N, whether the ANN layers reading them take
+    the sparse identity as it is). PyG's other layers index or scatter x, so their calibration pass gets a dense
+    ``eye(N)`` (the same X); the spiking twins get :class:`~spikegcn.spikes.IdentitySpikes` either way."""
+    out: dict[str, tuple[int, bool]] = {}
+    modules = dict(gm.named_modules())
+    for n in gm.graph.nodes:
+        if n.op != "placeholder" or n.target not in bound:
+            continue
+        v = bound[n.target]
+        if not (v is None and n.target == "x") and not (isinstance(v, Tensor) and v.layout != torch.strided
+                                                        and _is_identity(v)):
+            continue
+        readers, direct = _readers(n, modules)
+        bad = [(u, m) for u, m in readers.items() if not isinstance(m, _FEATURELESS_READERS)]
+        if bad:
+            raise UnsupportedModuleError(
+                f"cannot convert module {bad[0][0]} ({type(bad[0][1]).__name__}) on featureless input "
+                f"{n.target}=X=I (its first operation on x is not a linear map of it); pass explicit features, "
+                f"e.g. {n.target}=torch.eye(N)")
+        readers = list(readers.values())
+        sizes = {int(v.shape[0])} if v is not None else {_in_size(m) for m in readers}
+        if not readers or len(sizes) != 1 or None in sizes or -1 in sizes:
+            raise UnsupportedModuleError(
+                f"featureless input {n.target}=None (X = I) needs layers with a known number of input channels "
+                f"(= nodes) reading it; pass explicit features instead, e.g. {n.target}=torch.eye(N)")
+        out[n.target] = (sizes.pop(), direct and all(isinstance(m, (GCNConv, nn.Linear)) for m in readers))
+    return out
+
+
+# layers whose first operation on x is linear (or a max gate): X = I is well-defined as one spike per node
+_FEATURELESS_READERS = (GCNConv, nn.Linear, PygLinear, SAGEConv, GraphConv, SGConv, ChebConv, TAGConv, SimpleConv)
+
+
+def _readers(node: fx.Node, modules: dict) -> tuple[dict[str, nn.Module], bool]:
+    """The modules that first read ``node`` (through dropout/ReLU; GIN's sum: the Linear after it), and whether
+    they read it directly (no function such as GIN's sum in between)."""
+    out, todo, seen, direct = {}, list(node.users), set(), True
+    while todo:
+        u = todo.pop()
+        if u in seen:
+            continue
+        seen.add(u)
+        m = modules.get(u.target) if u.op == "call_module" else None
+        if m is not None and not isinstance(m, (nn.ReLU, nn.Dropout, nn.Identity)):
+            out[u.target] = m
+        elif u.op in ("call_module", "call_function", "call_method"):
+            direct = direct and (m is not None or u.target in (F.relu, F.dropout, torch.relu, "relu"))
+            todo.extend(u.users)
+    return out, direct
+
+
+def _in_size(m: nn.Module) -> int | None:
+    size = getattr(m, "in_channels", getattr(m, "in_features", None))
+    return size if isinstance(size, int) else None
+
+
+def _eye_like(x: Any, spec: tuple[int, bool], root: nn.Module) -> Any:
+    """``X = I`` in the form the ANN's first layers take (sparse as given, or dense on the model's device/dtype)."""
+    if x is not None and not (isinstance(x, Tensor) and x.layout != torch.strided and _is_identity(x)):
+        return x  # real features passed to the prepared model: calibrate on them as they are
+    n, sparse_ok = spec
+    if x is not None and (sparse_ok or x.shape[0] != n):
+        return x
+    p = next((t for t in root.parameters() if t.is_floating_point()), None)
+    eye = torch.eye(n) if p is None else torch.eye(n, dtype=p.dtype, device=p.device)
+    return eye.to_sparse() if sparse_ok else eye
 
 
 def example_inputs(gm: fx.GraphModule, bound: dict) -> list:

@@ -6,7 +6,6 @@ from torch import Tensor, nn
 from torch_geometric.utils import get_laplacian
 
 from ..operators import Krylov, Sparse, ValueOp, sparse_matrix
-from .base import as_spike_input
 from .graph_layer import SpikingGraphLayer, checked_graph, glorot_weight
 
 
@@ -64,7 +63,7 @@ class SpikingChebConv(SpikingGraphLayer):
     @torch.no_grad()
     def forward(self, x, edge_index: Tensor, edge_weight: Tensor | None = None, batch: Tensor | None = None,
                 lambda_max: Tensor | None = None):
-        inp = as_spike_input(x)
+        inp = self.spike_input(x, edge_index)
         n = inp.shape[0]
         edge_index, edge_weight = checked_graph(edge_index, edge_weight, n)
         return self.run([inp], self.operator(edge_index, edge_weight, n, batch, lambda_max))

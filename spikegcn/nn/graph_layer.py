@@ -18,6 +18,7 @@ from torch_geometric.utils import scatter
 from ..coding import PhaseCode
 from ..operators import MaxGate, Sparse, Streams, ValueOp, sparse_matrix
 from ..simulate import run_layer
+from ..spikes import IdentitySpikes
 from ..validate import check_edge_index, check_edge_weight
 from .base import SpikingMixin, as_spike_input, set_scale
 
@@ -117,6 +118,12 @@ class SpikingGraphLayer(nn.Module, SpikingMixin):
     def set_scale(self, value: Tensor | float) -> None:
         set_scale(self.scale, value)
 
+    def spike_input(self, x, like: Tensor):
+        """Spikes as they are; ``None`` or a sparse identity: featureless X = I over the input channels."""
+        if x is None:
+            return IdentitySpikes(getattr(self, "in_channels", self.channels), device=like.device)
+        return as_spike_input(x)
+
     def operator(self, *args, num_nodes: int) -> ValueOp:
         raise NotImplementedError
 
@@ -132,7 +139,7 @@ class SpikingGraphLayer(nn.Module, SpikingMixin):
 
     @torch.no_grad()
     def forward(self, x, edge_index: Tensor, edge_weight: Tensor | None = None):
-        inp = as_spike_input(x)
+        inp = self.spike_input(x, edge_index)
         n = inp.shape[0]
         edge_index, edge_weight = checked_graph(edge_index, edge_weight, n)
         return self.run([inp], self.operator(edge_index, edge_weight, num_nodes=n))
