@@ -59,7 +59,10 @@ class SpikingMixin:
         return f"code={self.code}, mode={self.mode!r}, output={self.output!r}"
 
 
-def set_scale(buf: Tensor, value: Tensor | float) -> None:
-    """Copy a calibrated lambda into a scale buffer; dead channels (lambda = 0) get 1 (docs/method.md, section 2)."""
-    v = torch.as_tensor(value, dtype=buf.dtype, device=buf.device).expand_as(buf)
-    buf.copy_(torch.where(v > 0, v, torch.ones_like(v)))
+def set_scale(buf: Tensor, value: Tensor | float) -> Tensor:
+    """Copy a calibrated lambda into a scale buffer; dead channels (lambda = 0, or 0 in the buffer's dtype) get 1
+    (docs/method.md, section 2). Returns the stored lambda in float64, for normalising weights with it."""
+    v = torch.as_tensor(value, dtype=torch.float64, device=buf.device).expand(buf.shape)
+    v = torch.where(v.to(buf.dtype) > 0, v, torch.ones_like(v))
+    buf.copy_(v.to(buf.dtype))
+    return v

@@ -44,7 +44,7 @@ from ..energy import LayerStats
 from ..kernels import conv_cpu, fused_cpu
 from ..neuron import one_spike_fire
 from ..spikes import BinarySpikes, PhaseSpikes
-from .base import SpikingMixin
+from .base import SpikingMixin, set_scale
 
 __all__ = [
     "CNNSpikes",
@@ -414,7 +414,7 @@ class SpikingConv2d(OneSpikeLayer):
         cin_g, cout_g = self.in_channels // self.groups, self.out_channels // self.groups
         # input channel of weight[k, c_local] is group(k) * cin_g + c_local
         lam_w = lam_in.view(self.groups, cin_g).repeat_interleave(cout_g, 0)  # [out, cin_g]
-        lam_out = _set_scale(self.scale, scale)
+        lam_out = set_scale(self.scale, scale)
         self.weight.copy_(w * lam_w[:, :, None, None] / lam_out[:, None, None, None])
         if self.bias is not None:
             self.bias.copy_((lam_out.new_zeros(self.out_channels) if bias is None else bias.double()) / lam_out)
@@ -451,11 +451,3 @@ class SpikingConv2d(OneSpikeLayer):
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}, {self._layer_repr()})")
-
-
-def _set_scale(buf: Tensor, value: Tensor | float) -> Tensor:
-    """Store lambda (dead channels -> 1, docs/method.md, section 2) and return it in float64 for the normalisation."""
-    v = torch.as_tensor(value, dtype=torch.float64, device=buf.device).expand(buf.shape).clone()
-    v = torch.where(v > 0, v, torch.ones_like(v))
-    buf.copy_(v.to(buf.dtype))
-    return v

@@ -11,7 +11,8 @@ from torch import Tensor, nn
 from ..coding import PhaseCode
 from ..kernels import conv_cpu
 from ..spikes import BinarySpikes, PhaseSpikes
-from .conv import CNNSpikes, OneSpikeLayer, _set_scale, _window_counts, fold_batchnorm
+from .base import set_scale
+from .conv import CNNSpikes, OneSpikeLayer, _window_counts, fold_batchnorm
 
 __all__ = ["SpikingFC", "SpikingFlatten"]
 
@@ -73,7 +74,7 @@ class SpikingFC(OneSpikeLayer):
     def load_normalized_(self, weight: Tensor, bias: Tensor | None, in_scale: Tensor | float,
                          scale: Tensor | float) -> "SpikingFC":
         lam_in = torch.as_tensor(in_scale, dtype=torch.float64, device=weight.device).expand(self.in_features)
-        lam_out = _set_scale(self.scale, scale)
+        lam_out = set_scale(self.scale, scale)
         self.weight.copy_(weight.double() * lam_in[None, :] / lam_out[:, None])
         if self.bias is not None:
             self.bias.copy_((lam_out.new_zeros(self.out_features) if bias is None else bias.double()) / lam_out)

@@ -31,7 +31,8 @@ from torch import Tensor, nn
 from ..coding import PhaseCode
 from ..kernels.conv_cpu import ConvForm
 from ..spikes import PhaseSpikes
-from .conv import CNNSpikes, OneSpikeLayer, _pair, _set_scale, _window_counts
+from .base import set_scale
+from .conv import CNNSpikes, OneSpikeLayer, _pair, _window_counts
 
 __all__ = ["SpikingMaxPool2d", "SpikingAvgPool2d"]
 
@@ -130,7 +131,7 @@ class SpikingAvgPool2d(OneSpikeLayer):
     @torch.no_grad()
     def load_normalized_(self, in_scale: Tensor | float, scale: Tensor | float) -> "SpikingAvgPool2d":
         lam_in = torch.as_tensor(in_scale, dtype=torch.float64, device=self.weight.device).expand(self.channels)
-        lam_out = _set_scale(self.scale, scale)
+        lam_out = set_scale(self.scale, scale)
         self.weight.copy_(lam_in / lam_out)
         return self
 

@@ -32,7 +32,8 @@ from torch import Tensor, nn
 
 from ..coding import PhaseCode
 from ..kernels.conv_cpu import ConvForm
-from .conv import OneSpikeLayer, SpikingConv2d, _pair, _set_scale, _window_counts
+from .base import set_scale
+from .conv import OneSpikeLayer, SpikingConv2d, _pair, _window_counts
 from .leaves import leaf_rule
 
 __all__ = ["SpikingResidual"]
@@ -155,7 +156,7 @@ class SpikingResidual(OneSpikeLayer):
         :math:`\lambda^{l-1}`, ``shortcut_weight`` (``[out]`` diagonal gains for identity / option A, in output
         channel order; the conv weight for ``"conv"``) with input scale :math:`\lambda^{l-2}`, and the output
         scale :math:`\lambda^l`."""
-        lam_out = _set_scale(self.scale, scale)
+        lam_out = set_scale(self.scale, scale)
         self.main.load_normalized_(weight, None, in_scale, lam_out)
         self.main.scale.fill_(1.0)  # the child holds synapses only; the neuron is this layer
         if self.bias is not None:
