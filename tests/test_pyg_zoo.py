@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+import torch_geometric.nn as pyg_nn
 from conftest import sbm_graph
 from torch import nn
 from torch_geometric.data import Data
@@ -385,6 +386,46 @@ def test_graph_classification_batches(pool):
         prepared(b.x, b.edge_index, b.batch)
     snn2 = spikegcn.convert(prepared, CODE, mode="functional")
     assert torch.equal(snn2(full.x, full.edge_index, full.batch), snn(full.x, full.edge_index, full.batch))
+
+
+class PoolByAttribute(GraphCls):
+    """The pool reached as a module attribute (``pyg_nn.global_mean_pool``) or stored on the model."""
+
+    def __init__(self, stored=None):
+        super().__init__(stored or "mean")
+
+    def forward(self, x, edge_index, batch):
+        x = F.relu(self.conv2(F.relu(self.conv1(x, edge_index)), edge_index))
+        pool = self.pool if callable(self.pool) else pyg_nn.global_mean_pool
+        return self.head(pool(x, batch))
+
+
+@pytest.mark.parametrize("stored, pool", [(None, "mean"), (global_max_pool, "max"), (pyg_nn.global_add_pool, "add")])
+def test_pool_called_as_attribute(stored, pool):
+    torch.manual_seed(0)
+    b = next(iter(DataLoader(_graphs(), batch_size=6)))
+    m = PoolByAttribute(stored).to(D).eval()
+    by_name = GraphCls(pool).to(D).eval()
+    by_name.load_state_dict(m.state_dict())
+    out = spikegcn.convert(m, b, CODE, mode="functional")(b.x, b.edge_index, b.batch)
+    assert torch.equal(out, spikegcn.convert(by_name, b, CODE, mode="functional")(b.x, b.edge_index, b.batch))
+    assert pyg_nn.global_mean_pool is global_mean_pool and m.pool is (stored or "mean")  # restored after tracing
+
+
+def test_neighbour_sampling_arguments_are_refused(g):
+    torch.manual_seed(0)
+    m = GraphSAGE(8, 16, 2, 4).to(D).eval()
+    nodes, edges = [g.num_nodes, 0, 0], [g.edge_index.shape[1], 0]
+    match = r"num_sampled_nodes_per_hop \(neighbour-sampling trimming\) is not supported .* snn.inference"
+    with pytest.raises(ValueError, match=match):
+        spikegcn.convert(m, dict(x=g.x, edge_index=g.edge_index, num_sampled_nodes_per_hop=nodes), CODE)
+    snn = spikegcn.convert(m, g, CODE, mode="functional")
+    with pytest.raises(ValueError, match=match):
+        snn(g.x, g.edge_index, num_sampled_nodes_per_hop=nodes, num_sampled_edges_per_hop=edges)
+    with pytest.raises(ValueError, match=r"num_sampled_edges_per_hop \(neighbour"):
+        snn(g.x, g.edge_index, None, None, None, None, None, edges)  # by position
+    out = snn(g.x, g.edge_index)  # without them: the full (sub)graph
+    assert torch.equal(snn.inference(g.x, g.edge_index), out)
 
 
 def test_subgraph_and_new_graph_inductive(g):

@@ -12,6 +12,8 @@
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 import sys
 from typing import Any
@@ -74,6 +76,10 @@ class GraphTracer(fx.Tracer):
     def __init__(self):
         super().__init__(autowrap_functions=tuple(POOLS) + (gin_aggregate,))
 
+    def trace(self, root, concrete_args=None):
+        with _pools_as_leaves(root):
+            return super().trace(root, concrete_args)
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if isinstance(m, GINConv):
             return False
@@ -90,10 +96,45 @@ class GraphTracer(fx.Tracer):
         return super().call_module(m, forward, args, kwargs)
 
 
+def _leaf_call(fn):
+    """``fn`` that records one ``call_function`` node when called on proxies (a traced pool is a layer)."""
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        proxy = next((a for a in (*args, *kwargs.values()) if isinstance(a, fx.Proxy)), None)
+        if proxy is None:
+            return fn(*args, **kwargs)
+        return proxy.tracer.create_proxy("call_function", fn, args, kwargs)
+    return wrapped
+
+
+@contextlib.contextmanager
+def _pools_as_leaves(root: nn.Module):
+    """torch.fx wraps the pools only where a forward names them as globals; wrap them too where they are reached
+    as attributes (``torch_geometric.nn.global_mean_pool(...)``, ``self.pool = global_mean_pool``)."""
+    owners = [m.__dict__ for name, m in list(sys.modules.items()) if name.startswith("torch_geometric")
+              and m is not None] + [m.__dict__ for m in root.modules()]
+    saved = [(d, k, v) for d in owners for k, v in list(d.items()) if _is_pool(v)]
+    try:
+        for d, k, v in saved:
+            d[k] = _leaf_call(v)
+        yield
+    finally:
+        for d, k, v in saved:
+            d[k] = v
+
+
+def _is_pool(v: Any) -> bool:
+    try:
+        return v in POOLS
+    except TypeError:  # unhashable
+        return False
+
+
 def trace(model: nn.Module, example_kwargs: dict) -> fx.GraphModule:
     """Trace ``model`` (sampling arguments of BasicGNN-style forwards fixed to ``None``)."""
     sig = inspect.signature(model.forward).parameters
-    concrete = {n: None for n, p in sig.items() if n.startswith("num_sampled_") and n not in example_kwargs}
+    refuse_sampling(example_kwargs)
+    concrete = {n: None for n in sig if n.startswith("num_sampled_")}
     tracer = GraphTracer()
     try:
         graph = tracer.trace(model, concrete_args=concrete or None)
@@ -105,6 +146,22 @@ def trace(model: nn.Module, example_kwargs: dict) -> fx.GraphModule:
             f"cannot trace {where}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} "
             f"(data-dependent control flow or an untraceable operation is not a fixed ReLU-linear map)") from err
     return fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
+
+
+def refuse_sampling(arguments: dict) -> None:
+    """BasicGNN's neighbour-sampling trimming arguments are fixed to ``None`` in the converted model: refuse values."""
+    bad = [k for k, v in arguments.items() if k.removesuffix("_1").startswith("num_sampled_") and v is not None]
+    if bad:
+        raise ValueError(f"{bad[0].removesuffix('_1')} (neighbour-sampling trimming) is not supported by the "
+                         f"converted model: run it on the sampled subgraph without it, or on a large graph use "
+                         f"layer-wise inference, snn.inference(x, edge_index)")
+
+
+def refuse_sampling_call(module: nn.Module, args: tuple, kwargs: dict) -> None:
+    """:func:`refuse_sampling` on a call's arguments, passed by name or by position."""
+    refuse_sampling(kwargs)
+    if len(args) > 1:
+        refuse_sampling(dict(zip(inspect.signature(module.forward).parameters, args)))
 
 
 def _failing_module(model: nn.Module, tb) -> str:
@@ -125,5 +182,5 @@ def describe(node: fx.Node, modules: dict) -> str:
     return f"{node.op} {getattr(node.target, '__name__', node.target)}"
 
 
-__all__ = ["UnsupportedModuleError", "GraphTracer", "trace", "refuse_unsupported", "gin_aggregate", "describe",
-           "POOLS"]
+__all__ = ["UnsupportedModuleError", "GraphTracer", "trace", "refuse_unsupported", "refuse_sampling",
+           "refuse_sampling_call", "gin_aggregate", "describe", "POOLS"]

@@ -35,7 +35,7 @@ from ..nn.gcn_conv import SpikingGCNConv
 from ..nn.graph_layer import SpikingGraphLayer
 from ..nn.linear import SpikingLinear
 from ..simulate import check_mode
-from .capture import POOLS, UnsupportedModuleError, describe, gin_aggregate
+from .capture import POOLS, UnsupportedModuleError, describe, gin_aggregate, refuse_sampling_call
 from .rules import FUNCTION_STREAMS, rule_for
 
 __all__ = ["SpikingModel", "Plan", "LayerInfo", "analyse", "stream_nodes", "UnsupportedModuleError"]
@@ -250,6 +250,10 @@ def _find_inputs(plan: Plan, graph: fx.Graph, roles: dict, modules: dict) -> Non
 
 class SpikingModel(fx.GraphModule):
     """A converted model: same forward signature, plus spike statistics and the energy report."""
+
+    def __call__(self, *args, **kwargs):
+        refuse_sampling_call(self, args, kwargs)  # a BasicGNN's num_sampled_* are fixed to None when traced
+        return super().__call__(*args, **kwargs)
 
     def spiking_layers(self) -> list[tuple[str, nn.Module]]:
         """Top-level spiking layers in execution order (a SpikingGCNConv's inner layers are its own)."""

@@ -22,7 +22,7 @@ from torch_geometric.nn.dense.linear import Linear as PygLinear
 from ..nn.aggregation import SpikingAggregation
 from ..nn.base import _is_identity
 from ..validate import check_calibration
-from .capture import UnsupportedModuleError, refuse_unsupported, trace
+from .capture import UnsupportedModuleError, refuse_sampling_call, refuse_unsupported, trace
 from .graph import Plan, analyse
 from .observers import activation_scale
 
@@ -96,6 +96,7 @@ class PreparedGraphModule(fx.GraphModule):
         return super().train(False)
 
     def __call__(self, *args, **kwargs):
+        refuse_sampling_call(self, args, kwargs)
         if getattr(self, "featureless", None):  # X = I for the ANN's calibration pass (see _featureless)
             bound = inspect.signature(self.forward).bind(*args, **kwargs)
             for name, spec in self.featureless.items():
