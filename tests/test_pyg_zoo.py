@@ -630,8 +630,18 @@ def test_featureless_input_equals_quantised_ann(name):
     assert small_tw(inputs[-1], ei).shape == ref.shape
 
 
+class FeatGcn2(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.out = GCN2Conv(FN, alpha=0.1), nn.Linear(FN, 4)
+
+    def forward(self, x, edge_index):
+        return self.out(F.relu(self.conv(x, x, edge_index)))
+
+
 @pytest.mark.parametrize("model, x, match", [
     (lambda: FeatAppnp(FN, first=True), None, r"module prop \(APPNP\) on featureless input .* x=torch.eye\(N\)"),
+    (FeatGcn2, _sparse_eye(FN), r"module conv \(GCN2Conv\) on featureless input .* x=torch.eye\(N\)"),
     (lambda: Two(SimpleConv(), LinG(FN, 4)), None, r"featureless input x=None .* x=torch.eye\(N\)"),
 ])
 def test_featureless_refusals_name_the_layer(model, x, match):

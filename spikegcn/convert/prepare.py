@@ -187,7 +187,8 @@ def _featureless(gm: fx.GraphModule, bound: dict) -> dict[str, tuple[int, bool]]
         if bad:
             raise UnsupportedModuleError(
                 f"cannot convert module {bad[0][0]} ({type(bad[0][1]).__name__}) on featureless input "
-                f"{n.target}=X=I (its first operation on x is not a linear map of it); pass explicit features, "
+                f"{n.target} (X = I): it is supported where the first layer maps x by its weights or an aggregation "
+                f"({', '.join(t.__name__ for t in _FEATURELESS_READERS)}); pass explicit features, "
                 f"e.g. {n.target}=torch.eye(N)")
         readers = list(readers.values())
         sizes = {int(v.shape[0])} if v is not None else {_in_size(m) for m in readers}
