@@ -6,8 +6,6 @@ The names below are imported on first use (PEP 562), so ``import spikegcn`` and 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import Any
 
 __version__ = "0.1.0"
@@ -17,7 +15,7 @@ _EXPORTS = {
     ".neuron": ["one_spike_fire", "membrane_reference", "multi_spike_fire"],
     ".spikes": ["PhaseSpikes", "BinarySpikes"],
     ".energy": ["EnergyCosts", "FP32", "INT8", "LayerStats", "energy_report", "latency"],
-    ".convert": ["convert", "prepare", "SpikingModel", "UnsupportedModuleError"],
+    ".conversion": ["convert", "prepare", "SpikingModel", "UnsupportedModuleError"],
     ".nn": ["PhaseEncoder", "SpikingLinear", "SpikingAggregation", "SpikingGCNConv"],
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
@@ -36,15 +34,3 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
-
-class _Package(types.ModuleType):
-    """``spikegcn.convert`` is the function :func:`spikegcn.convert.convert`, as with eager imports: importing the
-    submodule of the same name must not rebind the package attribute to the module."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "convert" and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

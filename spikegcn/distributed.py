@@ -156,7 +156,7 @@ def all_reduce_observers(prepared: nn.Module, group=None) -> nn.Module:
     on its own data), so every rank converts with the lambdas of the whole calibration set."""
     observers = [m for m in prepared.modules() if hasattr(m, "pos") and hasattr(m, "neg") and hasattr(m, "rows")]
     if not observers:
-        raise ValueError("no observers found: pass the model returned by spikegcn.convert.prepare, calibrated")
+        raise ValueError("no observers found: pass the model returned by spikegcn.conversion.prepare, calibrated")
     for obs in observers:
         if obs.pos is None:
             raise ValueError(f"observer {obs.name} has seen no data on rank {dist.get_rank(group)}: calibrate "

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from .convert.graph import UnsupportedModuleError
+from .conversion.graph import UnsupportedModuleError
 from .nn.aggregation import SpikingAggregation
 from .nn.encoder import PhaseEncoder
 from .nn.gcn_conv import SpikingGCNConv
@@ -476,7 +476,7 @@ def layerwise(snn: fx.GraphModule, x: Tensor, edge_index: Tensor, edge_weight: T
     """Run a converted chain of graph layers layer by layer over blocks of ``chunk_size`` target nodes.
 
     Args:
-        snn: a converted graph model (:class:`~spikegcn.convert.SpikingModel`).
+        snn: a converted graph model (:class:`~spikegcn.conversion.SpikingModel`).
         x: node features ``[N, F]`` (a tensor or one over a ``np.memmap``: only blocks of rows are read).
         edge_index, edge_weight: the graph, as for ``snn(x, edge_index)``.
         chunk_size: target nodes per block (>= :data:`MIN_ROWS`).

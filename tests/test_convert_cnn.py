@@ -12,7 +12,7 @@ from torch import fx, nn
 
 from spikegcn import PhaseCode, UnsupportedModuleError, convert
 from spikegcn.coding import binary_spike_count, decode, encode, encode_binary, quantize
-from spikegcn.convert import SpikingCNN
+from spikegcn.conversion import SpikingCNN
 from spikegcn.energy import FP32, INT8
 from spikegcn.nn import SpikingConv2d, SpikingMaxPool2d, SpikingResidual
 from spikegcn.nn.conv import spike_values

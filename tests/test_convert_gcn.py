@@ -42,7 +42,7 @@ def test_functional_equals_quantised_ann_reference(sbm):
     from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
     from spikegcn.coding import quantize
-    from spikegcn.convert import activation_scale
+    from spikegcn.conversion import activation_scale
     from spikegcn.nn.aggregation import build_graph_op
 
     data, model = sbm

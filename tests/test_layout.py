@@ -11,7 +11,7 @@ from torch import nn
 from spikegcn.nn import SpikingResidual
 from spikegcn.nn.leaves import ChannelSelect, leaf_rule, leaf_types, register_leaf
 
-CORE = ["coding", "neuron", "spikes", "kernels", "nn", "convert", "operators", "simulate", "energy", "inference",
+CORE = ["coding", "neuron", "spikes", "kernels", "nn", "conversion", "operators", "simulate", "energy", "inference",
         "distributed", "validate", "fileio", "graphdata"]
 
 _IMPORT_ALL = """
@@ -39,7 +39,7 @@ def _import_in_subprocess(core: list[str]) -> dict:
 
 def test_core_imports_no_harness_and_no_model_zoo():
     out = _import_in_subprocess(CORE)
-    assert "spikegcn.convert.fx" in out["loaded"] and "spikegcn.nn.residual" in out["loaded"]
+    assert "spikegcn.conversion.fx" in out["loaded"] and "spikegcn.nn.residual" in out["loaded"]
     bad = [m for m in out["modules"] if m.startswith(("spikegcn.experiments", "spikegcn.vision", "spikegcn.text",
                                                      "spikegcn.cli"))]
     assert bad == [], f"the core imported {bad}"

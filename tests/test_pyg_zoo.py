@@ -182,7 +182,7 @@ def test_appnp_gcn2_gin_functional_equal_quantised_ann(g):
     m = GinNet().to(D).eval()
     with torch.no_grad():
         m.conv1.eps.fill_(0.25)
-    from spikegcn.convert.capture import gin_aggregate
+    from spikegcn.conversion.capture import gin_aggregate
 
     c1, c2 = m.conv1, m.conv2
     # GIN's sum and the first Linear of its MLP are one layer (no non-linearity between them in the ANN)
@@ -311,7 +311,7 @@ def test_basic_gnn_sage_gin_mlp_equal_quantised_ann(g):
     ref = _ref_basic_gnn(sage, g.x, ei, lambda conv, norm, last: [(lambda h: conv(h, ei), "relu")])
     close(spikegcn.convert(sage, g, CODE, mode="functional")(g.x, ei), ref)
 
-    from spikegcn.convert.capture import gin_aggregate
+    from spikegcn.conversion.capture import gin_aggregate
 
     gin = _trained_bn(GIN(8, 16, 2, 4, norm="batch_norm").to(D), g)
 
@@ -604,7 +604,7 @@ def _stages(m, ei):
         conv = _gcn_stages(ei, FN)
         return conv(m.first, nn.Identity(), False) + conv(m.second, nn.Identity(), True)
     if isinstance(m.first, GINConv):
-        from spikegcn.convert.capture import gin_aggregate
+        from spikegcn.conversion.capture import gin_aggregate
 
         first = lambda h: m.first.nn(gin_aggregate(h, ei, m.first.eps))  # noqa: E731
     else:

@@ -15,7 +15,7 @@ from torch import nn
 
 from spikegcn import PhaseCode, convert
 from spikegcn.coding import MAX_T, decode, encode, max_T, quantize, saturated_count
-from spikegcn.convert.observers import activation_scale
+from spikegcn.conversion.observers import activation_scale
 from spikegcn.energy import LayerStats
 from spikegcn.fileio import (
     CorruptFileError,

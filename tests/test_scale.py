@@ -95,7 +95,7 @@ def _halves(data):
 def _observer_reduced(data, rank):
     """Each rank calibrates on its half of the graph; all_reduce(MAX) of the observers gives every rank the
     lambdas of the whole calibration set."""
-    from spikegcn.convert import calibrate, prepare
+    from spikegcn.conversion import calibrate, prepare
     from spikegcn.distributed import all_reduce_observers
 
     prepared = prepare(_model("gcn"), data)
@@ -125,7 +125,7 @@ def _worker(rank, world, port, names, data, path):
 def test_two_gloo_processes_equal_one(graph, tmp_path):
     names = ("gcn", "sage")
     snns = [s for name in names for s in _snns(name, graph)]
-    from spikegcn.convert import calibrate, prepare
+    from spikegcn.conversion import calibrate, prepare
 
     both = calibrate(prepare(_model("gcn"), graph), _halves(graph))  # one process, both halves
     snns.append(convert(both, PhaseCode(16, 1.3), mode="functional"))

@@ -188,7 +188,7 @@ def _sweep_task(args: argparse.Namespace) -> tuple[str, dict, Any]:
                                                                 progress=not args.quiet,
                                                                 model_cache=not args.no_model_cache)
     if not S._cnn_available():
-        raise UsageError("CNN sweeps need the CNN converter (spikegcn.convert.convert_cnn), which this installation "
+        raise UsageError("CNN sweeps need the CNN converter (spikegcn.conversion.convert_cnn), which this installation "
                          "does not have")
     datasets = S.CNN_MODELS[args.model][0]
     dataset = args.dataset or datasets[0]

@@ -1,6 +1,6 @@
 """The experiment harness: the pipelines, training loops, sweeps and the report that produce the results under
 ``results/``. It imports the library (:mod:`spikegcn.coding` -> :mod:`spikegcn.neuron` -> :mod:`spikegcn.kernels`
--> :mod:`spikegcn.nn` -> :mod:`spikegcn.convert`, and the model/data libraries :mod:`spikegcn.text` and
+-> :mod:`spikegcn.nn` -> :mod:`spikegcn.conversion`, and the model/data libraries :mod:`spikegcn.text` and
 :mod:`spikegcn.vision`); nothing in the library imports it (``tests/test_layout.py`` checks).
 
 * :mod:`~spikegcn.experiments.textgcn`: Text GCN end to end (build the graph, train, convert, evaluate, record);

@@ -71,7 +71,7 @@ def run_cnn(model: str, dataset: str = "cifar10", weights: str | Path | None = N
             Tw: int | None = None, limit: int | None = 1000, calib: int = 1000, seed: int = 0,
             modes: tuple[str, ...] = ("functional", "exact"), batch_size: int = 200) -> dict[str, Any]:
     """Convert ``model`` with ``PhaseCode(T, Q, Tw=Tw)`` and evaluate the ANN and the SNN in every mode."""
-    from ..convert import convert
+    from ..conversion import convert
 
     torch.manual_seed(seed)
     code = PhaseCode(T, Q, Tw=Tw)

@@ -144,7 +144,7 @@ def textgcn_task(dataset: str, seed: int = 0, train: dict | None = None, progres
                 "energy_int8": r["energy_int8"], "energy_int8_mult_only": r["energy_int8_mult_only"]}
 
     def activation_sample() -> dict:
-        from ..convert.observers import activation_scale
+        from ..conversion.observers import activation_scale
 
         with torch.no_grad():
             y = model.conv1(x, adj_t)
@@ -171,8 +171,8 @@ _DATASET_LABELS = {"cifar10-jpg": "CIFAR-10 JPEG", "cifar10": "CIFAR-10", "mnist
 def _cnn_available() -> bool:
     import importlib
 
-    try:  # the module, not the function `spikegcn.convert` that the package exports under the same name
-        conv = importlib.import_module("spikegcn.convert")
+    try:
+        conv = importlib.import_module("spikegcn.conversion")
     except ImportError:
         return False
     return hasattr(conv, "convert_cnn")
@@ -185,11 +185,11 @@ def cnn_task(model: str = "resnet20", seed: int = 0, limit: int = 1000, calib: i
     official ``cifar10``), its test images of ``dataset`` (default: the model's first in :data:`CNN_MODELS`;
     ``limit`` evenly spaced, all when 0) and ``calib`` random training images for lambda."""
     if not _cnn_available():
-        raise RuntimeError("CNN sweeps need the CNN converter (spikegcn.convert.convert_cnn), which this "
+        raise RuntimeError("CNN sweeps need the CNN converter (spikegcn.conversion.convert_cnn), which this "
                            "installation of spikegcn does not have")
     import torch
 
-    from ..convert import convert
+    from ..conversion import convert
     from ..energy import FP32, INT8, INT8_MULT_ONLY
     from ..vision import load_dataset, load_pretrained, preprocess
     from .cnn_train import default_checkpoint_path, load_checkpoint
@@ -252,8 +252,8 @@ def _cnn_activation_sample(net, xc, batch: int, seed: int) -> dict:
     import torch.nn.functional as F
     from torch import fx, nn
 
-    from ..convert.cnn_capture import CNNTracer
-    from ..convert.observers import activation_scale
+    from ..conversion.cnn_capture import CNNTracer
+    from ..conversion.observers import activation_scale
 
     gm = fx.GraphModule(net, CNNTracer().trace(net))
     mods = dict(gm.named_modules())

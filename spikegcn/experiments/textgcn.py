@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..coding import PhaseCode
-from ..convert import convert
+from ..conversion import convert
 from ..energy import FP32, INT8, INT8_MULT_ONLY
 from ..fileio import write_json
 from ..nn.aggregation import SpikingAggregation

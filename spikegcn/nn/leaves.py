@@ -3,7 +3,7 @@ r"""Registry of leaf modules that the converters know by what they compute, not 
 The core never imports a model zoo: a model library registers its parameter-free shortcut modules here when it is
 imported (:mod:`spikegcn.vision.models` registers its ``OptionAShortcut``), each with a *rule* that describes the
 module as a synaptic operator the spiking layers already have. The CNN converter
-(:class:`~spikegcn.convert.cnn_capture.CNNTracer`) keeps registered modules as leaves of the traced graph, and
+(:class:`~spikegcn.conversion.cnn_capture.CNNTracer`) keeps registered modules as leaves of the traced graph, and
 :meth:`~spikegcn.nn.SpikingResidual.from_block` accepts them as shortcuts.
 
 The one operator so far is :class:`ChannelSelect`: subsample by a stride and place input channel :math:`c` at

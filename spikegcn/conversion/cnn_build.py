@@ -3,7 +3,7 @@ r"""Building a converted CNN: symbolic evaluation of the traced graph into a gra
 A conv/linear/pool output is a *pre-activation* (:class:`_Pre`): a sum of synaptic terms from spike sources plus a
 bias, in ANN units. BatchNorm scales the terms and shifts the bias (folded into the weights, docs/method.md, A11);
 ``+`` merges terms (a spike source added directly is an identity term); a ReLU turns a pre-activation into a neuron
-layer (:meth:`CNNBuilder.neuron`). See :mod:`spikegcn.convert.fx` for the whole conversion.
+layer (:meth:`CNNBuilder.neuron`). See :mod:`spikegcn.conversion.fx` for the whole conversion.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 r"""Capturing a CNN for conversion: the ``torch.fx`` tracer, the support check and the calibration observer.
 
 :class:`CNNTracer` traces the forward with the supported layers as leaves; :func:`check_supported` names the first
-module, function or method with no spiking equivalent (:class:`~spikegcn.convert.capture.UnsupportedModuleError`);
+module, function or method with no spiking equivalent (:class:`~spikegcn.conversion.capture.UnsupportedModuleError`);
 :func:`observe` runs the calibration images through an :class:`Observer` (a :class:`torch.fx.Interpreter`) that keeps,
 for every ReLU and average-pool output, the per-channel maximum (or all values, for a percentile), and the images'
 :math:`\max|x|`. :meth:`Observer.lam_of` turns them into lambda (docs/method.md, A4/A5).

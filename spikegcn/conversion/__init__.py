@@ -9,8 +9,8 @@ Graphs (PyG models)::
 
 or in one call, ``spikegcn.convert(model, calib, code, mode=...)`` with ``calib`` a ``Data``/``Batch``, a tuple or
 dict of forward arguments, or any iterable of those (lambda = max or percentile over all of it). CNNs (a
-``Conv2d`` model or image tensors) go to :func:`~spikegcn.convert.fx.convert_cnn`. The package keeps its name;
-the top-level ``spikegcn.convert`` is the function (``spikegcn.convert.fx`` etc. still import as modules).
+``Conv2d`` model or image tensors) go to :func:`~spikegcn.conversion.fx.convert_cnn`. The package is
+``spikegcn.conversion`` (as torch.ao's is ``quantization``), so that ``spikegcn.convert`` is only the function.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def convert(model: nn.Module, data: Any = None, code: PhaseCode | None = None, m
 
     ``convert(prepared, code)`` finishes the torch.ao-shaped flow (:func:`prepare`, calibration loop);
     ``convert(model, calib, code)`` does all three steps. A model without message passing that has a ``Conv2d``
-    (or is calibrated with an image tensor) is a CNN and goes to :func:`~spikegcn.convert.fx.convert_cnn`
+    (or is calibrated with an image tensor) is a CNN and goes to :func:`~spikegcn.conversion.fx.convert_cnn`
     (``int8`` and ``fold_avgpool`` are its options; ``variant`` and ``backend`` are the graph converter's).
 
     Args:

@@ -22,7 +22,7 @@ r"""Converting CNNs (Conv2d/BatchNorm2d/ReLU/pooling/Linear, residual blocks) th
    returns becomes the output layer: it integrates without spiking and returns the logits.
 
 The result is a :class:`SpikingCNN` with the model's forward signature: ``snn(images) -> logits``. Capture and
-observation live in :mod:`spikegcn.convert.cnn_capture`, the symbolic build in :mod:`spikegcn.convert.cnn_build`.
+observation live in :mod:`spikegcn.conversion.cnn_capture`, the symbolic build in :mod:`spikegcn.conversion.cnn_build`.
 """
 from __future__ import annotations
 
