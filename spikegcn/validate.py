@@ -53,13 +53,18 @@ def _has_values(t: Tensor) -> bool:
     return t.device.type != "meta" and t.numel() > 0
 
 
+def _stored_values(t: Tensor) -> Tensor:
+    """The stored values of a sparse tensor (the tensor itself when strided)."""
+    if t.layout == torch.strided:
+        return t
+    return t.coalesce().values() if t.layout == torch.sparse_coo else t.values()
+
+
 def count_nonfinite(t: Tensor) -> int:
     """Number of NaN/inf entries of a floating-point tensor (0 for integer or meta tensors)."""
     if not (t.is_floating_point() or t.is_complex()) or t.device.type == "meta":
         return 0
-    if t.layout != torch.strided:
-        t = t.coalesce().values() if t.layout == torch.sparse_coo else t.values()
-    return int((~torch.isfinite(t)).sum())
+    return int((~torch.isfinite(_stored_values(t))).sum())
 
 
 def _refuse_nonfinite(t: Tensor, what: str, remedy: str) -> None:
@@ -81,8 +86,7 @@ def check_calibration(y: Tensor, what: str) -> None:
     """
     if not y.is_floating_point() or y.device.type == "meta":
         return
-    if y.layout != torch.strided:
-        y = y.coalesce().values() if y.layout == torch.sparse_coo else y.values()
+    y = _stored_values(y)
     finite = torch.isfinite(y)
     if bool(finite.all()):
         return
