@@ -454,7 +454,7 @@ def sweep_run(ctx: Ctx, name: str, T: int) -> dict:
     """Functional accuracy at phases ``T`` and every Q of the grid, on the first SGNNBench splits.
 
     One conversion per seed, with the lambda rule its T = 16 run chose on validation; Q is changed with
-    ``set_code`` (lambda does not depend on the code, and the input encoder's T stays), which gives the same
+    ``set_code`` (lambda does not depend on the code; T, and so the input encoder, stays), which gives the same
     outputs as converting at each Q.
     """
     points = {f"{Q:g}": [] for Q in SWEEP_Q}

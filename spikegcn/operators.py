@@ -26,8 +26,10 @@ channel), so the gate forwards the first spike and never revises it: the max of 
 the running max can fall (a neighbour still silent counts as 0 until it fires negative): the gate then sends a
 negative correction; after the last input phase the result is again the ANN's max over the decoded values.
 
-Several input streams of one neuron layer (:class:`Streams`) are aligned to one window: a stream from an earlier
-layer is held back (a delay line) until the latest one starts.
+Several input streams of one neuron layer (:class:`Streams`) share one virtual phase axis: stream ``i``'s phase
+``p`` is virtual phase ``p + offsets[i]``. The graph joins hold a stream from an earlier layer back (a delay line,
+all offsets 0) until the latest one starts; a CNN residual join lets the older stream run ahead by the phases it
+opened earlier (:mod:`spikegcn.nn.residual`).
 """
 from __future__ import annotations
 
@@ -43,14 +45,19 @@ __all__ = ["Streams", "ValueOp", "Dense", "Sparse", "Identity", "Chain", "Join",
 
 
 class Streams:
-    """The input spike streams of one neuron layer with several inputs (a join)."""
+    """The input spike streams of one neuron layer with several inputs (a join); stream ``i`` is seen
+    ``offsets[i]`` virtual phases late (default 0 for all)."""
 
-    def __init__(self, items):
+    def __init__(self, items, offsets=None):
         self.items = tuple(items)
+        self.offsets = tuple(int(o) for o in offsets) if offsets is not None else (0,) * len(self.items)
+        if len(self.offsets) != len(self.items) or min(self.offsets, default=0) < 0:
+            raise ValueError(f"Streams needs one non-negative offset per stream, got {offsets!r}")
 
     @property
     def T_in(self) -> int:
-        return max(i.T_in for i in self.items)
+        """Virtual phases: the last phase of any stream, offsets included."""
+        return max(i.T_in + o for i, o in zip(self.items, self.offsets))
 
     @property
     def shape(self) -> torch.Size:
@@ -66,6 +73,10 @@ class Streams:
 
 def _items(inp) -> tuple:
     return inp.items if isinstance(inp, Streams) else (inp,)
+
+
+def _offsets(inp) -> tuple:
+    return inp.offsets if isinstance(inp, Streams) else (0,)
 
 
 def _values(item, k: int, dtype: torch.dtype, like: Tensor | None = None) -> Tensor:
@@ -99,13 +110,12 @@ class ValueOp:
     # -- the interface run_layer drives
     def apply(self, inp, k: int, dtype: torch.dtype) -> Tensor:
         """The map applied to the values the input spikes carry up to input phase ``k``."""
-        return self.forward([_values(i, k, dtype) for i in _items(inp)])
+        return self.forward([_values(i, k - o, dtype) for i, o in zip(_items(inp), _offsets(inp))])
 
     def delta(self, inp, p: int, dtype: torch.dtype) -> Tensor | None:
         """Contribution of the spikes fired at input phase ``p`` (``None``: nothing fired)."""
-        items = _items(inp)
         if self.linear:
-            xs = [_values(i, p, dtype) - _values(i, p - 1, dtype) for i in items]
+            xs = [_values(i, p - o, dtype) - _values(i, p - o - 1, dtype) for i, o in zip(_items(inp), _offsets(inp))]
             if not any(bool(x.any()) for x in xs):
                 return None
             return self.forward(xs)

@@ -109,15 +109,34 @@ class GraphOp:
     def macs(self, inp: SpikeInput) -> float:
         return float(self.adj._nnz() * inp.shape[1])
 
+    def exact_kernel(self, inp: SpikeInput, code: PhaseCode, bias: Tensor | None, scale_t: Tensor, signed: bool,
+                     dtype: torch.dtype, backend: str, early) -> tuple[Tensor, Tensor | None, None] | None:
+        """Exact mode on the fused CPU or the Triton aggregation kernel where one serves the layer (they form the
+        early potential themselves), else ``None``."""
+        if _use_fused(inp, self, code, dtype, backend, False):
+            from .kernels import fused_cpu
+
+            phase, sign = fused_cpu.aggregate_exact(self.adj, inp, bias, scale_t, code.thresholds(torch.float32),
+                                                    inp.T_in, code.Tw, signed)
+            return phase, sign, None  # the kernels never form the full potential: saturation not counted
+        if _use_triton(inp, self, code, dtype, backend, False):
+            from .kernels import triton_exact
+
+            adj = self.adj if self.adj.dtype == dtype else self.adj.to(dtype)
+            phase, sign = triton_exact.aggregate_exact(adj, inp, bias, scale_t, code.thresholds(dtype, adj.device),
+                                                       inp.T_in, code.Tw, signed)
+            return phase, sign, None
+        return None
+
     def additions(self, counts: Tensor) -> float:
         # a spike of node n reaches deg(n) + 1 targets (its column of A-hat)
         per_node = counts.sum(1) if counts.dim() > 1 else counts
         return float((per_node.to(torch.float64) * self.fanout.to(torch.float64)).sum())
 
 
-def _use_fused(inp, op, code: PhaseCode, dtype, backend: str, stepped: bool) -> bool:
+def _use_fused(inp, op: "GraphOp", code: PhaseCode, dtype, backend: str, stepped: bool) -> bool:
     """The fused CPU aggregation kernel serves exact graph layers fed by one-spike neurons."""
-    if backend not in ("auto", "fused") or stepped or not isinstance(op, GraphOp) or dtype != torch.float32:
+    if backend not in ("auto", "fused") or stepped or dtype != torch.float32:
         return False
     if not isinstance(inp, PhaseSpikes) or inp.phase.dim() != 2 or inp.phase.dtype != torch.int8:
         return False
@@ -134,10 +153,10 @@ def _use_fused(inp, op, code: PhaseCode, dtype, backend: str, stepped: bool) -> 
     return ok
 
 
-def _use_triton(inp, op, code: PhaseCode, dtype, backend: str, stepped: bool) -> bool:
+def _use_triton(inp, op: "GraphOp", code: PhaseCode, dtype, backend: str, stepped: bool) -> bool:
     """The Triton aggregation kernel serves exact graph layers fed by one-spike neurons on CUDA (or wherever
     ``backend="triton"`` asks for it: CPU tensors under ``TRITON_INTERPRET=1``)."""
-    if backend not in ("auto", "triton") or stepped or not isinstance(op, GraphOp):
+    if backend not in ("auto", "triton") or stepped:
         return False
     if dtype not in (torch.float32, torch.float64) or code.phase_dtype != torch.int8:
         return False
@@ -178,41 +197,55 @@ def _potential(inp: SpikeInput, op, k: int, dtype: torch.dtype, bias: Tensor | N
 
 
 def _fire_closed_form(inp: SpikeInput, op, code: PhaseCode, bias: Tensor | None, scale_t: Tensor, signed: bool,
-                      dtype: torch.dtype, stats: LayerStats, collect_stats: bool) -> tuple[Tensor, Tensor | None]:
+                      dtype: torch.dtype, stats: LayerStats, collect_stats: bool, normalized: bool
+                      ) -> tuple[Tensor, Tensor | None]:
     """Functional mode (or a full wait): one ANN pass on the decoded input, then the round-off encoder."""
     z = _potential(inp, op, inp.T_in, dtype, bias)
-    z = z / scale_t.to(z.device)
+    if not normalized:
+        z = z / scale_t.to(z.device)
     stats.saturated_neurons = float(saturated_count(z, signed)) if collect_stats else None
     return encode(z, code, signed=signed)
 
 
 def _fire_kernel(inp: SpikeInput, op, code: PhaseCode, bias: Tensor | None, scale_t: Tensor, signed: bool,
-                 dtype: torch.dtype, backend: str, stepped: bool) -> tuple[Tensor, Tensor | None] | None:
-    """Exact mode on the fused CPU or the Triton aggregation kernel where one serves the layer, else ``None``."""
-    if _use_fused(inp, op, code, dtype, backend, stepped):
-        from .kernels import fused_cpu
-
-        return fused_cpu.aggregate_exact(op.adj, inp, bias, scale_t, code.thresholds(torch.float32), inp.T_in,
-                                         code.Tw, signed)
-    if _use_triton(inp, op, code, dtype, backend, stepped):
-        from .kernels import triton_exact
-
-        return triton_exact.aggregate_exact(op.adj if op.adj.dtype == dtype else op.adj.to(dtype), inp, bias,
-                                            scale_t, code.thresholds(dtype, op.adj.device), inp.T_in, code.Tw,
-                                            signed)
-    return None
+                 dtype: torch.dtype, backend: str, stepped: bool, early: "_Early"
+                 ) -> tuple[Tensor, Tensor | None, float | None] | None:
+    """Exact mode on a compiled kernel where the operator brings one that serves the layer, else ``None``:
+    ``(phase, sign, saturated neurons or None)``."""
+    kernel = getattr(op, "exact_kernel", None)
+    if kernel is None or stepped:
+        return None
+    return kernel(inp, code, bias, scale_t, signed, dtype, backend, early)
 
 
-def _fire_events(inp: SpikeInput, op, code: PhaseCode, bias: Tensor | None, scale_t: Tensor, signed: bool,
-                 dtype: torch.dtype, backend: str, stepped: bool, stats: LayerStats) -> tuple[Tensor, Tensor | None]:
-    """Exact mode on the event path: one pass over the phases fired by ``Tw + 1`` (phase 1 only when
-    ``stepped``), then every later input phase adds its own spike events to the streaming neuron."""
-    T_in = inp.T_in
-    k0 = 1 if stepped else min(code.Tw + 1, T_in)
-    first = _potential(inp, op, k0, dtype, bias)
-    first = first / scale_t.to(first.device)
+class _Early:
+    """The normalised potential from the input phases ``1..k0`` (bias included), computed once on first use: an
+    operator's compiled kernel and the event path both start from it."""
+
+    def __init__(self, inp: SpikeInput, op, k0: int, dtype: torch.dtype, bias: Tensor | None, scale_t: Tensor,
+                 normalized: bool):
+        self.args = (inp, op, k0, dtype, bias)
+        self.scale_t, self.normalized, self.k0 = scale_t, normalized, k0
+        self._value: Tensor | None = None
+
+    def __call__(self) -> Tensor:
+        if self._value is None:
+            z = _potential(*self.args)
+            self._value = z if self.normalized else z / self.scale_t.to(z.device)
+        return self._value
+
+
+def _fire_events(inp: SpikeInput, op, code: PhaseCode, early: _Early, scale_t: Tensor, signed: bool,
+                 dtype: torch.dtype, backend: str, stats: LayerStats, normalized: bool
+                 ) -> tuple[Tensor, Tensor | None]:
+    """Exact mode on the event path: one pass over the phases fired by ``k0`` (``Tw + 1``, or 1 when stepped), then
+    every later input phase adds its own spike events to the streaming neuron."""
+    k0, first = early.k0, early()
     synapses = None if isinstance(op, ValueOp) else op.synapses
     scatter_backend = backend if backend in ("torch_scatter", "native") else "auto"
+
+    def norm(z: Tensor) -> Tensor:
+        return z if normalized else z / scale_t.to(z.device)
 
     def phase_input(p: int) -> Tensor | None:
         if p == 1:
@@ -221,18 +254,18 @@ def _fire_events(inp: SpikeInput, op, code: PhaseCode, bias: Tensor | None, scal
             return None
         if synapses is None:  # composite operators: linear maps of the values fired at p (or a gate)
             d = op.delta(inp, p, dtype)
-            return None if d is None else d / scale_t.to(d.device)
+            return None if d is None else norm(d)
         row, col, val = inp.events_at(p, dtype)
         if row.numel() == 0:
             return None
         buf = torch.zeros(first.shape, dtype=dtype, device=first.device)
         accumulate_events(row, col, val, synapses, buf, backend=scatter_backend)
-        return buf / scale_t.to(buf.device)
+        return norm(buf)
 
     def count_saturated(P: Tensor) -> None:
         stats.saturated_neurons = float(saturated_count(P, signed))
 
-    return one_spike_fire(phase_input, code, T_in=T_in, signed=signed, final_potential=count_saturated)
+    return one_spike_fire(phase_input, code, T_in=inp.T_in, signed=signed, final_potential=count_saturated)
 
 
 def run_layer(
@@ -250,48 +283,63 @@ def run_layer(
     backend: str = "auto",
     stepped: bool = False,
     collect_stats: bool = True,
+    wait: int | None = None,
+    normalized: bool = False,
+    stats: LayerStats | None = None,
 ) -> tuple[PhaseSpikes | Tensor, LayerStats]:
     """Run one spiking layer.
 
     Args:
-        inp: input spikes.
-        op: the synaptic map.
+        inp: input spikes (a :class:`~spikegcn.operators.Streams` for several inputs).
+        op: the synaptic map; one that has ``exact_kernel`` may run exact mode on a compiled kernel.
         code: the code the layer emits with (``T``, ``Q``, shift, ``Tw``).
-        bias: bias in ANN units (added to the potential before normalisation), or ``None``.
-        scale: :math:`\\lambda^l` per output channel (or scalar), ANN units of a phase-1 output spike.
+        bias: bias (added to the potential before normalisation), or ``None``.
+        scale: :math:`\\lambda^l` per output channel (or scalar), ANN units of a phase-1 output spike; shaped to
+            broadcast against the output (``[C]`` channels last, ``[C, 1, 1]`` for feature maps).
         signed: signed one-spike neurons (no ReLU after this layer in the ANN).
         mode: ``"functional"`` or ``"exact"``.
         output: ``"spikes"`` for hidden layers, ``"potential"`` for the output layer (ANN units).
         dtype: compute dtype (default: the dtype of ``scale``, else of ``bias``).
-        backend: exact mode with ``Tw + 1 < T_in``: ``"auto"`` (the fused CPU kernel or, on CUDA, the Triton
-            kernel where they serve the layer; else the event path), ``"fused"``, ``"triton"``, or the event path's
-            scatter backend (``"torch_scatter"``, ``"native"``).
-        stepped: take every input phase after the first through the event kernel, even when
-            ``Tw + 1 >= T_in`` (tests the event path against the dense one).
-        collect_stats: count input spikes, operations and saturation (``False``: only the name and the output
-            counts, for block-wise inference whose per-block statistics nobody reads).
+        backend: exact mode with ``Tw + 1 < T_in``: ``"auto"`` (the operator's compiled kernel where it serves the
+            layer, else the event path), ``"fused"``, ``"triton"``, or the event path's scatter backend
+            (``"torch_scatter"``, ``"native"``).
+        stepped: take every input phase after the first through the event path, even when ``Tw + 1 >= T_in``.
+        collect_stats: count input spikes, operations and saturation (``False``: only the output counts).
+        wait: the neuron's wait in input phases (default ``code.Tw``; a join whose streams opened at different
+            phases waits for the oldest).
+        normalized: ``op`` and ``bias`` give the potential in units of :math:`\\lambda^l` already (the CNN layers
+            fold it into their weights, Eq. 2): no division by ``scale``.
+        stats: the caller's record to fill (its input counts already taken) instead of a new one.
 
     Returns:
         ``(PhaseSpikes or potential, LayerStats)``.
     """
     check_mode(mode)
     dtype = dtype or _compute_dtype(scale, bias)
-    stats = _input_stats(inp, op, name, dtype) if collect_stats else LayerStats(name, 0.0, 0, 0.0, 0.0)
+    if stats is None:
+        stats = _input_stats(inp, op, name, dtype) if collect_stats else LayerStats(name, 0.0, 0, 0.0, 0.0)
     # the device of the layer's buffers (a plain float scale: that of the input)
     scale_t = torch.as_tensor(scale, dtype=dtype,
                               device=scale.device if isinstance(scale, Tensor) else inp.spike_counts().device)
     if output == "potential":
-        return _potential(inp, op, inp.T_in, dtype, bias), stats
+        z = _potential(inp, op, inp.T_in, dtype, bias)
+        return (z * scale_t if normalized else z), stats
     if output != "spikes":
         raise ValueError(f"output must be 'spikes' or 'potential', got {output!r}")
 
-    if mode == "functional" or (code.Tw + 1 >= inp.T_in and not stepped):
-        phase, sign = _fire_closed_form(inp, op, code, bias, scale_t, signed, dtype, stats, collect_stats)
-    elif (fired := _fire_kernel(inp, op, code, bias, scale_t, signed, dtype, backend, stepped)) is not None:
-        stats.saturated_neurons = None  # the kernel never forms the full potential
-        phase, sign = fired
+    wait = code.Tw if wait is None else wait
+    if mode == "functional" or (wait + 1 >= inp.T_in and not stepped):
+        phase, sign = _fire_closed_form(inp, op, code, bias, scale_t, signed, dtype, stats, collect_stats,
+                                        normalized)
     else:
-        phase, sign = _fire_events(inp, op, code, bias, scale_t, signed, dtype, backend, stepped, stats)
+        fire_code = code if wait == code.Tw else code.replace(Tw=wait)
+        early = _Early(inp, op, 1 if stepped else min(wait + 1, inp.T_in), dtype, bias, scale_t, normalized)
+        fired = _fire_kernel(inp, op, fire_code, bias, scale_t, signed, dtype, backend, stepped, early)
+        if fired is None:
+            phase, sign = _fire_events(inp, op, fire_code, early, scale_t, signed, dtype, backend, stats,
+                                       normalized)
+        else:
+            phase, sign, stats.saturated_neurons = fired
     spikes = PhaseSpikes(phase=phase, code=code, scale=scale_t, sign=sign, start=start)
     stats.out_neurons = phase.numel()
     stats.out_spikes = float(spikes.num_spikes())

@@ -135,3 +135,37 @@ def test_input_statistics_equal_per_position_counts(hw, stride):
     fan = layer.fanout(0, x.phase.shape[1:]).double()
     assert layer.stats[0].additions == float((per_pos * fan).sum())
     assert layer.stats[0].in_spikes == float(per_pos.sum())
+
+
+def test_cnn_and_graph_layers_run_on_one_engine(monkeypatch):
+    """Every CNN neuron layer (conv, fc, avg pool, residual join) is its synaptic operator fed to
+    simulate.run_layer, the loop the graph layers use: no second simulator."""
+    from spikegcn import simulate
+    from spikegcn.nn import conv as conv_module
+
+    ops, real = [], simulate.run_layer
+
+    def spy(inp, op, *args, **kwargs):
+        ops.append(type(op).__name__)
+        return real(inp, op, *args, **kwargs)
+
+    monkeypatch.setattr(conv_module, "run_layer", spy)
+    torch.manual_seed(0)
+    model = _randomize_bn(CifarResNet((1, 1, 1), num_classes=5, in_channels=2, width=4))
+    snn = convert(model, torch.randn(32, 2, 8, 8), PhaseCode(16, 1.3, Tw=4), mode="exact")
+    snn(torch.randn(4, 2, 8, 8))
+    assert len(ops) == len(snn.spiking_layers()) and set(ops) == {"LayerSynapses"}
+
+
+def test_residual_streams_keep_their_own_timing():
+    """A residual join sees the block input (opened Tw phases before the hidden layer) Tw virtual phases ahead:
+    its Streams carry offsets [Tw, 0] and the neuron waits 2 Tw; at Tw = 0 both streams are seen phase-aligned."""
+    from spikegcn.operators import Streams
+
+    code = PhaseCode(8, 1.3, Tw=2)
+    h = _random_phase_spikes((2, 4, 5, 5), code, start=4, seed=5)
+    x = _random_phase_spikes((2, 4, 5, 5), code, start=2, seed=6)
+    s = Streams([h, x], [h.start - 2, x.start - 2])
+    assert s.offsets == (2, 0) and s.T_in == 10
+    with pytest.raises(ValueError, match="one non-negative offset per stream"):
+        Streams([h, x], [0])

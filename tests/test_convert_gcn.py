@@ -169,3 +169,21 @@ def test_linear_head_and_relu_module(sbm):
     snn = convert(m, data)
     assert ann - accuracy(snn(data.x, data.edge_index), data) < 0.015
     assert [s.name for s in snn.layer_stats()] == ["conv.mp", "conv.agg", "fc"]
+
+
+def test_set_code_equals_converting_with_that_code():
+    """One set_code for graph and CNN models: the neuron layers and the input encoder (its T) take the new code,
+    which equals converting with it (lambda does not depend on the code)."""
+    from torch_geometric.nn import GCN
+
+    torch.manual_seed(0)
+    n = 30
+    x, edge_index = torch.rand(n, 6), torch.randint(0, n, (2, 90))
+    model = GCN(6, 8, 2, 3).eval()
+    snn = convert(model, (x, edge_index), PhaseCode(16, 1.3), mode="functional")
+    for code in (PhaseCode(8, 1.5), PhaseCode(24, 1.2)):
+        direct = convert(model, (x, edge_index), code, mode="functional")
+        assert torch.equal(snn.set_code(code)(x, edge_index), direct(x, edge_index))
+        assert snn.input_encoder.T == code.T
+    with pytest.raises(TypeError, match="PhaseCode"):
+        snn.set_code(8)

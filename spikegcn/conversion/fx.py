@@ -34,7 +34,6 @@ from torch import Tensor, fx, nn
 from ..coding import PhaseCode
 from ..energy import LayerStats
 from ..nn.conv import OneSpikeLayer
-from ..nn.encoder import PhaseEncoder
 from ..simulate import check_mode
 from .cnn_build import CNNBuilder
 from .cnn_capture import CNNTracer, batches, check_supported, observe
@@ -79,14 +78,6 @@ class SpikingCNN(SpikingModel):
                 st.name = name + (".shortcut" if st.kind == "shortcut" else "")
                 out.append(st)
         return out
-
-    def set_code(self, code: PhaseCode) -> "SpikingCNN":
-        """Use ``code`` (T, Q, shift, Tw) in every neuron layer; the input encoder follows ``code.T``."""
-        super().set_code(code)
-        for m in self.modules():
-            if isinstance(m, PhaseEncoder):
-                m.T, m.code = code.T, code
-        return self
 
     @torch.no_grad()
     def run(self, images: Tensor | Iterable, batch_size: int = 200) -> Tensor:

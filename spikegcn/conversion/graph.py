@@ -31,6 +31,7 @@ from torch_geometric.nn.dense.linear import Linear as PygLinear
 from ..coding import PhaseCode
 from ..energy import FP32, EnergyCosts, LayerStats, energy_report
 from ..nn.base import SpikingMixin
+from ..nn.encoder import PhaseEncoder
 from ..nn.gcn_conv import SpikingGCNConv
 from ..nn.graph_layer import SpikingGraphLayer
 from ..nn.linear import SpikingLinear
@@ -292,9 +293,15 @@ class SpikingModel(fx.GraphModule):
         return self
 
     def set_code(self, code: PhaseCode) -> "SpikingModel":
+        """Use ``code`` (T, Q, shift, Tw) in every neuron layer; the input encoders follow ``code.T`` (lambda does
+        not depend on the code, so this equals converting with ``code``)."""
+        if not isinstance(code, PhaseCode):
+            raise TypeError(f"code must be a PhaseCode, got {type(code).__name__}")
         for m in self.modules():
             if isinstance(m, SpikingMixin):
                 m.code = code
+            elif isinstance(m, PhaseEncoder):
+                m.T, m.code = code.T, code
         return self
 
     def inference(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None, chunk_size: int = 65536,

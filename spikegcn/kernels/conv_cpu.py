@@ -1,14 +1,14 @@
 r"""Exact-mode CNN neuron layers with a wait :math:`T_w < T` on the CPU: one convolution plus the late spikes.
 
-A layer's inputs are ordered by a common virtual phase :math:`r` (see
-:meth:`spikegcn.nn.conv.OneSpikeLayer._stepped`). Everything with :math:`r \le k_0 = \max_i d_i + 1` has arrived
-before output phase 1: its potential (the bias plus one dense convolution per input) is computed by the caller
-with torch. The late spikes (:math:`r > k_0`: small values; a third to a half of the spikes of a ResNet-20 layer
-at :math:`T_w = 8`, see ``results/cnn_speed.md``) are listed per input position (sorted, with a CSR-style
-pointer) and handed with the early potential to the compiled kernel ``conv_exact`` (``csrc/conv_exact.cpp``).
-It walks the output positions like im2col rows: for every kernel tap it adds value x weight column of the late
-spikes under it into the bin of their phase, then runs the neurons' phase loop (the rule of
-:func:`~spikegcn.neuron.one_spike_fire`) over the bins. The cost is the dense convolution plus late spikes x
+A layer's inputs are ordered by a common virtual phase :math:`r` (:class:`spikegcn.operators.Streams`, set up by
+:meth:`spikegcn.nn.conv.OneSpikeLayer.forward`). Everything with :math:`r \le k_0 = \max_i d_i + 1` has arrived
+before output phase 1: its potential (the bias plus one dense convolution per input) is computed by
+:func:`spikegcn.simulate.run_layer` with torch. The late spikes (:math:`r > k_0`: small values; a third to a half of
+the spikes of a ResNet-20 layer at :math:`T_w = 8`, see ``results/cnn_speed.md``) are listed per input position
+(sorted, with a CSR-style pointer) and handed with the early potential to the compiled kernel ``conv_exact``
+(``csrc/conv_exact.cpp``). It walks the output positions like im2col rows: for every kernel tap it adds value x
+weight column of the late spikes under it into the bin of their phase, then runs the neurons' phase loop (the rule
+of :func:`~spikegcn.neuron.one_spike_fire`) over the bins. The cost is the dense convolution plus late spikes x
 fan-out, instead of one convolution per late phase.
 
 Every synaptic input must be a convolution (:meth:`OneSpikeLayer.conv_form`: a conv, a fully-connected layer

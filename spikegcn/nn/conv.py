@@ -39,16 +39,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..coding import _FAST_MIN, PhaseCode, _check_finite, _check_phases, decode, decode_binary, encode, saturated_count
+from ..coding import _FAST_MIN, PhaseCode, _check_finite, _check_phases, decode, decode_binary
 from ..energy import LayerStats
 from ..kernels import conv_cpu, fused_cpu
-from ..neuron import one_spike_fire
+from ..operators import Streams, ValueOp
+from ..simulate import run_layer
 from ..spikes import BinarySpikes, PhaseSpikes
 from .base import SpikingMixin, set_scale
 
 __all__ = [
     "CNNSpikes",
     "spike_values",
+    "LayerSynapses",
     "OneSpikeLayer",
     "SpikingConv2d",
     "fold_batchnorm",
@@ -142,6 +144,55 @@ def _bn_params(bn: nn.Module) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return g, beta, mu, var
 
 
+# ------------------------------------------------------------------------------------------------ synapses
+class LayerSynapses(ValueOp):
+    """The synaptic inputs of a CNN neuron layer as one operator on its input :class:`Streams` (normalised values
+    in, normalised potential out, the bias as initial potential): what :func:`~spikegcn.simulate.run_layer` drives.
+    Exact mode runs on the compiled convolution kernel (:func:`~spikegcn.kernels.conv_cpu.fire_late`) when every
+    input has a convolution form, else phase by phase on :meth:`delta`."""
+
+    def __init__(self, layer: "OneSpikeLayer"):
+        self.layer = layer
+
+    def apply(self, inp: Streams, k: int, dtype: torch.dtype) -> Tensor:
+        z = None
+        for i, (x, o) in enumerate(zip(inp.items, inp.offsets)):  # in place: the synapse outputs are fresh tensors
+            c = self.layer.synapse(i, spike_values(x, 0, k - o, dtype=dtype))
+            z = c if z is None else z.add_(c)
+        if self.layer.bias is not None:
+            z.add_(self.layer._channel_view(self.layer.bias, z.dim()))
+        return z
+
+    def delta(self, inp: Streams, r: int, dtype: torch.dtype) -> Tensor | None:
+        acc = None
+        for i, (x, o) in enumerate(zip(inp.items, inp.offsets)):
+            p = r - o
+            if 1 <= p <= x.T_in and _has_spikes_at(x, p):
+                c = self.layer.synapse(i, spike_values(x, p - 1, p, dtype=dtype))  # one spike plane
+                acc = c if acc is None else acc + c
+        return acc
+
+    def stats(self, inp: Streams, dtype: torch.dtype) -> tuple[float, float]:
+        counted = self.layer._count(inp.items)
+        return sum(st.macs for st in counted), sum(st.additions for st in counted)
+
+    def exact_kernel(self, inp: Streams, code: PhaseCode, bias, scale_t, signed: bool, dtype: torch.dtype,
+                     backend: str, early) -> tuple[Tensor, None, float] | None:
+        """One convolution + late spikes x fan-out (kernels/conv_cpu.py), or ``None`` where it cannot run."""
+        forms = [self.layer.conv_form(i) for i in range(len(inp.items))]
+        if backend not in ("auto", "fused") or signed or any(f is None for f in forms):
+            return None
+        first = early()
+        fast = conv_cpu.fire_late(first, list(inp.items), forms, list(inp.offsets), early.k0, inp.T_in, code.Tw,
+                                  code.thresholds(dtype, first.device))
+        if fast is None:
+            return None
+        phase, saturated, bad = fast
+        if bad:
+            _check_finite(first, "neuron input")
+        return phase, None, float(saturated)
+
+
 # ------------------------------------------------------------------------------------------------ neuron core
 class OneSpikeLayer(nn.Module, SpikingMixin):
     r"""Base class of the CNN one-spike neuron layers (one or more synaptic inputs into one neuron per output).
@@ -149,8 +200,9 @@ class OneSpikeLayer(nn.Module, SpikingMixin):
     A subclass defines, for each of its :attr:`num_inputs` inputs ``i``, the synaptic map :meth:`synapse`
     (normalised values in, normalised potential contribution out), :meth:`fanout` (outgoing synapses of each
     input neuron) and :meth:`macs` (ANN multiply-accumulates per sample), plus :meth:`weight_tensors` (the
-    weights, output channel first, for :meth:`quantize_weights_`). The neuron, the two simulation modes, the
-    spike timing and the statistics live here.
+    weights, output channel first, for :meth:`quantize_weights_`). The layer's inputs become one
+    :class:`LayerSynapses` operator run by :func:`~spikegcn.simulate.run_layer`, the neuron loop every spiking layer
+    shares; the spike timing of several inputs and the exact operation counts live here.
 
     Args:
         out_channels (int): output channels (features).
@@ -160,6 +212,7 @@ class OneSpikeLayer(nn.Module, SpikingMixin):
     """
 
     num_inputs: int = 1
+    out_ndim: int = 4  # [N, C, H, W] feature maps; [N, F] for a fully-connected layer
     kind: str = "neuron"
     scale: Tensor
     bias: nn.Parameter | None
@@ -222,15 +275,6 @@ class OneSpikeLayer(nn.Module, SpikingMixin):
         return self
 
     # ---- simulation
-    def _integrate_all(self, inputs: Sequence[CNNSpikes], dtype: torch.dtype) -> Tensor:
-        z = None
-        for i, x in enumerate(inputs):  # in place: the synapse outputs are fresh tensors
-            c = self.synapse(i, spike_values(x, dtype=dtype))
-            z = c if z is None else z.add_(c)
-        if self.bias is not None:
-            z.add_(self._channel_view(self.bias, z.dim()))
-        return z
-
     @torch.no_grad()
     def forward(self, *inputs: CNNSpikes) -> PhaseSpikes | Tensor:
         if len(inputs) != self.num_inputs:
@@ -239,69 +283,17 @@ class OneSpikeLayer(nn.Module, SpikingMixin):
             if not isinstance(x, (PhaseSpikes, BinarySpikes)):
                 raise TypeError(f"{self._get_name()} takes PhaseSpikes or BinarySpikes (e.g. from a PhaseEncoder), "
                                 f"got {type(x).__name__}")
-        dtype = self._dtype()
         self.stats = self._count(inputs)
-        if self.output == "potential":
-            z = self._integrate_all(inputs, dtype)
-            return z * self._channel_view(self.scale, z.dim())
-
-        Tw = self.code.Tw
-        out_start = max(x.start for x in inputs) + Tw
-        delay = [out_start - x.start for x in inputs]  # input i is seen up to its phase t + delay[i]
-        if self.mode == "functional" or all(x.T_in <= 1 + d for x, d in zip(inputs, delay)):
-            z = self._integrate_all(inputs, dtype)
-            self.stats[0].saturated_neurons = float(saturated_count(z))
-            phase, _ = encode(z, self.code)
-        else:
-            phase = self._stepped(inputs, delay, dtype)
-        out = PhaseSpikes(phase=phase, code=self.code, scale=self._channel_view(self.scale, phase.dim()),
-                          start=out_start)
-        self.stats[0].out_neurons = phase.numel()
-        self.stats[0].out_spikes = float(out.num_spikes())
+        # The output window opens Tw phases after the latest input window; an input whose window opened d phases
+        # earlier runs d virtual phases ahead, so the neuron waits for the oldest one (max_d = out_start - base).
+        base = min(x.start for x in inputs)
+        out_start = max(x.start for x in inputs) + self.code.Tw
+        streams = Streams(inputs, [x.start - base for x in inputs])
+        out, _ = run_layer(streams, LayerSynapses(self), self.code, None,
+                           self._channel_view(self.scale, self.out_ndim), mode=self.mode, output=self.output,
+                           start=out_start, dtype=self._dtype(), backend=self.backend, wait=out_start - base,
+                           normalized=True, stats=self.stats[0])
         return out
-
-    def _stepped(self, inputs: Sequence[CNNSpikes], delay: list[int], dtype: torch.dtype) -> Tensor:
-        # A common "virtual" input phase r = p + (max_d - d_i) orders all inputs by arrival; output phase t sees
-        # r <= t + max_d, which is one_spike_fire's rule with wait max_d over T_v virtual phases.
-        max_d = max(delay)
-        offset = [max_d - d for d in delay]
-        T_v = max(x.T_in + o for x, o in zip(inputs, offset))
-        k0 = max_d + 1  # virtual phases that have all arrived at output phase 1: one dense pass
-
-        first = None
-        for i, (x, o) in enumerate(zip(inputs, offset)):
-            c = self.synapse(i, spike_values(x, 0, k0 - o, dtype=dtype))  # k0 - o >= 1 always
-            first = c if first is None else first.add_(c)
-        if self.bias is not None:
-            first.add_(self._channel_view(self.bias, first.dim()))
-        fast = conv_cpu.fire_late(first, list(inputs), [self.conv_form(i) for i in range(len(inputs))], offset, k0,
-                                  T_v, max_d, self.code.thresholds(dtype, first.device))
-        if fast is not None:  # one convolution + late spikes x fan-out (kernels/conv_cpu.py)
-            phase, saturated, bad = fast
-            if bad:
-                _check_finite(first, "neuron input")
-            self.stats[0].saturated_neurons = float(saturated)
-            return phase
-
-        def phase_input(r: int) -> Tensor | None:
-            if r == 1:
-                return first
-            if r <= k0:
-                return None
-            acc = None
-            for i, (x, o) in enumerate(zip(inputs, offset)):
-                p = r - o
-                if 1 <= p <= x.T_in and _has_spikes_at(x, p):
-                    c = self.synapse(i, spike_values(x, p - 1, p, dtype=dtype))  # one spike plane: T convs at most
-                    acc = c if acc is None else acc + c
-            return acc
-
-        def count_saturated(P: Tensor) -> None:
-            self.stats[0].saturated_neurons = float(saturated_count(P))
-
-        phase, _ = one_spike_fire(phase_input, self.code.replace(Tw=max_d), T_in=T_v,
-                                  final_potential=count_saturated)
-        return phase
 
     def _count(self, inputs: Sequence[CNNSpikes]) -> list[LayerStats]:
         out = []

@@ -41,6 +41,7 @@ class SpikingFC(OneSpikeLayer):
     """
 
     kind = "linear"
+    out_ndim = 2
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, pool: dict | None = None,
                  code: PhaseCode | None = None, mode: str = "exact", output: str = "spikes"):
