@@ -372,8 +372,11 @@ def test_graph_classification_batches(pool):
     snn = spikegcn.convert(model, loader, CODE, mode="functional")  # lambda = max over every batch
     full = next(iter(DataLoader(graphs, batch_size=len(graphs))))
     m = model
-    stages = lambda b: [(lambda h: m.conv1(h, b.edge_index), "relu"), (lambda h: m.conv2(h, b.edge_index), "relu"),  # noqa: E731
-                        (lambda h: POOLS[pool](h, b.batch), "signed"), (m.head, "output")]
+    # an add/mean pool fuses with the head Linear (one linear map, no neurons on the pooled sums); max is a gate
+    head = lambda b: [(lambda h: POOLS[pool](h, b.batch), "signed"), (m.head, "output")] if pool == "max" else \
+        [(lambda h: m.head(POOLS[pool](h, b.batch)), "output")]  # noqa: E731
+    stages = lambda b: [(lambda h: m.conv1(h, b.edge_index), "relu"),  # noqa: E731
+                        (lambda h: m.conv2(h, b.edge_index), "relu"), *head(b)]
     for b in loader:
         out = snn(b.x, b.edge_index, b.batch)
         close(out, reference(stages(b), b.x, calib=(stages(full), full.x)))
@@ -648,3 +651,16 @@ def test_featureless_refusals_name_the_layer(model, x, match):
     graph = sbm_graph(seed=2, n=FN, feats=4)
     with pytest.raises(UnsupportedModuleError, match=match):
         spikegcn.convert(model().to(D), (x, graph.edge_index), CODE)
+
+
+@pytest.mark.parametrize("pool", ["add", "mean"])
+def test_pool_fuses_with_the_linear_after_it(pool):
+    """An add/mean pool read only by a Linear is one layer with it: no neurons on the pooled sums."""
+    torch.manual_seed(0)
+    graphs = _graphs()
+    model = GraphCls(pool).to(D).eval()
+    full = next(iter(DataLoader(graphs, batch_size=len(graphs))))
+    snn = spikegcn.convert(model, full, CODE, mode="functional")
+    pools = [m for _, m in snn.spiking_layers() if type(m).__name__ == "SpikingGlobalPool"]
+    assert len(pools) == 1 and pools[0].in_channels == 16 and pools[0].output == "potential"
+    assert "fused Linear" in repr(pools[0]) and not hasattr(snn, "head")

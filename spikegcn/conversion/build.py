@@ -90,8 +90,8 @@ def _twin(prepared, modules, node: fx.Node, info: LayerInfo, code, mode, channel
     else:
         if info.fn == "gin":
             ctx.extra["eps"] = _attr(prepared, node.args[2].target)
-            if info.post is not None:
-                ctx.extra["linear"] = modules[_node(node.graph, info.post).target]
+        if info.post is not None:
+            ctx.extra["linear"] = modules[_node(node.graph, info.post).target]
         new = build_function_layer(info.fn, ctx)
     if info.bn is not None:
         a, c = bn_affine(modules[info.bn])
@@ -138,7 +138,7 @@ def _install(gm: fx.GraphModule, node: fx.Node, info: LayerInfo, new: nn.Module)
         m = gm.graph.call_module(name, tuple(args), kwargs)
     node.replace_all_uses_with(m)
     gm.graph.erase_node(node)
-    if info.post is not None:  # the Linear fused into GIN's sum
+    if info.post is not None:  # the Linear fused into GIN's sum or an add/mean pool
         post = _node(gm.graph, info.post)
         post.replace_all_uses_with(m)
         gm.graph.erase_node(post)

@@ -52,7 +52,7 @@ class LayerInfo:
     site: str  # the node whose value the neurons take (the layer, or the BatchNorm folded into it)
     fn: str | None = None  # function-call layers: "join", "cat", "gin", "pool_add", "pool_mean", "pool_max"
     bn: str | None = None  # target of the BatchNorm1d folded into the layer
-    post: str | None = None  # GIN's sum: the node of the MLP's first Linear, fused into the layer
+    post: str | None = None  # GIN's sum, add/mean pool: the node of the Linear after it, fused into the layer
     relus: list[str] = field(default_factory=list)
 
 
@@ -153,7 +153,8 @@ def analyse(gm: fx.GraphModule, example_inputs: list, featureless: tuple[str, ..
         raise UnsupportedModuleError(f"{type(gm).__name__} has no GCNConv or Linear layer (nor another supported "
                                      f"PyG layer) to convert")
     plan = Plan(layers={}, inputs=[])
-    fused = {n: _gin_linear(n, modules) for n in layers if n.op == "call_function" and n.target is gin_aggregate}
+    fused = {n: _fused_linear(n, modules) for n in layers
+             if n.op == "call_function" and _fn_kind(n) in ("gin", "pool_add", "pool_mean")}
     for n in layers:
         if n not in fused.values():
             plan.layers[n.name] = _place(n, roles, modules, fused.get(n))
@@ -171,8 +172,9 @@ def analyse(gm: fx.GraphModule, example_inputs: list, featureless: tuple[str, ..
     return plan
 
 
-def _gin_linear(n: fx.Node, modules: dict) -> fx.Node | None:
-    """The ``Linear`` right after GIN's sum (its only consumer), which the sum fuses with."""
+def _fused_linear(n: fx.Node, modules: dict) -> fx.Node | None:
+    """The ``Linear`` right after GIN's sum or an add/mean pool (its only consumer), which the linear function
+    fuses with: one synaptic operator, no neurons in between."""
     users = list(n.users)
     if len(users) == 1 and users[0].op == "call_module" and users[0].args[:1] == (n,) \
             and isinstance(modules[users[0].target], (nn.Linear, PygLinear)):

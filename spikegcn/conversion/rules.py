@@ -164,7 +164,10 @@ def build_function_layer(kind: str, ctx: BuildContext) -> nn.Module:
         if "linear" in ctx.extra:
             return _scaled(SpikingGINConv.from_linear(ctx.extra["linear"], eps, **kw), ctx)
         return _scaled(SpikingGINAggregation(ctx.channels, eps=eps, **kw), ctx)
-    return _scaled(SpikingGlobalPool(ctx.channels, reduce=kind.split("_", 1)[1], **kw), ctx)
+    reduce = kind.split("_", 1)[1]
+    if "linear" in ctx.extra:
+        return _scaled(SpikingGlobalPool.from_linear(ctx.extra["linear"], reduce, **kw), ctx)
+    return _scaled(SpikingGlobalPool(ctx.channels, reduce=reduce, **kw), ctx)
 
 
 # positions of the spike-carrying arguments of the function-call layers
@@ -198,7 +201,8 @@ def fold_affine(layer: nn.Module, a: Tensor, c: Tensor) -> None:
         targets, holder = [out_lin.weight], out_lin
     elif isinstance(layer, SpikingLinear):
         targets, holder = [layer.weight], layer
-    elif isinstance(layer, (SpikingSAGEConv, SpikingSGConv, SpikingChebConv, SpikingTAGConv, SpikingGINConv)):
+    elif isinstance(layer, (SpikingSAGEConv, SpikingSGConv, SpikingChebConv, SpikingTAGConv, SpikingGINConv)) or (
+            isinstance(layer, SpikingGlobalPool) and layer.weight is not None):
         targets = [p for n, p in layer.named_parameters() if n.startswith("weight")]
         holder = layer
     else:
