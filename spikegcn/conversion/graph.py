@@ -288,10 +288,7 @@ class SpikingModel(fx.GraphModule):
     def set_mode(self, mode: str) -> "SpikingModel":
         check_mode(mode)
         for _, m in self.spiking_layers():
-            if hasattr(m, "set_mode"):  # composite layers pass the mode on to their parts
-                m.set_mode(mode)
-            else:
-                m.mode = mode
+            m.set_mode(mode)  # SpikingMixin's; a composite layer passes it on to its parts
         return self
 
     def set_code(self, code: PhaseCode) -> "SpikingModel":

@@ -55,6 +55,11 @@ class SpikingMixin:
         self.backend = backend
         self.stats = []
 
+    def set_mode(self, mode: str):
+        """``"functional"`` or ``"exact"`` from now on (a composite layer passes it on to its parts)."""
+        self.mode = check_mode(mode)
+        return self
+
     def _spiking_repr(self) -> str:
         return f"code={self.code}, mode={self.mode!r}, output={self.output!r}"
 

@@ -6,6 +6,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import GCNConv
 
 from ..coding import PhaseCode
+from ..simulate import check_mode
 from ..spikes import PhaseSpikes
 from .aggregation import SpikingAggregation
 from .base import SpikingMixin, as_spike_input, set_scale
@@ -78,9 +79,11 @@ class SpikingGCNConv(nn.Module, SpikingMixin):
         self.lin.reset_parameters()
         self.aggr.reset_parameters()
 
-    def set_mode(self, mode: str) -> None:
-        for m in (self, self.lin, self.aggr):
-            m.mode = mode
+    def set_mode(self, mode: str) -> "SpikingGCNConv":
+        self.mode = check_mode(mode)
+        self.lin.set_mode(mode)
+        self.aggr.set_mode(mode)
+        return self
 
     @classmethod
     def from_gcnconv(cls, conv: GCNConv, code: PhaseCode | None = None, mp_scale: Tensor | float | None = None,
