@@ -40,6 +40,7 @@ __all__ = [
     "phase_dtype",
     "saturated_count",
     "encode",
+    "encode_counted",
     "decode",
     "quantize",
     "encode_binary",
@@ -227,6 +228,14 @@ def encode(x: Tensor, code: PhaseCode, signed: bool = False, check: bool = True)
         ``(phase, sign)``: ``phase`` holds ``0`` (silent) or ``1..T`` in :func:`phase_dtype`; ``sign`` is an
         ``int8`` tensor of -1/0/+1 for signed neurons, else ``None``.
     """
+    phase, sign, _, _ = encode_counted(x, code, signed, check, count=False)
+    return phase, sign
+
+
+def encode_counted(x: Tensor, code: PhaseCode, signed: bool = False, check: bool = True, count: bool = True
+                   ) -> tuple[Tensor, Tensor | None, int | None, int | None]:
+    """:func:`encode` plus the number of saturated neurons (:func:`saturated_count`) and of fired neurons, taken in
+    the encoder's own pass on the compiled path (``None`` for both when ``count`` is false)."""
     if not x.is_floating_point():
         raise TypeError(f"encode expects a floating-point tensor, got {x.dtype}")
     # thresholds ascending: count of thresholds <= a = T - (t* - 1); exact, no log/rounding issues
@@ -239,7 +248,7 @@ def encode(x: Tensor, code: PhaseCode, signed: bool = False, check: bool = True)
             if check and fast[2]:
                 raise ValueError(f"encode input contains {fast[2]} NaN/inf value(s); one-spike coding needs "
                                  f"finite activations")
-            return fast[0], fast[1]
+            return fast[0], fast[1], (fast[3] if count else None), (fast[4] if count else None)
     if check:
         _check_finite(x, "encode input")
     mag = x.abs() if signed else x
@@ -248,7 +257,10 @@ def encode(x: Tensor, code: PhaseCode, signed: bool = False, check: bool = True)
     sign = None
     if signed:
         sign = torch.sign(x).to(torch.int8) * (phase > 0)
-    return phase, sign
+    if not count:
+        return phase, sign, None, None
+    fired = 0 if phase.device.type == "meta" else int(torch.count_nonzero(phase))
+    return phase, sign, saturated_count(x, signed), fired
 
 
 def _check_phases(phase: Tensor, T: int) -> None:

@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .coding import PhaseCode, encode, saturated_count
+from .coding import PhaseCode, encode_counted, saturated_count
 from .energy import LayerStats
 from .kernels.scatter import DenseSynapses, GraphSynapses, accumulate_events
 from .neuron import one_spike_fire
@@ -198,13 +198,15 @@ def _potential(inp: SpikeInput, op, k: int, dtype: torch.dtype, bias: Tensor | N
 
 def _fire_closed_form(inp: SpikeInput, op, code: PhaseCode, bias: Tensor | None, scale_t: Tensor, signed: bool,
                       dtype: torch.dtype, stats: LayerStats, collect_stats: bool, normalized: bool
-                      ) -> tuple[Tensor, Tensor | None]:
-    """Functional mode (or a full wait): one ANN pass on the decoded input, then the round-off encoder."""
+                      ) -> tuple[Tensor, Tensor | None, int | None]:
+    """Functional mode (or a full wait): one ANN pass on the decoded input, then the round-off encoder (which also
+    counts the saturated and the fired neurons in its pass on the compiled path). -> ``(phase, sign, fired)``."""
     z = _potential(inp, op, inp.T_in, dtype, bias)
     if not normalized:
         z = z / scale_t.to(z.device)
-    stats.saturated_neurons = float(saturated_count(z, signed)) if collect_stats else None
-    return encode(z, code, signed=signed)
+    phase, sign, saturated, fired = encode_counted(z, code, signed=signed, count=collect_stats)
+    stats.saturated_neurons = float(saturated) if saturated is not None else None
+    return phase, sign, fired
 
 
 def _fire_kernel(inp: SpikeInput, op, code: PhaseCode, bias: Tensor | None, scale_t: Tensor, signed: bool,
@@ -329,18 +331,19 @@ def run_layer(
 
     wait = code.Tw if wait is None else wait
     if mode == "functional" or (wait + 1 >= inp.T_in and not stepped):
-        phase, sign = _fire_closed_form(inp, op, code, bias, scale_t, signed, dtype, stats, collect_stats,
-                                        normalized)
+        phase, sign, fired = _fire_closed_form(inp, op, code, bias, scale_t, signed, dtype, stats, collect_stats,
+                                               normalized)
     else:
+        fired = None  # counted from the phases below
         fire_code = code if wait == code.Tw else code.replace(Tw=wait)
         early = _Early(inp, op, 1 if stepped else min(wait + 1, inp.T_in), dtype, bias, scale_t, normalized)
-        fired = _fire_kernel(inp, op, fire_code, bias, scale_t, signed, dtype, backend, stepped, early)
-        if fired is None:
+        from_kernel = _fire_kernel(inp, op, fire_code, bias, scale_t, signed, dtype, backend, stepped, early)
+        if from_kernel is None:
             phase, sign = _fire_events(inp, op, fire_code, early, scale_t, signed, dtype, backend, stats,
                                        normalized)
         else:
-            phase, sign, stats.saturated_neurons = fired
+            phase, sign, stats.saturated_neurons = from_kernel
     spikes = PhaseSpikes(phase=phase, code=code, scale=scale_t, sign=sign, start=start)
     stats.out_neurons = phase.numel()
-    stats.out_spikes = float(spikes.num_spikes())
+    stats.out_spikes = float(spikes.num_spikes() if fired is None else fired)
     return spikes, stats

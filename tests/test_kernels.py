@@ -213,3 +213,45 @@ def test_fused_kernel_choice_and_bad_input(monkeypatch):
         fused_cpu.aggregate_exact(op.adj, inp, torch.zeros(3), scale, thr, T, 4, False)
     with pytest.raises(ValueError, match="Tw must be"):
         fused_cpu.aggregate_exact(op.adj, inp, None, scale, thr, T, -1, False)
+
+
+_compiled = pytest.mark.skipif(__import__("spikegcn.kernels.fused_cpu", fromlist=["load"]).load() is None,
+                               reason="compiled CPU kernels not built (spikegcn build-kernels)")
+
+
+@_compiled
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("shape", [(5000,), (3, 7, 33, 17), (2, 4099)])
+def test_compiled_encoder_counts_equal_torch(signed, shape):
+    """The vectorised encoder (the widest variant this CPU runs) and the saturated / fired counts it takes in its
+    own pass equal the torch path's phases and counts, block tails and values on the thresholds included."""
+    from spikegcn import PhaseCode
+    from spikegcn.coding import encode_counted, saturated_count
+    from spikegcn.kernels import fused_cpu
+
+    code = PhaseCode(16, 1.3)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(shape, generator=g) * 0.8
+    x.view(-1)[:5] = torch.tensor([1.0, 2.0, -3.0, 0.0, code.thresholds(torch.float32)[-1].item()])
+    phase, sign, sat, fired = encode_counted(x, code, signed=signed)
+    n_le = torch.searchsorted(code.thresholds(torch.float32).flip(0), (x.abs() if signed else x).contiguous(),
+                              right=True)
+    ref = torch.where(n_le > 0, code.T + 1 - n_le, torch.zeros_like(n_le))
+    assert torch.equal(phase.long(), ref)
+    assert sat == saturated_count(x, signed) and fired == int((ref > 0).sum())
+    if signed:
+        assert torch.equal(sign, (torch.sign(x) * (ref > 0)).to(torch.int8))
+    bad = x.clone()
+    bad.view(-1)[7] = float("nan")
+    assert fused_cpu.encode_phase(bad, code.thresholds(torch.float32).flip(0), signed)[2] == 1
+
+
+@_compiled
+def test_count_per_position_equals_torch():
+    from spikegcn.kernels import fused_cpu
+
+    g = torch.Generator().manual_seed(2)
+    phase = (torch.randint(-3, 17, (9, 5, 7, 11), generator=g).clamp_min(0)).to(torch.int8)
+    counts = fused_cpu.count_per_position(phase)
+    assert torch.equal(counts, (phase != 0).sum((0, 1)))
+    assert fused_cpu.count_per_position(phase.float()) is None  # not int8: the caller counts with torch

@@ -242,16 +242,29 @@ def aggregate_exact(adj: Tensor, inp, bias: Tensor | None, scale: Tensor, thresh
     return ph, (sg if signed else None)
 
 
-def encode_phase(x: Tensor, thresholds_asc: Tensor, signed: bool) -> tuple[Tensor, Tensor | None, int] | None:
-    """One-pass CPU encoder for float32 tensors with T <= 127: ``(phase, sign, non-finite count)``, or ``None``
-    when the kernel is unavailable."""
+def encode_phase(x: Tensor, thresholds_asc: Tensor, signed: bool
+                 ) -> tuple[Tensor, Tensor | None, int, int, int] | None:
+    """One-pass CPU encoder for float32 tensors with T <= 127: ``(phase, sign, non-finite count, saturated count,
+    fired count)`` (saturated: ``|a| > 1``, clipped to phase 1), or ``None`` when the kernel is unavailable."""
     if x.device.type != "cpu" or x.dtype != torch.float32 or thresholds_asc.numel() > 127:
         return None
     mod = _module if _tried else load()
     if mod is None:
         return None
-    ph, sg, bad = mod.encode_phase(x.contiguous(), thresholds_asc.contiguous(), bool(signed))
-    return ph, (sg if signed else None), int(bad)
+    ph, sg, counts = mod.encode_phase(x.contiguous(), thresholds_asc.contiguous(), bool(signed))
+    bad, sat, fired = counts.tolist()
+    return ph, (sg if signed else None), bad, sat, fired
+
+
+def count_per_position(x: Tensor) -> Tensor | None:
+    """Non-zeros of an int8 ``[N, C, *positions]`` tensor per position (summed over ``N`` and ``C``) as int64, in
+    one compiled pass; ``None`` when the kernel is unavailable (the caller counts with torch)."""
+    if x.device.type != "cpu" or x.dtype != torch.int8 or x.dim() < 3:
+        return None
+    mod = _module if _tried else load()
+    if mod is None or not hasattr(mod, "count_per_position"):
+        return None
+    return mod.count_per_position(x.contiguous().view(x.shape[0] * x.shape[1], -1)).view(x.shape[2:])
 
 
 def decode_phase(phase: Tensor, table: Tensor, sign: Tensor | None, scale: Tensor) -> Tensor | None:

@@ -314,14 +314,18 @@ class OneSpikeLayer(nn.Module, SpikingMixin):
         return out
 
     def _spikes_and_additions(self, i: int, x: CNNSpikes, counts: Tensor, fan: Tensor) -> tuple[float, float]:
-        """Input spikes and the sum of their fan-outs (exact integers in float64). For one-spike inputs whose
-        fan-out map is constant but for a few (border) positions: the total count times the interior fan-out,
-        corrected at those positions only (no per-position reduction of the whole map)."""
+        """Input spikes and the sum of their fan-outs (exact integers in float64). For one-spike feature maps: the
+        per-position counts of the compiled kernel; without it, where the fan-out map is constant but for a few
+        (border) positions, the total count times the interior fan-out corrected at those positions only."""
         if isinstance(x, PhaseSpikes):
             total = float(torch.count_nonzero(counts))
             if fan.numel() == 1:
                 return total, total * float(fan)
             if fan.dim() == 2 and counts.dim() == 4:
+                per_pos_c = fused_cpu.count_per_position(counts)  # one compiled pass, no mask tensor
+                if per_pos_c is not None:
+                    per_pos = per_pos_c.to(torch.float64)
+                    return float(per_pos.sum()), float((per_pos * fan).sum())
                 fmax, idx, delta = self._cached_fanout(("border", i, tuple(fan.shape)), lambda: _border(fan))
                 if 2 * idx.numel() <= fan.numel():
                     at = torch.count_nonzero(counts.flatten(2)[:, :, idx], dim=(0, 1)).to(torch.float64)

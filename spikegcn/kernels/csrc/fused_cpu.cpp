@@ -3,6 +3,7 @@
 // folder keyed by torch, Python, compiler, flags, machine and this file's hash; see that module's docstring.
 #include <torch/extension.h>
 #include <vector>
+#include <cfloat>
 #include <cmath>
 
 // Early inputs (fire phase <= k0 = min(Tw + 1, T_in)) arrive before the first output phase: they are summed
@@ -61,8 +62,95 @@ static void run_packed(const idx_t* crow, const idx_t* col, const float* val, co
 
 // Single-spike encoding: fire phase = T + 1 - #(thresholds <= a), 0 when none is reached (the same comparisons
 // as the torch.searchsorted path in spikegcn.coding.encode). Blocks of 256 elements, the threshold loop outside
-// so that the compares vectorise; also counts non-finite inputs so the caller needs no extra pass.
+// and 32-bit counters so that the compares vectorise at the CPU's full width (one copy of the loop per
+// instruction set, picked at run time). The same pass counts non-finite inputs (the caller needs no check pass),
+// saturated neurons (|a| > 1: clipped to phase 1) and fired neurons (the layer's output spike count).
+struct CodecCounts { int64_t bad = 0, sat = 0, fired = 0; };
+
+__attribute__((always_inline))
+static inline void encode_block(const float* x, int64_t len, const float* th, int64_t T, bool is_signed, int8_t* pp,
+                                int8_t* sp, CodecCounts& c) {
+  float a[256];
+  int32_t cnt[256];
+  int32_t bad = 0, sat = 0, fired = 0;
+  for (int64_t i = 0; i < len; ++i) {
+    const float v = x[i], m = std::fabs(v);
+    bad += !(m <= FLT_MAX);
+    a[i] = is_signed ? m : v;
+    sat += a[i] > 1.f;
+    cnt[i] = 0;
+  }
+  for (int64_t t = 0; t < T; ++t) {
+    const float h = th[t];
+    for (int64_t i = 0; i < len; ++i) cnt[i] += a[i] >= h;
+  }
+  for (int64_t i = 0; i < len; ++i) {
+    pp[i] = (int8_t)(cnt[i] ? T + 1 - cnt[i] : 0);
+    fired += cnt[i] != 0;
+  }
+  if (sp)
+    for (int64_t i = 0; i < len; ++i) sp[i] = (int8_t)(((x[i] > 0) - (x[i] < 0)) * (cnt[i] != 0));
+  c.bad += bad; c.sat += sat; c.fired += fired;
+}
+
+// Decoding of one run of phases: value = sign * scale * table[phase], the scale per element of the run or one.
+__attribute__((always_inline))
+static inline void decode_run(const int8_t* p, const int8_t* s, const float* tb, const float* sc, bool per_elem,
+                              int64_t len, float* o) {
+  if (per_elem) {
+    for (int64_t j = 0; j < len; ++j) o[j] = tb[p[j]] * sc[j];
+  } else {
+    const float c = sc[0];
+    for (int64_t j = 0; j < len; ++j) o[j] = tb[p[j]] * c;
+  }
+  if (s)
+    for (int64_t j = 0; j < len; ++j) o[j] *= (float)s[j];
+}
+
+using EncodeFn = void (*)(const float*, int64_t, const float*, int64_t, bool, int8_t*, int8_t*, CodecCounts&);
+using DecodeFn = void (*)(const int8_t*, const int8_t*, const float*, const float*, bool, int64_t, float*);
+static void encode_base(const float* x, int64_t n, const float* th, int64_t T, bool sg, int8_t* pp, int8_t* sp,
+                        CodecCounts& c) { encode_block(x, n, th, T, sg, pp, sp, c); }
+static void decode_base(const int8_t* p, const int8_t* s, const float* tb, const float* sc, bool pe, int64_t n,
+                        float* o) { decode_run(p, s, tb, sc, pe, n, o); }
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+static void encode_512(const float* x, int64_t n, const float* th, int64_t T, bool sg, int8_t* pp, int8_t* sp,
+                       CodecCounts& c) { encode_block(x, n, th, T, sg, pp, sp, c); }
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+static void decode_512(const int8_t* p, const int8_t* s, const float* tb, const float* sc, bool pe, int64_t n,
+                       float* o) { decode_run(p, s, tb, sc, pe, n, o); }
+__attribute__((target("avx2")))
+static void encode_256(const float* x, int64_t n, const float* th, int64_t T, bool sg, int8_t* pp, int8_t* sp,
+                       CodecCounts& c) { encode_block(x, n, th, T, sg, pp, sp, c); }
+__attribute__((target("avx2")))
+static void decode_256(const int8_t* p, const int8_t* s, const float* tb, const float* sc, bool pe, int64_t n,
+                       float* o) { decode_run(p, s, tb, sc, pe, n, o); }
+#endif
+
+int64_t cpu_isa();
+
+static EncodeFn pick_encode() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  const int64_t isa = cpu_isa();
+  if (isa == 2) return encode_512;
+  if (isa == 1) return encode_256;
+#endif
+  return encode_base;
+}
+
+static DecodeFn pick_decode() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  const int64_t isa = cpu_isa();
+  if (isa == 2) return decode_512;
+  if (isa == 1) return decode_256;
+#endif
+  return decode_base;
+}
+
+// -> {phase, sign (undefined unless signed), int64 [non-finite, saturated, fired]}
 std::vector<torch::Tensor> encode_phase(torch::Tensor x, torch::Tensor thr_asc, bool is_signed) {
+  static const EncodeFn enc = pick_encode();
   const int64_t n = x.numel(), T = thr_asc.numel();
   auto phase = torch::empty_like(x, torch::kInt8);
   auto sign = is_signed ? torch::empty_like(x, torch::kInt8) : torch::Tensor();
@@ -71,54 +159,34 @@ std::vector<torch::Tensor> encode_phase(torch::Tensor x, torch::Tensor thr_asc, 
   int8_t* pp = phase.data_ptr<int8_t>();
   int8_t* sp = is_signed ? sign.data_ptr<int8_t>() : nullptr;
   const int64_t BS = 256, nb = (n + BS - 1) / BS;
-  int64_t bad = 0;
-  #pragma omp parallel for schedule(static) reduction(+:bad)
+  int64_t bad = 0, sat = 0, fired = 0;
+  #pragma omp parallel for schedule(static) reduction(+:bad, sat, fired)
   for (int64_t b = 0; b < nb; ++b) {
-    const int64_t i0 = b * BS, len = std::min(BS, n - i0);
-    float a[256];
-    int8_t cnt[256];
-    for (int64_t i = 0; i < len; ++i) {
-      const float v = xp[i0 + i];
-      bad += !std::isfinite(v);
-      a[i] = is_signed ? std::fabs(v) : v;
-      cnt[i] = 0;
-    }
-    for (int64_t t = 0; t < T; ++t) {
-      const float h = th[t];
-      #pragma omp simd
-      for (int64_t i = 0; i < len; ++i) cnt[i] += (int8_t)(a[i] >= h);
-    }
-    for (int64_t i = 0; i < len; ++i) pp[i0 + i] = cnt[i] ? (int8_t)(T + 1 - cnt[i]) : 0;
-    if (sp) {
-      #pragma omp simd
-      for (int64_t i = 0; i < len; ++i) {
-        const float v = xp[i0 + i];
-        sp[i0 + i] = (int8_t)(((v > 0) - (v < 0)) * (cnt[i] != 0));
-      }
-    }
+    const int64_t i0 = b * BS;
+    CodecCounts c;
+    enc(xp + i0, std::min(BS, n - i0), th, T, is_signed, pp + i0, sp ? sp + i0 : nullptr, c);
+    bad += c.bad; sat += c.sat; fired += c.fired;
   }
-  return {phase, sign, torch::tensor(bad)};
+  return {phase, sign, torch::tensor({bad, sat, fired}, torch::kInt64)};
 }
 
-// Decoding: value = sign * scale[channel] * table[phase], channels in the last dimension (scale may be 1 entry).
+// Decoding: value = sign * scale[channel] * table[phase], channels in the last dimension (scale may be 1 entry,
+// then the tensor is decoded in runs of 4096 whatever its shape).
 torch::Tensor decode_phase(torch::Tensor phase, torch::Tensor sign, torch::Tensor table, torch::Tensor scale) {
-  const int64_t n = phase.numel(), C = scale.numel(), last = phase.dim() ? phase.size(-1) : 1;
+  static const DecodeFn dec = pick_decode();
+  const int64_t n = phase.numel(), C = scale.numel();
+  const int64_t last = C == 1 ? 4096 : (phase.dim() ? phase.size(-1) : 1);
   auto out = torch::empty(phase.sizes(), torch::kFloat32);
   const int8_t* pp = phase.data_ptr<int8_t>();
   const int8_t* sp = sign.numel() ? sign.data_ptr<int8_t>() : nullptr;
   const float* tb = table.data_ptr<float>();
   const float* sc = scale.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  const int64_t rows = n / last;
+  const int64_t runs = (n + last - 1) / last;
   #pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < rows; ++r) {
-    const int8_t* p = pp + r * last;
-    float* o = op + r * last;
-    for (int64_t j = 0; j < last; ++j) o[j] = tb[p[j]] * (C == 1 ? sc[0] : sc[j]);
-    if (sp) {
-      const int8_t* s = sp + r * last;
-      for (int64_t j = 0; j < last; ++j) o[j] *= (float)s[j];
-    }
+  for (int64_t r = 0; r < runs; ++r) {
+    const int64_t j0 = r * last;
+    dec(pp + j0, sp ? sp + j0 : nullptr, tb, sc, C != 1, std::min(last, n - j0), op + j0);
   }
   return out;
 }
@@ -373,6 +441,39 @@ std::vector<torch::Tensor> aggregate_codes(torch::Tensor crow, torch::Tensor col
   return {out_phase, out_sign};
 }
 
+// Spikes per input position: the non-zeros of an int8 [R, P] tensor (R = batch x channels, P = positions) summed
+// over R, in one pass (per-thread 32-bit counters over blocks of rows, then a reduction). A convolution's exact
+// addition count is sum_p count[p] * fan_out[p].
+torch::Tensor count_per_position(torch::Tensor x) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kInt8 && x.is_contiguous(),
+              "count_per_position: x must be a contiguous 2-D int8 tensor");
+  const int64_t R = x.size(0), P = x.size(1);
+  auto out = torch::zeros({P}, torch::kInt64);
+  const int8_t* xp = x.data_ptr<int8_t>();
+  int64_t* op = out.data_ptr<int64_t>();
+  #pragma omp parallel
+  {
+    std::vector<int32_t> acc(P, 0);
+    int64_t rows = 0;
+    #pragma omp for schedule(static) nowait
+    for (int64_t r = 0; r < R; ++r) {
+      const int8_t* row = xp + r * P;
+      int32_t* a = acc.data();
+      #pragma omp simd
+      for (int64_t p = 0; p < P; ++p) a[p] += row[p] != 0;
+      if (++rows == (1 << 23)) {  // keep the 32-bit counters far from overflow
+        #pragma omp critical
+        for (int64_t p = 0; p < P; ++p) op[p] += acc[p];
+        std::fill(acc.begin(), acc.end(), 0);
+        rows = 0;
+      }
+    }
+    #pragma omp critical
+    for (int64_t p = 0; p < P; ++p) op[p] += acc[p];
+  }
+  return out;
+}
+
 void register_conv_exact(pybind11::module_& m);  // conv_exact.cpp: exact-mode CNN layers
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -382,4 +483,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_isa", &cpu_isa, "2: AVX-512, 1: AVX2, 0: neither");
   m.def("encode_phase", &encode_phase, "single-spike encoding of float32 values");
   m.def("decode_phase", &decode_phase, "decoding of int8 fire phases to float32");
+  m.def("count_per_position", &count_per_position, "non-zeros of an int8 [R, P] tensor per column");
 }
