@@ -130,27 +130,22 @@ static void decode_256(const int8_t* p, const int8_t* s, const float* tb, const 
 
 int64_t cpu_isa();
 
-static EncodeFn pick_encode() {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// The widest variant of a kernel this CPU runs (cpu_isa: 2 AVX-512, 1 AVX2, 0 neither or not x86).
+template <typename Fn>
+static Fn widest(Fn base, Fn avx2, Fn avx512) {
   const int64_t isa = cpu_isa();
-  if (isa == 2) return encode_512;
-  if (isa == 1) return encode_256;
-#endif
-  return encode_base;
+  return isa == 2 ? avx512 : (isa == 1 ? avx2 : base);
 }
 
-static DecodeFn pick_decode() {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  const int64_t isa = cpu_isa();
-  if (isa == 2) return decode_512;
-  if (isa == 1) return decode_256;
+#define SPIKEGCN_WIDEST(name) widest(name##_base, name##_256, name##_512)
+#else
+#define SPIKEGCN_WIDEST(name) name##_base
 #endif
-  return decode_base;
-}
 
 // -> {phase, sign (undefined unless signed), int64 [non-finite, saturated, fired]}
 std::vector<torch::Tensor> encode_phase(torch::Tensor x, torch::Tensor thr_asc, bool is_signed) {
-  static const EncodeFn enc = pick_encode();
+  static const EncodeFn enc = SPIKEGCN_WIDEST(encode);
   const int64_t n = x.numel(), T = thr_asc.numel();
   auto phase = torch::empty_like(x, torch::kInt8);
   auto sign = is_signed ? torch::empty_like(x, torch::kInt8) : torch::Tensor();
@@ -173,7 +168,7 @@ std::vector<torch::Tensor> encode_phase(torch::Tensor x, torch::Tensor thr_asc, 
 // Decoding: value = sign * scale[channel] * table[phase], channels in the last dimension (scale may be 1 entry,
 // then the tensor is decoded in runs of 4096 whatever its shape).
 torch::Tensor decode_phase(torch::Tensor phase, torch::Tensor sign, torch::Tensor table, torch::Tensor scale) {
-  static const DecodeFn dec = pick_decode();
+  static const DecodeFn dec = SPIKEGCN_WIDEST(decode);
   const int64_t n = phase.numel(), C = scale.numel();
   const int64_t last = C == 1 ? 4096 : (phase.dim() ? phase.size(-1) : 1);
   auto out = torch::empty(phase.sizes(), torch::kFloat32);
