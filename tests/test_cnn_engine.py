@@ -169,3 +169,34 @@ def test_residual_streams_keep_their_own_timing():
     assert s.offsets == (2, 0) and s.T_in == 10
     with pytest.raises(ValueError, match="one non-negative offset per stream"):
         Streams([h, x], [0])
+
+
+@kernel
+@pytest.mark.parametrize("kind", ["phase", "phase_signed", "binary", "binary_signed"])
+@pytest.mark.parametrize("flat", [False, True])
+def test_compiled_late_lists_equal_torch_reference(kind, flat):
+    """The compiled builders read NCHW spikes in place and list the late spikes in the torch path's order
+    (position, channel, phase), with the same virtual phases and values."""
+    from spikegcn.coding import encode_binary
+    from spikegcn.spikes import BinarySpikes
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 5, 6, 7, generator=g)
+    signed = kind.endswith("signed")
+    if kind.startswith("phase"):
+        code = PhaseCode(12, 1.3)
+        from spikegcn.coding import encode
+
+        phase, sign = encode(x, code, signed=signed)
+        spikes = PhaseSpikes(phase=phase, code=code, sign=sign)
+    else:
+        bits, sign = encode_binary(x.clamp(-1, 1) if signed else x.abs().clamp(max=1), 12, signed=signed)
+        spikes = BinarySpikes(bits=bits, T=12, sign=sign)
+    for lo, offset in [(0, 0), (4, 2), (11, 1)]:
+        got = conv_cpu.late_spikes(spikes, lo, offset, torch.float64, flat)
+        data = spikes.phase if isinstance(spikes, PhaseSpikes) else spikes.bits
+        nchw = conv_cpu._as_map(data, flat).contiguous()
+        sgn = conv_cpu._as_map(spikes.sign, flat).contiguous() if spikes.sign is not None else None
+        ref = conv_cpu._late_spikes_torch(spikes, nchw, sgn, lo, offset, torch.float64)
+        for a, b in zip(got, ref):
+            assert a.dtype == b.dtype and torch.equal(a, b)

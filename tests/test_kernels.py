@@ -254,4 +254,38 @@ def test_count_per_position_equals_torch():
     phase = (torch.randint(-3, 17, (9, 5, 7, 11), generator=g).clamp_min(0)).to(torch.int8)
     counts = fused_cpu.count_per_position(phase)
     assert torch.equal(counts, (phase != 0).sum((0, 1)))
-    assert fused_cpu.count_per_position(phase.float()) is None  # not int8: the caller counts with torch
+    assert fused_cpu.count_per_position(phase.float()) is None  # not spike data: the caller counts with torch
+    from spikegcn.coding import binary_spike_count
+
+    for dtype in (torch.int32, torch.int64):  # binary codes: one spike per set bit
+        bits = torch.randint(0, 2 ** 16, (4, 3, 5, 6), generator=g).to(dtype)
+        assert torch.equal(fused_cpu.count_per_position(bits), binary_spike_count(bits, 16).sum((0, 1)))
+
+
+@_compiled
+def test_encoder_decoder_variants_agree():
+    """The portable, AVX2 and AVX-512 encoder and decoder variants (SPIKEGCN_CPU_ISA caps the choice, each run in
+    a fresh process) give the same phases, signs, counts and values."""
+    import subprocess
+    import sys
+
+    script = (
+        "import torch, hashlib\n"
+        "from spikegcn import PhaseCode\n"
+        "from spikegcn.kernels import fused_cpu\n"
+        "code = PhaseCode(16, 1.3); g = torch.Generator().manual_seed(5)\n"
+        "x = torch.randn(3, 5, 37, 41, generator=g); x.view(-1)[:3] = torch.tensor([float('nan'), 2.0, -0.0])\n"
+        "out = []\n"
+        "for signed in (False, True):\n"
+        "    ph, sg, bad, sat, fired = fused_cpu.encode_phase(x, code.thresholds(torch.float32).flip(0), signed)\n"
+        "    v = fused_cpu.decode_phase(ph, code.values(torch.float32), sg, torch.ones(()))\n"
+        "    out += [ph.numpy().tobytes(), (sg.numpy().tobytes() if sg is not None else b''), v.numpy().tobytes(),\n"
+        "            str((bad, sat, fired)).encode()]\n"
+        "print(hashlib.sha256(b''.join(out)).hexdigest())\n")
+    digests = set()
+    for isa in ("portable", "avx2", "avx512"):
+        env = {**__import__("os").environ, "SPIKEGCN_CPU_ISA": isa}
+        run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        digests.add(run.stdout.strip())
+    assert len(digests) == 1

@@ -39,20 +39,32 @@ def _as_map(t: Tensor, flat: bool = False) -> Tensor:
 
 def late_spikes(x: PhaseSpikes | BinarySpikes, lo: int, offset: int, dtype: torch.dtype, flat: bool = False
                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The spikes of ``x`` fired at phases ``p > lo``, sorted by input position ``(n, y, x)``: ``(ptr, channel,
-    virtual phase p + offset, value)`` with ``ptr`` the ``[N H W + 1]`` offsets of each position's spikes and
-    ``value`` normalised (:math:`\\pm Q^{-(p-1)}`, or :math:`\\pm 2^{-p}` per bit of a binary input). ``flat``:
-    read a map as features (``[N, C H W]``, one position per sample)."""
+    """The spikes of ``x`` fired at phases ``p > lo``, sorted by input position ``(n, y, x)``, then channel, then
+    phase: ``(ptr, channel, virtual phase p + offset, value)`` with ``ptr`` the ``[N H W + 1]`` offsets of each
+    position's spikes and ``value`` normalised (:math:`\\pm Q^{-(p-1)}`, or :math:`\\pm 2^{-p}` per bit of a
+    binary input). ``flat``: read a map as features (``[N, C H W]``, one position per sample). The compiled
+    builders read the NCHW spikes in place; the torch path below is the reference they are tested against."""
     data = x.phase if isinstance(x, PhaseSpikes) else x.bits
-    nhwc = _as_map(data, flat).permute(0, 2, 3, 1).contiguous()
-    N, H, W, C = nhwc.shape
-    sign = _as_map(x.sign, flat).permute(0, 2, 3, 1).reshape(-1) if x.sign is not None else None
+    nchw = _as_map(data, flat).contiguous()
+    sign = _as_map(x.sign, flat).contiguous() if x.sign is not None else None
     mod = fused_cpu.load()
+    if mod is not None and hasattr(mod, "late_list_bits") and nchw.device.type == "cpu":
+        rows = nchw.view(nchw.shape[0], nchw.shape[1], -1)
+        s = sign.view(rows.shape) if sign is not None else torch.empty(0, dtype=torch.int8, device=rows.device)
+        if isinstance(x, PhaseSpikes) and rows.dtype == torch.int8:
+            return tuple(mod.late_list(rows, s, x.code.values(dtype).contiguous(), lo, offset))
+        if isinstance(x, BinarySpikes) and rows.dtype in (torch.int32, torch.int64) and 0 <= lo < x.T:
+            like = torch.empty(0, dtype=dtype, device=rows.device)
+            return tuple(mod.late_list_bits(rows, s, x.T, lo, offset, like))
+    return _late_spikes_torch(x, nchw, sign, lo, offset, dtype)
+
+
+def _late_spikes_torch(x: PhaseSpikes | BinarySpikes, nchw: Tensor, sign_nchw: Tensor | None, lo: int, offset: int,
+                       dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    nhwc = nchw.permute(0, 2, 3, 1).contiguous()
+    N, H, W, C = nhwc.shape
+    sign = sign_nchw.permute(0, 2, 3, 1).reshape(-1) if sign_nchw is not None else None
     if isinstance(x, PhaseSpikes):
-        if mod is not None and hasattr(mod, "late_list") and nhwc.dtype == torch.int8 and nhwc.device.type == "cpu":
-            s = sign.contiguous().view(-1, C) if sign is not None else torch.empty(0, dtype=torch.int8)
-            ptr, ch, bins, value = mod.late_list(nhwc.view(-1, C), s, x.code.values(dtype).contiguous(), lo, offset)
-            return ptr, ch, bins, value
         flat_ph = nhwc.reshape(-1)
         sel = (flat_ph > lo).nonzero().squeeze(1)
         phase = flat_ph[sel].to(torch.int64)
@@ -86,7 +98,7 @@ def fire_late(first: Tensor, inputs: list, forms: list, offsets: list[int], k0: 
         return None
     if first.device.type != "cpu" or first.dtype not in (torch.float32, torch.float64) or thresholds.numel() > 127:
         return None
-    rows = _as_map(first).permute(0, 2, 3, 1).contiguous()
+    rows = _as_map(first).contiguous()  # NCHW: the kernel reads and writes it in place
     ptrs, chs, bins, vals, weights, geom = [], [], [], [], [], []
     for x, form, o in zip(inputs, forms, offsets):
         weight, stride, padding, dilation = form
@@ -103,5 +115,4 @@ def fire_late(first: Tensor, inputs: list, forms: list, offsets: list[int], k0: 
     phase, sat, bad = mod.conv_exact(rows, ptrs, chs, bins, vals, weights, geom,
                                      thresholds.to(first.dtype).contiguous(), k0, T_v, max_d,
                                      fused_cpu._ISA[fused_cpu.max_isa()])
-    phase = phase.permute(0, 3, 1, 2)
     return (phase.reshape(first.shape) if first.dim() != 4 else phase), int(sat), int(bad)

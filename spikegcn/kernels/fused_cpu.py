@@ -257,9 +257,10 @@ def encode_phase(x: Tensor, thresholds_asc: Tensor, signed: bool
 
 
 def count_per_position(x: Tensor) -> Tensor | None:
-    """Non-zeros of an int8 ``[N, C, *positions]`` tensor per position (summed over ``N`` and ``C``) as int64, in
-    one compiled pass; ``None`` when the kernel is unavailable (the caller counts with torch)."""
-    if x.device.type != "cpu" or x.dtype != torch.int8 or x.dim() < 3:
+    """Spikes of ``[N, C, *positions]`` spike data per position (summed over ``N`` and ``C``) as int64, in one
+    compiled pass: the non-zeros of int8 fire phases, or the set bits of int32 / int64 binary codes; ``None`` when
+    the kernel is unavailable (the caller counts with torch)."""
+    if x.device.type != "cpu" or x.dtype not in (torch.int8, torch.int32, torch.int64) or x.dim() < 3:
         return None
     mod = _module if _tried else load()
     if mod is None or not hasattr(mod, "count_per_position"):

@@ -298,41 +298,43 @@ class OneSpikeLayer(nn.Module, SpikingMixin):
     def _count(self, inputs: Sequence[CNNSpikes]) -> list[LayerStats]:
         out = []
         for i, x in enumerate(inputs):
-            counts = x.phase if isinstance(x, PhaseSpikes) else x.spike_counts()
-            n = counts.shape[0]
-            fan = self.fanout(i, counts.shape[1:]).to(torch.float64)
-            in_spikes, additions = self._spikes_and_additions(i, x, counts, fan)
+            data = x.phase if isinstance(x, PhaseSpikes) else x.bits
+            fan = self.fanout(i, data.shape[1:]).to(torch.float64)
+            in_spikes, additions = self._spikes_and_additions(i, x, fan)
             kind = "output" if (i == 0 and self.output == "potential") else self.input_kind(i)
             out.append(LayerStats(
                 name=self._get_name() if i == 0 else f"{self._get_name()}.shortcut",
-                macs=float(self.macs(i, counts.shape[1:])) * n,
-                in_neurons=int(counts.numel()),
+                macs=float(self.macs(i, data.shape[1:])) * data.shape[0],
+                in_neurons=int(data.numel()),
                 in_spikes=in_spikes,
                 additions=additions,
                 kind=kind,
             ))
         return out
 
-    def _spikes_and_additions(self, i: int, x: CNNSpikes, counts: Tensor, fan: Tensor) -> tuple[float, float]:
-        """Input spikes and the sum of their fan-outs (exact integers in float64). For one-spike feature maps: the
-        per-position counts of the compiled kernel; without it, where the fan-out map is constant but for a few
-        (border) positions, the total count times the interior fan-out corrected at those positions only."""
-        if isinstance(x, PhaseSpikes):
-            total = float(torch.count_nonzero(counts))
-            if fan.numel() == 1:
-                return total, total * float(fan)
-            if fan.dim() == 2 and counts.dim() == 4:
-                per_pos_c = fused_cpu.count_per_position(counts)  # one compiled pass, no mask tensor
-                if per_pos_c is not None:
-                    per_pos = per_pos_c.to(torch.float64)
-                    return float(per_pos.sum()), float((per_pos * fan).sum())
-                fmax, idx, delta = self._cached_fanout(("border", i, tuple(fan.shape)), lambda: _border(fan))
-                if 2 * idx.numel() <= fan.numel():
-                    at = torch.count_nonzero(counts.flatten(2)[:, :, idx], dim=(0, 1)).to(torch.float64)
-                    return total, total * fmax - float((delta * at).sum())
-            per_pos = (counts != 0).sum(0, dtype=torch.float64)
-        else:
-            per_pos = counts.sum(0).to(torch.float64)
+    def _spikes_and_additions(self, i: int, x: CNNSpikes, fan: Tensor) -> tuple[float, float]:
+        """Input spikes and the sum of their fan-outs (exact integers in float64). Feature maps: the per-position
+        spike counts of the compiled kernel (one pass); without it, for one-spike inputs whose fan-out map is
+        constant but for a few (border) positions, the total count times the interior fan-out corrected at those
+        positions only."""
+        data = x.phase if isinstance(x, PhaseSpikes) else x.bits
+        if fan.dim() == 2 and data.dim() == 4:
+            per_pos_c = fused_cpu.count_per_position(data)
+            if per_pos_c is not None:
+                per_pos = per_pos_c.to(torch.float64)
+                return float(per_pos.sum()), float((per_pos * fan).sum())
+        if not isinstance(x, PhaseSpikes):
+            per_pos = x.spike_counts().sum(0).to(torch.float64)
+            return float(per_pos.sum()), float((per_pos * fan).sum())
+        total = float(torch.count_nonzero(data))
+        if fan.numel() == 1:
+            return total, total * float(fan)
+        if fan.dim() == 2 and data.dim() == 4:
+            fmax, idx, delta = self._cached_fanout(("border", i, tuple(fan.shape)), lambda: _border(fan))
+            if 2 * idx.numel() <= fan.numel():
+                at = torch.count_nonzero(data.flatten(2)[:, :, idx], dim=(0, 1)).to(torch.float64)
+                return total, total * fmax - float((delta * at).sum())
+        per_pos = (data != 0).sum(0, dtype=torch.float64)
         return float(per_pos.sum()), float((per_pos * fan).sum())
 
     def _layer_repr(self) -> str:

@@ -1,9 +1,9 @@
 // Exact-mode one-spike convolution layers with a wait Tw < T: the fused kernel of the graph path applied to
 // im2col rows (see spikegcn/kernels/conv_cpu.py).
 //
-// Output row m is one output position (n, oy, ox) with its C output channels (channels last). Its early
-// potential (bias + the dense convolution of every input spike that arrived before output phase 1) comes in
-// `first`. The late spikes (virtual phase r > k0) are listed per input position; for each kernel offset the row
+// Output row m is one output position (n, oy, ox) with its C output channels, read from and written to NCHW
+// tensors in place. Its early potential (bias + the dense convolution of every input spike that arrived before
+// output phase 1) comes in `first`. The late spikes (virtual phase r > k0) are listed per input position; for each kernel offset the row
 // reads the late spikes at the input position under it and adds value x weight[ky][kx][c][:] (a C-wide axpy)
 // into the bin of their phase. The neurons then add the bins phase by phase and fire at the first threshold
 // crossing (the rule of spikegcn.neuron.one_spike_fire with wait max_d over T_v virtual phases), all C channels
@@ -64,13 +64,14 @@ __attribute__((always_inline)) inline void row_body(const Layer& L, int64_t m, c
       }
     }
   }
-  const scalar_t* __restrict fr = first + m * C;
+  // first and out are NCHW: channel k of the row at base + k * HWo (no transposed copies around the kernel)
+  const int64_t HWo = L.Ho * L.Wo, base = n * C * HWo + oy * L.Wo + ox;
   int64_t nbad = 0;
-#pragma omp simd reduction(+ : nbad)
   for (int64_t k = 0; k < C; ++k) {
-    p[k] = fr[k];
+    const scalar_t f = first[base + k * HWo];
+    p[k] = f;
     fz[k] = 0;
-    nbad += !(fr[k] - fr[k] == scalar_t(0));  // NaN or inf
+    nbad += !(f - f == scalar_t(0));  // NaN or inf
   }
   int64_t r = k0;  // virtual phases added so far
   for (int64_t t = 1; t <= L.T; ++t) {
@@ -92,7 +93,7 @@ __attribute__((always_inline)) inline void row_body(const Layer& L, int64_t m, c
   int64_t nsat = 0;
 #pragma omp simd reduction(+ : nsat)
   for (int64_t k = 0; k < C; ++k) nsat += p[k] > scalar_t(1);
-  for (int64_t k = 0; k < C; ++k) out[m * C + k] = (int8_t)fz[k];
+  for (int64_t k = 0; k < C; ++k) out[base + k * HWo] = (int8_t)fz[k];
   *sat += nsat;
   *bad += nbad;
 }
@@ -163,19 +164,42 @@ void run(const scalar_t* first, const std::vector<ConvInput>& ins, int64_t N, in
   *bad_out = bad;
 }
 
-template <typename scalar_t>
-void fill_late(const int8_t* phase, const int8_t* sign, const scalar_t* table, int64_t P, int64_t C, int64_t lo,
-               int64_t offset, const int64_t* ptr, int32_t* ch, int16_t* bin, scalar_t* val) {
-#pragma omp parallel for schedule(static)
-  for (int64_t q = 0; q < P; ++q) {
-    int64_t j = ptr[q];
-    for (int64_t c = 0; c < C; ++c) {
-      const int8_t p = phase[q * C + c];
-      if (p > lo) {
-        ch[j] = (int32_t)c;
-        bin[j] = (int16_t)(p + offset);
-        val[j] = sign ? table[p] * (scalar_t)sign[q * C + c] : table[p];
-        ++j;
+// Per-position list offsets: ptr[1 + n * HW + q] = number of late spikes at position q of sample n, summed over
+// channels row by row (contiguous, vectorised), then a prefix sum.
+template <typename elem_t, typename IsLate>
+int64_t count_late(const elem_t* data, int64_t N, int64_t C, int64_t HW, IsLate is_late, int64_t* pt) {
+#pragma omp parallel
+  {
+    std::vector<int32_t> cnt(HW);
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      std::fill(cnt.begin(), cnt.end(), 0);
+      for (int64_t c = 0; c < C; ++c) {
+        const elem_t* row = data + (n * C + c) * HW;
+        for (int64_t q = 0; q < HW; ++q) cnt[q] += is_late(row[q]);
+      }
+      for (int64_t q = 0; q < HW; ++q) pt[1 + n * HW + q] = cnt[q];
+    }
+  }
+  for (int64_t q = 0; q < N * HW; ++q) pt[q + 1] += pt[q];
+  return pt[N * HW];
+}
+
+// Fill the lists in the order position, channel, phase (what the torch path and the old channels-last builder
+// produce): per sample, channel rows in order, each spike appended at its position's cursor.
+template <typename scalar_t, typename elem_t, typename Emit>
+void fill_lists(const elem_t* data, const int8_t* sign, int64_t N, int64_t C, int64_t HW, const int64_t* ptr,
+                Emit emit, int32_t* ch, int16_t* bin, scalar_t* val) {
+#pragma omp parallel
+  {
+    std::vector<int64_t> cur(HW);
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      std::copy(ptr + n * HW, ptr + (n + 1) * HW, cur.begin());
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t r = (n * C + c) * HW;
+        for (int64_t q = 0; q < HW; ++q) emit(data[r + q], sign ? (scalar_t)sign[r + q] : scalar_t(1), (int32_t)c,
+                                              cur[q], ch, bin, val);
       }
     }
   }
@@ -183,52 +207,99 @@ void fill_late(const int8_t* phase, const int8_t* sign, const scalar_t* table, i
 
 }  // namespace
 
-// The late spikes (fire phase > lo) of one-spike inputs `phase` [P, C] (int8, positions x channels, contiguous;
-// `sign` the same or empty) as per-position lists: ptr [P + 1], channel, virtual phase (phase + offset) and value
-// table[phase] (x sign).
+static void check_lists_input(const torch::Tensor& data, const torch::Tensor& sign, const char* what) {
+  TORCH_CHECK(data.dim() == 3 && data.is_contiguous(), what, ": spikes must be a contiguous [N, C, positions]");
+  TORCH_CHECK(sign.numel() == 0 || (sign.sizes() == data.sizes() && sign.is_contiguous() &&
+                                    sign.scalar_type() == torch::kInt8),
+              what, ": sign must be empty or an int8 tensor shaped like the spikes");
+}
+
+// The late spikes (fire phase > lo) of one-spike inputs `phase` [N, C, P] (int8, NCHW with the positions
+// flattened; `sign` the same or empty) as per-position lists: ptr [N P + 1], channel, virtual phase
+// (phase + offset) and value table[phase] (x sign).
 std::vector<torch::Tensor> late_list(torch::Tensor phase, torch::Tensor sign, torch::Tensor table, int64_t lo,
                                      int64_t offset) {
-  TORCH_CHECK(phase.dim() == 2 && phase.is_contiguous() && phase.scalar_type() == torch::kInt8,
-              "late_list: phase must be a contiguous int8 [positions, channels]");
-  TORCH_CHECK(sign.numel() == 0 || (sign.sizes() == phase.sizes() && sign.is_contiguous() &&
-                                    sign.scalar_type() == torch::kInt8),
-              "late_list: sign must be empty or an int8 tensor like phase");
+  check_lists_input(phase, sign, "late_list");
+  TORCH_CHECK(phase.scalar_type() == torch::kInt8, "late_list: phases must be int8");
   TORCH_CHECK(table.dim() == 1 && table.is_contiguous(), "late_list: table must be a contiguous vector");
-  const int64_t P = phase.size(0), C = phase.size(1);
+  const int64_t N = phase.size(0), C = phase.size(1), HW = phase.size(2);
   const int8_t* ph = phase.data_ptr<int8_t>();
-  auto ptr = torch::zeros({P + 1}, torch::kInt64);
-  int64_t* pt = ptr.data_ptr<int64_t>();
-#pragma omp parallel for schedule(static)
-  for (int64_t q = 0; q < P; ++q) {
-    int32_t cnt = 0;  // int32: the compare-and-count vectorises
-    const int8_t* row = ph + q * C;
-    for (int64_t c = 0; c < C; ++c) cnt += (int32_t)(row[c] > lo);
-    pt[q + 1] = cnt;
-  }
-  for (int64_t q = 0; q < P; ++q) pt[q + 1] += pt[q];
-  const int64_t L = pt[P];
+  auto ptr = torch::zeros({N * HW + 1}, torch::kInt64);
+  const int64_t L = count_late(ph, N, C, HW, [lo](int8_t p) { return (int32_t)(p > lo); }, ptr.data_ptr<int64_t>());
   auto ch = torch::empty({L}, torch::kInt32);
   auto bin = torch::empty({L}, torch::kInt16);
   auto val = torch::empty({L}, table.options());
   const int8_t* sg = sign.numel() ? sign.data_ptr<int8_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "late_list", [&] {
-    fill_late<scalar_t>(ph, sg, table.data_ptr<scalar_t>(), P, C, lo, offset, pt, ch.data_ptr<int32_t>(),
-                        bin.data_ptr<int16_t>(), val.data_ptr<scalar_t>());
+    const scalar_t* tb = table.data_ptr<scalar_t>();
+    auto emit = [tb, lo, offset](int8_t p, scalar_t s, int32_t c, int64_t& j, int32_t* ch, int16_t* bin,
+                                 scalar_t* val) {
+      if (p > lo) {
+        ch[j] = c;
+        bin[j] = (int16_t)(p + offset);
+        val[j] = tb[p] * s;
+        ++j;
+      }
+    };
+    fill_lists<scalar_t>(ph, sg, N, C, HW, ptr.data_ptr<int64_t>(), emit, ch.data_ptr<int32_t>(),
+                         bin.data_ptr<int16_t>(), val.data_ptr<scalar_t>());
   });
   return {ptr, ch, bin, val};
 }
 
-// first: [N, Ho, Wo, C] early potentials; per input i: late_ptr[i], late_ch[i], late_bin[i], late_val[i],
+// The late spikes of binary multi-spike inputs: `bits` [N, C, P] (int32 or int64 T-bit codes; phase t is bit
+// T - t), every bit of a phase p > lo a spike worth 2^-p (x sign), listed per position in the order channel, phase.
+std::vector<torch::Tensor> late_list_bits(torch::Tensor bits, torch::Tensor sign, int64_t T, int64_t lo,
+                                          int64_t offset, torch::Tensor like) {
+  check_lists_input(bits, sign, "late_list_bits");
+  TORCH_CHECK(bits.scalar_type() == torch::kInt32 || bits.scalar_type() == torch::kInt64,
+              "late_list_bits: codes must be int32 or int64");
+  TORCH_CHECK(T >= 1 && T <= 62 && lo >= 0 && lo < T, "late_list_bits: need 0 <= lo < T <= 62");
+  const int64_t N = bits.size(0), C = bits.size(1), HW = bits.size(2);
+  const int64_t mask = (int64_t(1) << (T - lo)) - 1;  // the bits of phases lo + 1 .. T
+  auto ptr = torch::zeros({N * HW + 1}, torch::kInt64);
+  auto ch = torch::Tensor(), bin = torch::Tensor(), val = torch::Tensor();
+  AT_DISPATCH_INDEX_TYPES(bits.scalar_type(), "late_list_bits", [&] {
+    const index_t* b = bits.data_ptr<index_t>();
+    const int64_t L = count_late(b, N, C, HW, [mask](index_t v) {
+      return (int32_t)__builtin_popcountll((unsigned long long)((int64_t)v & mask)); }, ptr.data_ptr<int64_t>());
+    ch = torch::empty({L}, torch::kInt32);
+    bin = torch::empty({L}, torch::kInt16);
+    val = torch::empty({L}, like.options());
+    const int8_t* sg = sign.numel() ? sign.data_ptr<int8_t>() : nullptr;
+    AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "late_list_bits_values", [&] {
+      auto emit = [T, lo, offset, mask](index_t v, scalar_t s, int32_t c, int64_t& j, int32_t* ch, int16_t* bin,
+                                        scalar_t* val) {
+        const int64_t m = (int64_t)v & mask;
+        if (!m) return;
+        for (int64_t p = lo + 1; p <= T; ++p) {
+          if ((m >> (T - p)) & 1) {
+            ch[j] = c;
+            bin[j] = (int16_t)(p + offset);
+            val[j] = (scalar_t)std::ldexp(1.0, (int)-p) * s;
+            ++j;
+          }
+        }
+      };
+      fill_lists<scalar_t>(b, sg, N, C, HW, ptr.data_ptr<int64_t>(), emit, ch.data_ptr<int32_t>(),
+                           bin.data_ptr<int16_t>(), val.data_ptr<scalar_t>());
+    });
+  });
+  return {ptr, ch, bin, val};
+}
+
+
+// first: [N, C, Ho, Wo] early potentials; per input i: late_ptr[i], late_ch[i], late_bin[i], late_val[i],
 // weight[i] ([kh, kw, Cin, C]) and geom[8 i .. 8 i + 7] = H, W, stride (2), padding (2), dilation (2).
-// isa: 2 AVX-512, 1 AVX2, 0 portable (capped by what the CPU has). Returns the fire phases [N, Ho, Wo, C] (int8),
+// isa: 2 AVX-512, 1 AVX2, 0 portable (capped by what the CPU has). Returns the fire phases [N, C, Ho, Wo] (int8),
 // the number of neurons whose final potential exceeds 1 and the number of non-finite early potentials.
 std::vector<torch::Tensor> conv_exact(torch::Tensor first, std::vector<torch::Tensor> late_ptr,
                                       std::vector<torch::Tensor> late_ch, std::vector<torch::Tensor> late_bin,
                                       std::vector<torch::Tensor> late_val, std::vector<torch::Tensor> weight,
                                       std::vector<int64_t> geom, torch::Tensor thr, int64_t k0, int64_t T_v,
                                       int64_t max_d, int64_t isa) {
-  TORCH_CHECK(first.dim() == 4 && first.is_contiguous(), "conv_exact: first must be a contiguous [N, Ho, Wo, C]");
-  const int64_t N = first.size(0), Ho = first.size(1), Wo = first.size(2), C = first.size(3), T = thr.numel();
+  TORCH_CHECK(first.dim() == 4 && first.is_contiguous(), "conv_exact: first must be a contiguous [N, C, Ho, Wo]");
+  const int64_t N = first.size(0), C = first.size(1), Ho = first.size(2), Wo = first.size(3), T = thr.numel();
   const size_t n_in = weight.size();
   TORCH_CHECK(late_ptr.size() == n_in && late_ch.size() == n_in && late_bin.size() == n_in &&
                   late_val.size() == n_in && geom.size() == 8 * n_in,
@@ -252,7 +323,7 @@ std::vector<torch::Tensor> conv_exact(torch::Tensor first, std::vector<torch::Te
                             late_bin[i].data_ptr<int16_t>(), late_val[i].data_ptr(), w.data_ptr(), g[0], g[1],
                             w.size(2), w.size(0), w.size(1), g[2], g[3], g[4], g[5], g[6], g[7]});
   }
-  auto out = torch::zeros({N, Ho, Wo, C}, torch::kInt8);
+  auto out = torch::zeros({N, C, Ho, Wo}, torch::kInt8);
   int64_t sat = 0, bad = 0;
   AT_DISPATCH_FLOATING_TYPES(first.scalar_type(), "conv_exact", [&] {
     run<scalar_t>(first.data_ptr<scalar_t>(), ins, N, Ho, Wo, C, thr.data_ptr<scalar_t>(), T, k0, T_v, max_d, isa,
@@ -264,4 +335,5 @@ std::vector<torch::Tensor> conv_exact(torch::Tensor first, std::vector<torch::Te
 void register_conv_exact(pybind11::module_& m) {
   m.def("conv_exact", &conv_exact, "exact-mode one-spike convolution layer, late spikes on im2col rows");
   m.def("late_list", &late_list, "late spikes of int8 one-spike inputs as per-position lists");
+  m.def("late_list_bits", &late_list_bits, "late spikes of binary multi-spike inputs as per-position lists");
 }

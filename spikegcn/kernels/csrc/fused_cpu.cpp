@@ -3,7 +3,10 @@
 // folder keyed by torch, Python, compiler, flags, machine and this file's hash; see that module's docstring.
 #include <torch/extension.h>
 #include <vector>
+#include <algorithm>
 #include <cfloat>
+#include <cstdlib>
+#include <string>
 #include <cmath>
 
 // Early inputs (fire phase <= k0 = min(Tw + 1, T_in)) arrive before the first output phase: they are summed
@@ -114,15 +117,72 @@ static void encode_base(const float* x, int64_t n, const float* th, int64_t T, b
 static void decode_base(const int8_t* p, const int8_t* s, const float* tb, const float* sc, bool pe, int64_t n,
                         float* o) { decode_run(p, s, tb, sc, pe, n, o); }
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+// The encoder with each vector's 16 (8) counters held in a register across the threshold loop: one compare and
+// one masked add per threshold; the counts come from the compare masks. Block tails: encode_block.
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 static void encode_512(const float* x, int64_t n, const float* th, int64_t T, bool sg, int8_t* pp, int8_t* sp,
-                       CodecCounts& c) { encode_block(x, n, th, T, sg, pp, sp, c); }
+                       CodecCounts& c) {
+  const __m512 absm = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff)), fmax = _mm512_set1_ps(FLT_MAX);
+  const __m512 one = _mm512_set1_ps(1.f), zero = _mm512_setzero_ps();
+  const __m512i vT1 = _mm512_set1_epi32((int)T + 1), ione = _mm512_set1_epi32(1), izero = _mm512_setzero_si512();
+  int64_t bad = 0, sat = 0, fired = 0, i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(x + i), m = _mm512_and_ps(v, absm), a = sg ? m : v;
+    bad += 16 - __builtin_popcount(_mm512_cmp_ps_mask(m, fmax, _CMP_LE_OQ));
+    sat += __builtin_popcount(_mm512_cmp_ps_mask(a, one, _CMP_GT_OQ));
+    __m512i cnt = izero;
+    for (int64_t t = 0; t < T; ++t)
+      cnt = _mm512_mask_add_epi32(cnt, _mm512_cmp_ps_mask(a, _mm512_set1_ps(th[t]), _CMP_GE_OQ), cnt, ione);
+    const __mmask16 f = _mm512_cmpneq_epi32_mask(cnt, izero);
+    fired += __builtin_popcount(f);
+    _mm_storeu_si128((__m128i*)(pp + i), _mm512_cvtepi32_epi8(_mm512_maskz_sub_epi32(f, vT1, cnt)));
+    if (sp) {
+      const __mmask16 gt = _mm512_cmp_ps_mask(v, zero, _CMP_GT_OQ) & f, lt = _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ) & f;
+      const __m512i sv = _mm512_mask_mov_epi32(_mm512_maskz_mov_epi32(gt, ione), lt, _mm512_set1_epi32(-1));
+      _mm_storeu_si128((__m128i*)(sp + i), _mm512_cvtepi32_epi8(sv));
+    }
+  }
+  c.bad += bad; c.sat += sat; c.fired += fired;
+  if (i < n) encode_block(x + i, n - i, th, T, sg, pp + i, sp ? sp + i : nullptr, c);
+}
+
+__attribute__((target("avx2")))
+static inline void store8_epi32_as_epi8(int8_t* dst, __m256i v) {  // values in -128..127
+  const __m128i p16 = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  _mm_storel_epi64((__m128i*)dst, _mm_packs_epi16(p16, p16));
+}
+
+__attribute__((target("avx2")))
+static void encode_256(const float* x, int64_t n, const float* th, int64_t T, bool sg, int8_t* pp, int8_t* sp,
+                       CodecCounts& c) {
+  const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)), fmax = _mm256_set1_ps(FLT_MAX);
+  const __m256 one = _mm256_set1_ps(1.f), zero = _mm256_setzero_ps();
+  const __m256i vT1 = _mm256_set1_epi32((int)T + 1), izero = _mm256_setzero_si256();
+  int64_t bad = 0, sat = 0, fired = 0, i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i), m = _mm256_and_ps(v, absm), a = sg ? m : v;
+    bad += 8 - __builtin_popcount(_mm256_movemask_ps(_mm256_cmp_ps(m, fmax, _CMP_LE_OQ)));
+    sat += __builtin_popcount(_mm256_movemask_ps(_mm256_cmp_ps(a, one, _CMP_GT_OQ)));
+    __m256i cnt = izero;
+    for (int64_t t = 0; t < T; ++t)  // a true compare is all ones (-1): subtracting it counts
+      cnt = _mm256_sub_epi32(cnt, _mm256_castps_si256(_mm256_cmp_ps(a, _mm256_set1_ps(th[t]), _CMP_GE_OQ)));
+    const __m256i f = _mm256_cmpgt_epi32(cnt, izero);
+    fired += __builtin_popcount(_mm256_movemask_ps(_mm256_castsi256_ps(f)));
+    store8_epi32_as_epi8(pp + i, _mm256_and_si256(f, _mm256_sub_epi32(vT1, cnt)));
+    if (sp) {
+      const __m256i gt = _mm256_and_si256(f, _mm256_castps_si256(_mm256_cmp_ps(v, zero, _CMP_GT_OQ)));
+      const __m256i lt = _mm256_and_si256(f, _mm256_castps_si256(_mm256_cmp_ps(v, zero, _CMP_LT_OQ)));
+      store8_epi32_as_epi8(sp + i, _mm256_sub_epi32(lt, gt));  // +1 above zero, -1 below
+    }
+  }
+  c.bad += bad; c.sat += sat; c.fired += fired;
+  if (i < n) encode_block(x + i, n - i, th, T, sg, pp + i, sp ? sp + i : nullptr, c);
+}
+
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 static void decode_512(const int8_t* p, const int8_t* s, const float* tb, const float* sc, bool pe, int64_t n,
                        float* o) { decode_run(p, s, tb, sc, pe, n, o); }
-__attribute__((target("avx2")))
-static void encode_256(const float* x, int64_t n, const float* th, int64_t T, bool sg, int8_t* pp, int8_t* sp,
-                       CodecCounts& c) { encode_block(x, n, th, T, sg, pp, sp, c); }
 __attribute__((target("avx2")))
 static void decode_256(const int8_t* p, const int8_t* s, const float* tb, const float* sc, bool pe, int64_t n,
                        float* o) { decode_run(p, s, tb, sc, pe, n, o); }
@@ -385,16 +445,24 @@ static void run_codes(const Block& block, const idx_t* crow, int64_t N, int64_t 
 #endif
 
 // 2: AVX-512 (F, BW, VL, DQ), 1: AVX2, 0: neither (or not x86).
+// SPIKEGCN_CPU_ISA=portable|avx2|avx512 caps it, as in fused_cpu.max_isa (to test the narrower variants).
 int64_t cpu_isa() {
+  int64_t isa = 0;
 #ifdef SPIKEGCN_X86
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
-    return 2;
-  return __builtin_cpu_supports("avx2") ? 1 : 0;
-#else
-  return 0;
+    isa = 2;
+  else
+    isa = __builtin_cpu_supports("avx2") ? 1 : 0;
 #endif
+  const char* cap = std::getenv("SPIKEGCN_CPU_ISA");
+  if (cap) {
+    const std::string c(cap);
+    if (c == "portable") isa = 0;
+    else if (c == "avx2") isa = std::min<int64_t>(isa, 1);
+  }
+  return isa;
 }
 
 // codes: int8 [N, F], sign x fire phase of each input neuron; scale: [F] input lambda; table: [T_in + 1].
@@ -436,27 +504,23 @@ std::vector<torch::Tensor> aggregate_codes(torch::Tensor crow, torch::Tensor col
   return {out_phase, out_sign};
 }
 
-// Spikes per input position: the non-zeros of an int8 [R, P] tensor (R = batch x channels, P = positions) summed
-// over R, in one pass (per-thread 32-bit counters over blocks of rows, then a reduction). A convolution's exact
-// addition count is sum_p count[p] * fan_out[p].
-torch::Tensor count_per_position(torch::Tensor x) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kInt8 && x.is_contiguous(),
-              "count_per_position: x must be a contiguous 2-D int8 tensor");
-  const int64_t R = x.size(0), P = x.size(1);
-  auto out = torch::zeros({P}, torch::kInt64);
-  const int8_t* xp = x.data_ptr<int8_t>();
-  int64_t* op = out.data_ptr<int64_t>();
+// Spikes per input position, summed over R = batch x channels rows of an [R, P] tensor in one pass (per-thread
+// 32-bit counters over blocks of rows, then a reduction): the non-zeros of int8 one-spike phases, or the popcount
+// of int32 / int64 binary codes (one spike per set bit). A convolution's exact addition count is
+// sum_p count[p] * fan_out[p].
+template <typename elem_t, typename Count>
+static void count_rows(const elem_t* xp, int64_t R, int64_t P, Count count, int64_t* op) {
   #pragma omp parallel
   {
     std::vector<int32_t> acc(P, 0);
     int64_t rows = 0;
     #pragma omp for schedule(static) nowait
     for (int64_t r = 0; r < R; ++r) {
-      const int8_t* row = xp + r * P;
+      const elem_t* row = xp + r * P;
       int32_t* a = acc.data();
       #pragma omp simd
-      for (int64_t p = 0; p < P; ++p) a[p] += row[p] != 0;
-      if (++rows == (1 << 23)) {  // keep the 32-bit counters far from overflow
+      for (int64_t p = 0; p < P; ++p) a[p] += count(row[p]);
+      if (++rows == (1 << 20)) {  // keep the 32-bit counters far from overflow (<= 64 spikes per element)
         #pragma omp critical
         for (int64_t p = 0; p < P; ++p) op[p] += acc[p];
         std::fill(acc.begin(), acc.end(), 0);
@@ -465,6 +529,27 @@ torch::Tensor count_per_position(torch::Tensor x) {
     }
     #pragma omp critical
     for (int64_t p = 0; p < P; ++p) op[p] += acc[p];
+  }
+}
+
+torch::Tensor count_per_position(torch::Tensor x) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "count_per_position: x must be a contiguous 2-D tensor");
+  const int64_t R = x.size(0), P = x.size(1);
+  auto out = torch::zeros({P}, torch::kInt64);
+  int64_t* op = out.data_ptr<int64_t>();
+  switch (x.scalar_type()) {
+    case torch::kInt8:
+      count_rows(x.data_ptr<int8_t>(), R, P, [](int8_t v) { return (int32_t)(v != 0); }, op);
+      break;
+    case torch::kInt32:
+      count_rows(x.data_ptr<int32_t>(), R, P, [](int32_t v) { return (int32_t)__builtin_popcount((uint32_t)v); }, op);
+      break;
+    case torch::kInt64:
+      count_rows(x.data_ptr<int64_t>(), R, P,
+                 [](int64_t v) { return (int32_t)__builtin_popcountll((unsigned long long)v); }, op);
+      break;
+    default:
+      TORCH_CHECK(false, "count_per_position: x must be int8 phases or int32 / int64 binary codes");
   }
   return out;
 }
