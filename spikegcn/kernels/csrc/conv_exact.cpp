@@ -185,21 +185,19 @@ int64_t count_late(const elem_t* data, int64_t N, int64_t C, int64_t HW, IsLate 
   return pt[N * HW];
 }
 
-// Fill the lists in the order position, channel, phase (what the torch path and the old channels-last builder
-// produce): per sample, channel rows in order, each spike appended at its position's cursor.
+// Fill the lists in the order position, channel, phase (what the torch path produces): position by position,
+// reading its C channels (stride P, the same cache lines for neighbouring positions) and appending sequentially.
 template <typename scalar_t, typename elem_t, typename Emit>
 void fill_lists(const elem_t* data, const int8_t* sign, int64_t N, int64_t C, int64_t HW, const int64_t* ptr,
                 Emit emit, int32_t* ch, int16_t* bin, scalar_t* val) {
-#pragma omp parallel
-  {
-    std::vector<int64_t> cur(HW);
-#pragma omp for schedule(static)
-    for (int64_t n = 0; n < N; ++n) {
-      std::copy(ptr + n * HW, ptr + (n + 1) * HW, cur.begin());
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t q = 0; q < HW; ++q) {
+      int64_t j = ptr[n * HW + q];
+      const int64_t end = ptr[n * HW + q + 1];
       for (int64_t c = 0; c < C; ++c) {
-        const int64_t r = (n * C + c) * HW;
-        for (int64_t q = 0; q < HW; ++q) emit(data[r + q], sign ? (scalar_t)sign[r + q] : scalar_t(1), (int32_t)c,
-                                              cur[q], ch, bin, val);
+        const int64_t r = (n * C + c) * HW + q;
+        emit(data[r], sign ? (scalar_t)sign[r] : scalar_t(1), (int32_t)c, j, end, ch, bin, val);
       }
     }
   }
@@ -232,14 +230,18 @@ std::vector<torch::Tensor> late_list(torch::Tensor phase, torch::Tensor sign, to
   const int8_t* sg = sign.numel() ? sign.data_ptr<int8_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "late_list", [&] {
     const scalar_t* tb = table.data_ptr<scalar_t>();
-    auto emit = [tb, lo, offset](int8_t p, scalar_t s, int32_t c, int64_t& j, int32_t* ch, int16_t* bin,
-                                 scalar_t* val) {
-      if (p > lo) {
-        ch[j] = c;
-        bin[j] = (int16_t)(p + offset);
-        val[j] = tb[p] * s;
-        ++j;
-      }
+    auto emit = [tb, lo, offset](int8_t p, scalar_t s, int32_t c, int64_t& j, int64_t end, int32_t* ch,
+                                 int16_t* bin, scalar_t* val) {
+      // branch-free: every channel is written at the cursor (a position's last slot taken: a scratch slot), the
+      // cursor moves on for late spikes only
+      int32_t sch;
+      int16_t sbin;
+      scalar_t sval;
+      const bool room = j < end;
+      *(room ? ch + j : &sch) = c;
+      *(room ? bin + j : &sbin) = (int16_t)(p + offset);
+      *(room ? val + j : &sval) = tb[p] * s;
+      j += p > lo;
     };
     fill_lists<scalar_t>(ph, sg, N, C, HW, ptr.data_ptr<int64_t>(), emit, ch.data_ptr<int32_t>(),
                          bin.data_ptr<int16_t>(), val.data_ptr<scalar_t>());
@@ -268,8 +270,8 @@ std::vector<torch::Tensor> late_list_bits(torch::Tensor bits, torch::Tensor sign
     val = torch::empty({L}, like.options());
     const int8_t* sg = sign.numel() ? sign.data_ptr<int8_t>() : nullptr;
     AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "late_list_bits_values", [&] {
-      auto emit = [T, lo, offset, mask](index_t v, scalar_t s, int32_t c, int64_t& j, int32_t* ch, int16_t* bin,
-                                        scalar_t* val) {
+      auto emit = [T, lo, offset, mask](index_t v, scalar_t s, int32_t c, int64_t& j, int64_t, int32_t* ch,
+                                        int16_t* bin, scalar_t* val) {
         const int64_t m = (int64_t)v & mask;
         if (!m) return;
         for (int64_t p = lo + 1; p <= T; ++p) {
