@@ -28,8 +28,8 @@ negative correction; after the last input phase the result is again the ANN's ma
 
 Several input streams of one neuron layer (:class:`Streams`) share one virtual phase axis: stream ``i``'s phase
 ``p`` is virtual phase ``p + offsets[i]``. The graph joins hold a stream from an earlier layer back (a delay line,
-all offsets 0) until the latest one starts; a CNN residual join lets the older stream run ahead by the phases it
-opened earlier (:mod:`spikegcn.nn.residual`).
+all offsets 0) until the latest one starts; a CNN layer lets an older stream (a residual shortcut) run ahead by the
+phases its window opened earlier (:meth:`spikegcn.nn.conv.OneSpikeLayer.forward`).
 """
 from __future__ import annotations
 

@@ -1,15 +1,15 @@
 r"""Exact-mode CNN neuron layers with a wait :math:`T_w < T` on the CPU: one convolution plus the late spikes.
 
 A layer's inputs are ordered by a common virtual phase :math:`r` (:class:`spikegcn.operators.Streams`, set up by
-:meth:`spikegcn.nn.conv.OneSpikeLayer.forward`). Everything with :math:`r \le k_0 = \max_i d_i + 1` has arrived
-before output phase 1: its potential (the bias plus one dense convolution per input) is computed by
-:func:`spikegcn.simulate.run_layer` with torch. The late spikes (:math:`r > k_0`: small values; a third to a half of
-the spikes of a ResNet-20 layer at :math:`T_w = 8`, see ``results/cnn_speed.md``) are listed per input position
-(sorted, with a CSR-style pointer) and handed with the early potential to the compiled kernel ``conv_exact``
-(``csrc/conv_exact.cpp``). It walks the output positions like im2col rows: for every kernel tap it adds value x
-weight column of the late spikes under it into the bin of their phase, then runs the neurons' phase loop (the rule
-of :func:`~spikegcn.neuron.one_spike_fire`) over the bins. The cost is the dense convolution plus late spikes x
-fan-out, instead of one convolution per late phase.
+:meth:`spikegcn.nn.conv.OneSpikeLayer.forward`). Everything with :math:`r \le k_0 = T_w' + 1` (the layer's wait in
+virtual phases) has arrived before output phase 1: its potential (the bias plus one dense convolution per input) is
+computed by :func:`spikegcn.simulate.run_layer` with torch. The late spikes (:math:`r > k_0`: small values; a third
+to a half of the spikes of a ResNet-20 layer at :math:`T_w = 8`, see ``results/cnn_speed.md``) are listed per input
+position (sorted, with a CSR-style pointer) and handed with the early potential to the compiled kernel
+``conv_exact`` (``csrc/conv_exact.cpp``). It walks the output positions like im2col rows: for every kernel tap it
+adds value x weight column of the late spikes under it into the bin of their phase, then runs the neurons' phase
+loop (the rule of :func:`~spikegcn.neuron.one_spike_fire`) over the bins. The cost is the dense convolution plus
+late spikes x fan-out, instead of one convolution per late phase.
 
 Every synaptic input must be a convolution (:meth:`OneSpikeLayer.conv_form`: a conv, a fully-connected layer
 as a 1 x 1 conv on a 1 x 1 map, a residual shortcut as a (strided) diagonal 1 x 1 conv, an average pool as a
@@ -49,7 +49,7 @@ def late_spikes(x: PhaseSpikes | BinarySpikes, lo: int, offset: int, dtype: torc
     sign = _as_map(x.sign, flat).contiguous() if x.sign is not None else None
     mod = fused_cpu.load()
     if mod is not None and hasattr(mod, "late_list_bits") and nchw.device.type == "cpu":
-        rows = nchw.view(nchw.shape[0], nchw.shape[1], -1)
+        rows = nchw.view(nchw.shape[0], nchw.shape[1], nchw.shape[2] * nchw.shape[3])
         s = sign.view(rows.shape) if sign is not None else torch.empty(0, dtype=torch.int8, device=rows.device)
         if isinstance(x, PhaseSpikes) and rows.dtype == torch.int8:
             return tuple(mod.late_list(rows, s, x.code.values(dtype).contiguous(), lo, offset))
@@ -98,7 +98,7 @@ def fire_late(first: Tensor, inputs: list, forms: list, offsets: list[int], k0: 
         return None
     if first.device.type != "cpu" or first.dtype not in (torch.float32, torch.float64) or thresholds.numel() > 127:
         return None
-    rows = _as_map(first).contiguous()  # NCHW: the kernel reads and writes it in place
+    rows = _as_map(first).contiguous()  # NCHW: the kernel reads it as it is (no transposed copy)
     ptrs, chs, bins, vals, weights, geom = [], [], [], [], [], []
     for x, form, o in zip(inputs, forms, offsets):
         weight, stride, padding, dilation = form

@@ -32,6 +32,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -47,7 +48,8 @@ from torch import Tensor
 
 _NAME = "spikegcn_fused_cpu"
 SOURCE = Path(__file__).resolve().parent / "csrc" / "fused_cpu.cpp"
-SOURCES = (SOURCE, SOURCE.parent / "conv_exact.cpp")  # conv_exact: exact-mode CNN layers (kernels/conv_cpu.py)
+# codec_cpu: encoder / decoder / spike counts; conv_exact: exact-mode CNN layers (kernels/conv_cpu.py)
+SOURCES = (SOURCE, SOURCE.parent / "codec_cpu.cpp", SOURCE.parent / "conv_exact.cpp")
 CFLAGS = ("-O3", "-fopenmp", "-ffp-contract=off")
 LDFLAGS = ("-fopenmp",)
 log = logging.getLogger(__name__)
@@ -265,7 +267,8 @@ def count_per_position(x: Tensor) -> Tensor | None:
     mod = _module if _tried else load()
     if mod is None or not hasattr(mod, "count_per_position"):
         return None
-    return mod.count_per_position(x.contiguous().view(x.shape[0] * x.shape[1], -1)).view(x.shape[2:])
+    rows, positions = x.shape[0] * x.shape[1], math.prod(x.shape[2:])
+    return mod.count_per_position(x.contiguous().view(rows, positions)).view(x.shape[2:])
 
 
 def decode_phase(phase: Tensor, table: Tensor, sign: Tensor | None, scale: Tensor) -> Tensor | None:

@@ -173,6 +173,7 @@ class LayerSynapses(ValueOp):
         return acc
 
     def stats(self, inp: Streams, dtype: torch.dtype) -> tuple[float, float]:
+        # run_layer's ValueOp interface (a caller without its own record); the layer itself passes stats=
         counted = self.layer._count(inp.items)
         return sum(st.macs for st in counted), sum(st.additions for st in counted)
 
@@ -180,6 +181,9 @@ class LayerSynapses(ValueOp):
                      backend: str, early) -> tuple[Tensor, None, float] | None:
         """One convolution + late spikes x fan-out (kernels/conv_cpu.py), or ``None`` where it cannot run."""
         forms = [self.layer.conv_form(i) for i in range(len(inp.items))]
+        if backend == "fused" and fused_cpu.load() is None:
+            raise RuntimeError("backend='fused' requested but the fused CPU kernels are not built for this "
+                               "environment; run `spikegcn build-kernels` once")
         if backend not in ("auto", "fused") or signed or any(f is None for f in forms):
             return None
         first = early()

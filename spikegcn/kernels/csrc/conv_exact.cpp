@@ -1,13 +1,14 @@
 // Exact-mode one-spike convolution layers with a wait Tw < T: the fused kernel of the graph path applied to
 // im2col rows (see spikegcn/kernels/conv_cpu.py).
 //
-// Output row m is one output position (n, oy, ox) with its C output channels, read from and written to NCHW
-// tensors in place. Its early potential (bias + the dense convolution of every input spike that arrived before
-// output phase 1) comes in `first`. The late spikes (virtual phase r > k0) are listed per input position; for each kernel offset the row
-// reads the late spikes at the input position under it and adds value x weight[ky][kx][c][:] (a C-wide axpy)
-// into the bin of their phase. The neurons then add the bins phase by phase and fire at the first threshold
-// crossing (the rule of spikegcn.neuron.one_spike_fire with wait max_d over T_v virtual phases), all C channels
-// of the row in lockstep. Cost: the dense convolution plus late spikes x fan-out.
+// Output row m is one output position (n, oy, ox) with its C output channels: its early potentials are read from
+// the NCHW tensor `first` and its phases written to an NCHW output (no transposed copies). Its early potential
+// (bias + the dense convolution of every input spike that arrived before output phase 1) comes in `first`. The late
+// spikes (virtual phase r > k0) are listed per input position; for each kernel offset the row reads the late spikes
+// at the input position under it and adds value x weight[ky][kx][c][:] (a C-wide axpy) into the bin of their phase.
+// The neurons then add the bins phase by phase and fire at the first threshold crossing (the rule of
+// spikegcn.neuron.one_spike_fire with wait max_d over T_v virtual phases), all C channels of the row in lockstep.
+// Cost: the dense convolution plus late spikes x fan-out.
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -240,7 +241,7 @@ std::vector<torch::Tensor> late_list(torch::Tensor phase, torch::Tensor sign, to
       const bool room = j < end;
       *(room ? ch + j : &sch) = c;
       *(room ? bin + j : &sbin) = (int16_t)(p + offset);
-      *(room ? val + j : &sval) = tb[p] * s;
+      *(room ? val + j : &sval) = tb[p > lo ? p : 0] * s;  // phases 0..T (checked by the early decode)
       j += p > lo;
     };
     fill_lists<scalar_t>(ph, sg, N, C, HW, ptr.data_ptr<int64_t>(), emit, ch.data_ptr<int32_t>(),

@@ -1,4 +1,5 @@
-// Fused CPU kernels of spikegcn: single-spike encoding / decoding and exact-mode graph aggregation (Tw < T).
+// Fused CPU kernels of spikegcn: exact-mode graph aggregation (Tw < T) and the CPU feature check; the encoder and
+// decoder are in codec_cpu.cpp, the exact-mode CNN layers in conv_exact.cpp.
 // Built explicitly (`spikegcn build-kernels`, or `make install`) by spikegcn/kernels/fused_cpu.py into a cache
 // folder keyed by torch, Python, compiler, flags, machine and this file's hash; see that module's docstring.
 #include <torch/extension.h>
@@ -61,189 +62,6 @@ static void run_packed(const idx_t* crow, const idx_t* col, const float* val, co
                out_sign);
     }
   }
-}
-
-// Single-spike encoding: fire phase = T + 1 - #(thresholds <= a), 0 when none is reached (the same comparisons
-// as the torch.searchsorted path in spikegcn.coding.encode). Blocks of 256 elements, the threshold loop outside
-// and 32-bit counters so that the compares vectorise at the CPU's full width (one copy of the loop per
-// instruction set, picked at run time). The same pass counts non-finite inputs (the caller needs no check pass),
-// saturated neurons (|a| > 1: clipped to phase 1) and fired neurons (the layer's output spike count).
-struct CodecCounts { int64_t bad = 0, sat = 0, fired = 0; };
-
-__attribute__((always_inline))
-static inline void encode_block(const float* x, int64_t len, const float* th, int64_t T, bool is_signed, int8_t* pp,
-                                int8_t* sp, CodecCounts& c) {
-  float a[256];
-  int32_t cnt[256];
-  int32_t bad = 0, sat = 0, fired = 0;
-  for (int64_t i = 0; i < len; ++i) {
-    const float v = x[i], m = std::fabs(v);
-    bad += !(m <= FLT_MAX);
-    a[i] = is_signed ? m : v;
-    sat += a[i] > 1.f;
-    cnt[i] = 0;
-  }
-  for (int64_t t = 0; t < T; ++t) {
-    const float h = th[t];
-    for (int64_t i = 0; i < len; ++i) cnt[i] += a[i] >= h;
-  }
-  for (int64_t i = 0; i < len; ++i) {
-    pp[i] = (int8_t)(cnt[i] ? T + 1 - cnt[i] : 0);
-    fired += cnt[i] != 0;
-  }
-  if (sp)
-    for (int64_t i = 0; i < len; ++i) sp[i] = (int8_t)(((x[i] > 0) - (x[i] < 0)) * (cnt[i] != 0));
-  c.bad += bad; c.sat += sat; c.fired += fired;
-}
-
-// Decoding of one run of phases: value = sign * scale * table[phase], the scale per element of the run or one.
-__attribute__((always_inline))
-static inline void decode_run(const int8_t* p, const int8_t* s, const float* tb, const float* sc, bool per_elem,
-                              int64_t len, float* o) {
-  if (per_elem) {
-    for (int64_t j = 0; j < len; ++j) o[j] = tb[p[j]] * sc[j];
-  } else {
-    const float c = sc[0];
-    for (int64_t j = 0; j < len; ++j) o[j] = tb[p[j]] * c;
-  }
-  if (s)
-    for (int64_t j = 0; j < len; ++j) o[j] *= (float)s[j];
-}
-
-using EncodeFn = void (*)(const float*, int64_t, const float*, int64_t, bool, int8_t*, int8_t*, CodecCounts&);
-using DecodeFn = void (*)(const int8_t*, const int8_t*, const float*, const float*, bool, int64_t, float*);
-static void encode_base(const float* x, int64_t n, const float* th, int64_t T, bool sg, int8_t* pp, int8_t* sp,
-                        CodecCounts& c) { encode_block(x, n, th, T, sg, pp, sp, c); }
-static void decode_base(const int8_t* p, const int8_t* s, const float* tb, const float* sc, bool pe, int64_t n,
-                        float* o) { decode_run(p, s, tb, sc, pe, n, o); }
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-// The encoder with each vector's 16 (8) counters held in a register across the threshold loop: one compare and
-// one masked add per threshold; the counts come from the compare masks. Block tails: encode_block.
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
-static void encode_512(const float* x, int64_t n, const float* th, int64_t T, bool sg, int8_t* pp, int8_t* sp,
-                       CodecCounts& c) {
-  const __m512 absm = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff)), fmax = _mm512_set1_ps(FLT_MAX);
-  const __m512 one = _mm512_set1_ps(1.f), zero = _mm512_setzero_ps();
-  const __m512i vT1 = _mm512_set1_epi32((int)T + 1), ione = _mm512_set1_epi32(1), izero = _mm512_setzero_si512();
-  int64_t bad = 0, sat = 0, fired = 0, i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const __m512 v = _mm512_loadu_ps(x + i), m = _mm512_and_ps(v, absm), a = sg ? m : v;
-    bad += 16 - __builtin_popcount(_mm512_cmp_ps_mask(m, fmax, _CMP_LE_OQ));
-    sat += __builtin_popcount(_mm512_cmp_ps_mask(a, one, _CMP_GT_OQ));
-    __m512i cnt = izero;
-    for (int64_t t = 0; t < T; ++t)
-      cnt = _mm512_mask_add_epi32(cnt, _mm512_cmp_ps_mask(a, _mm512_set1_ps(th[t]), _CMP_GE_OQ), cnt, ione);
-    const __mmask16 f = _mm512_cmpneq_epi32_mask(cnt, izero);
-    fired += __builtin_popcount(f);
-    _mm_storeu_si128((__m128i*)(pp + i), _mm512_cvtepi32_epi8(_mm512_maskz_sub_epi32(f, vT1, cnt)));
-    if (sp) {
-      const __mmask16 gt = _mm512_cmp_ps_mask(v, zero, _CMP_GT_OQ) & f, lt = _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ) & f;
-      const __m512i sv = _mm512_mask_mov_epi32(_mm512_maskz_mov_epi32(gt, ione), lt, _mm512_set1_epi32(-1));
-      _mm_storeu_si128((__m128i*)(sp + i), _mm512_cvtepi32_epi8(sv));
-    }
-  }
-  c.bad += bad; c.sat += sat; c.fired += fired;
-  if (i < n) encode_block(x + i, n - i, th, T, sg, pp + i, sp ? sp + i : nullptr, c);
-}
-
-__attribute__((target("avx2")))
-static inline void store8_epi32_as_epi8(int8_t* dst, __m256i v) {  // values in -128..127
-  const __m128i p16 = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  _mm_storel_epi64((__m128i*)dst, _mm_packs_epi16(p16, p16));
-}
-
-__attribute__((target("avx2")))
-static void encode_256(const float* x, int64_t n, const float* th, int64_t T, bool sg, int8_t* pp, int8_t* sp,
-                       CodecCounts& c) {
-  const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)), fmax = _mm256_set1_ps(FLT_MAX);
-  const __m256 one = _mm256_set1_ps(1.f), zero = _mm256_setzero_ps();
-  const __m256i vT1 = _mm256_set1_epi32((int)T + 1), izero = _mm256_setzero_si256();
-  int64_t bad = 0, sat = 0, fired = 0, i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256 v = _mm256_loadu_ps(x + i), m = _mm256_and_ps(v, absm), a = sg ? m : v;
-    bad += 8 - __builtin_popcount(_mm256_movemask_ps(_mm256_cmp_ps(m, fmax, _CMP_LE_OQ)));
-    sat += __builtin_popcount(_mm256_movemask_ps(_mm256_cmp_ps(a, one, _CMP_GT_OQ)));
-    __m256i cnt = izero;
-    for (int64_t t = 0; t < T; ++t)  // a true compare is all ones (-1): subtracting it counts
-      cnt = _mm256_sub_epi32(cnt, _mm256_castps_si256(_mm256_cmp_ps(a, _mm256_set1_ps(th[t]), _CMP_GE_OQ)));
-    const __m256i f = _mm256_cmpgt_epi32(cnt, izero);
-    fired += __builtin_popcount(_mm256_movemask_ps(_mm256_castsi256_ps(f)));
-    store8_epi32_as_epi8(pp + i, _mm256_and_si256(f, _mm256_sub_epi32(vT1, cnt)));
-    if (sp) {
-      const __m256i gt = _mm256_and_si256(f, _mm256_castps_si256(_mm256_cmp_ps(v, zero, _CMP_GT_OQ)));
-      const __m256i lt = _mm256_and_si256(f, _mm256_castps_si256(_mm256_cmp_ps(v, zero, _CMP_LT_OQ)));
-      store8_epi32_as_epi8(sp + i, _mm256_sub_epi32(lt, gt));  // +1 above zero, -1 below
-    }
-  }
-  c.bad += bad; c.sat += sat; c.fired += fired;
-  if (i < n) encode_block(x + i, n - i, th, T, sg, pp + i, sp ? sp + i : nullptr, c);
-}
-
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
-static void decode_512(const int8_t* p, const int8_t* s, const float* tb, const float* sc, bool pe, int64_t n,
-                       float* o) { decode_run(p, s, tb, sc, pe, n, o); }
-__attribute__((target("avx2")))
-static void decode_256(const int8_t* p, const int8_t* s, const float* tb, const float* sc, bool pe, int64_t n,
-                       float* o) { decode_run(p, s, tb, sc, pe, n, o); }
-#endif
-
-int64_t cpu_isa();
-
-// The widest variant of a kernel this CPU runs (cpu_isa: 2 AVX-512, 1 AVX2, 0 neither or not x86).
-template <typename Fn>
-static Fn widest(Fn base, Fn avx2, Fn avx512) {
-  const int64_t isa = cpu_isa();
-  return isa == 2 ? avx512 : (isa == 1 ? avx2 : base);
-}
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define SPIKEGCN_WIDEST(name) widest(name##_base, name##_256, name##_512)
-#else
-#define SPIKEGCN_WIDEST(name) name##_base
-#endif
-
-// -> {phase, sign (undefined unless signed), int64 [non-finite, saturated, fired]}
-std::vector<torch::Tensor> encode_phase(torch::Tensor x, torch::Tensor thr_asc, bool is_signed) {
-  static const EncodeFn enc = SPIKEGCN_WIDEST(encode);
-  const int64_t n = x.numel(), T = thr_asc.numel();
-  auto phase = torch::empty_like(x, torch::kInt8);
-  auto sign = is_signed ? torch::empty_like(x, torch::kInt8) : torch::Tensor();
-  const float* xp = x.data_ptr<float>();
-  const float* th = thr_asc.data_ptr<float>();
-  int8_t* pp = phase.data_ptr<int8_t>();
-  int8_t* sp = is_signed ? sign.data_ptr<int8_t>() : nullptr;
-  const int64_t BS = 256, nb = (n + BS - 1) / BS;
-  int64_t bad = 0, sat = 0, fired = 0;
-  #pragma omp parallel for schedule(static) reduction(+:bad, sat, fired)
-  for (int64_t b = 0; b < nb; ++b) {
-    const int64_t i0 = b * BS;
-    CodecCounts c;
-    enc(xp + i0, std::min(BS, n - i0), th, T, is_signed, pp + i0, sp ? sp + i0 : nullptr, c);
-    bad += c.bad; sat += c.sat; fired += c.fired;
-  }
-  return {phase, sign, torch::tensor({bad, sat, fired}, torch::kInt64)};
-}
-
-// Decoding: value = sign * scale[channel] * table[phase], channels in the last dimension (scale may be 1 entry,
-// then the tensor is decoded in runs of 4096 whatever its shape).
-torch::Tensor decode_phase(torch::Tensor phase, torch::Tensor sign, torch::Tensor table, torch::Tensor scale) {
-  static const DecodeFn dec = SPIKEGCN_WIDEST(decode);
-  const int64_t n = phase.numel(), C = scale.numel();
-  const int64_t last = C == 1 ? 4096 : (phase.dim() ? phase.size(-1) : 1);
-  auto out = torch::empty(phase.sizes(), torch::kFloat32);
-  const int8_t* pp = phase.data_ptr<int8_t>();
-  const int8_t* sp = sign.numel() ? sign.data_ptr<int8_t>() : nullptr;
-  const float* tb = table.data_ptr<float>();
-  const float* sc = scale.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  const int64_t runs = (n + last - 1) / last;
-  #pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < runs; ++r) {
-    const int64_t j0 = r * last;
-    dec(pp + j0, sp ? sp + j0 : nullptr, tb, sc, C != 1, std::min(last, n - j0), op + j0);
-  }
-  return out;
 }
 
 std::vector<torch::Tensor> aggregate_exact(torch::Tensor crow, torch::Tensor col, torch::Tensor val,
@@ -445,7 +263,8 @@ static void run_codes(const Block& block, const idx_t* crow, int64_t N, int64_t 
 #endif
 
 // 2: AVX-512 (F, BW, VL, DQ), 1: AVX2, 0: neither (or not x86).
-// SPIKEGCN_CPU_ISA=portable|avx2|avx512 caps it, as in fused_cpu.max_isa (to test the narrower variants).
+// SPIKEGCN_CPU_ISA=portable|avx2|avx512 caps it, as in fused_cpu.max_isa (which also refuses other values); the
+// encoder and decoder pick their variant once per process, at their first call.
 int64_t cpu_isa() {
   int64_t isa = 0;
 #ifdef SPIKEGCN_X86
@@ -504,64 +323,13 @@ std::vector<torch::Tensor> aggregate_codes(torch::Tensor crow, torch::Tensor col
   return {out_phase, out_sign};
 }
 
-// Spikes per input position, summed over R = batch x channels rows of an [R, P] tensor in one pass (per-thread
-// 32-bit counters over blocks of rows, then a reduction): the non-zeros of int8 one-spike phases, or the popcount
-// of int32 / int64 binary codes (one spike per set bit). A convolution's exact addition count is
-// sum_p count[p] * fan_out[p].
-template <typename elem_t, typename Count>
-static void count_rows(const elem_t* xp, int64_t R, int64_t P, Count count, int64_t* op) {
-  #pragma omp parallel
-  {
-    std::vector<int32_t> acc(P, 0);
-    int64_t rows = 0;
-    #pragma omp for schedule(static) nowait
-    for (int64_t r = 0; r < R; ++r) {
-      const elem_t* row = xp + r * P;
-      int32_t* a = acc.data();
-      #pragma omp simd
-      for (int64_t p = 0; p < P; ++p) a[p] += count(row[p]);
-      if (++rows == (1 << 20)) {  // keep the 32-bit counters far from overflow (<= 64 spikes per element)
-        #pragma omp critical
-        for (int64_t p = 0; p < P; ++p) op[p] += acc[p];
-        std::fill(acc.begin(), acc.end(), 0);
-        rows = 0;
-      }
-    }
-    #pragma omp critical
-    for (int64_t p = 0; p < P; ++p) op[p] += acc[p];
-  }
-}
-
-torch::Tensor count_per_position(torch::Tensor x) {
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "count_per_position: x must be a contiguous 2-D tensor");
-  const int64_t R = x.size(0), P = x.size(1);
-  auto out = torch::zeros({P}, torch::kInt64);
-  int64_t* op = out.data_ptr<int64_t>();
-  switch (x.scalar_type()) {
-    case torch::kInt8:
-      count_rows(x.data_ptr<int8_t>(), R, P, [](int8_t v) { return (int32_t)(v != 0); }, op);
-      break;
-    case torch::kInt32:
-      count_rows(x.data_ptr<int32_t>(), R, P, [](int32_t v) { return (int32_t)__builtin_popcount((uint32_t)v); }, op);
-      break;
-    case torch::kInt64:
-      count_rows(x.data_ptr<int64_t>(), R, P,
-                 [](int64_t v) { return (int32_t)__builtin_popcountll((unsigned long long)v); }, op);
-      break;
-    default:
-      TORCH_CHECK(false, "count_per_position: x must be int8 phases or int32 / int64 binary codes");
-  }
-  return out;
-}
-
 void register_conv_exact(pybind11::module_& m);  // conv_exact.cpp: exact-mode CNN layers
+void register_codec(pybind11::module_& m);        // codec_cpu.cpp: encoder, decoder, spike counts
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   register_conv_exact(m);
+  register_codec(m);
   m.def("aggregate_exact", &aggregate_exact, "exact-mode aggregation, portable float kernel");
   m.def("aggregate_codes", &aggregate_codes, "exact-mode aggregation, int8-code AVX2 / AVX-512 kernels");
   m.def("cpu_isa", &cpu_isa, "2: AVX-512, 1: AVX2, 0: neither");
-  m.def("encode_phase", &encode_phase, "single-spike encoding of float32 values");
-  m.def("decode_phase", &decode_phase, "decoding of int8 fire phases to float32");
-  m.def("count_per_position", &count_per_position, "non-zeros of an int8 [R, P] tensor per column");
 }
