@@ -200,3 +200,12 @@ def test_compiled_late_lists_equal_torch_reference(kind, flat):
         ref = conv_cpu._late_spikes_torch(spikes, nchw, sgn, lo, offset, torch.float64)
         for a, b in zip(got, ref):
             assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("tw", [16, 4])
+def test_empty_batch_gives_empty_logits(tw):
+    torch.manual_seed(0)
+    model = _randomize_bn(CifarResNet((1, 1, 1), num_classes=5, in_channels=2, width=4))
+    snn = convert(model, torch.randn(16, 2, 8, 8), PhaseCode(16, 1.3, Tw=tw), mode="exact")
+    out = snn(torch.randn(0, 2, 8, 8))
+    assert out.shape == (0, 5)
