@@ -279,7 +279,9 @@ def test_encoder_decoder_variants_agree():
         "for signed in (False, True):\n"
         "    ph, sg, bad, sat, fired = fused_cpu.encode_phase(x, code.thresholds(torch.float32).flip(0), signed)\n"
         "    v = fused_cpu.decode_phase(ph, code.values(torch.float32), sg, torch.ones(()))\n"
+        "    w = fused_cpu.decode_phase(ph, code.values(torch.float32), sg, torch.rand(41, generator=g))\n"
         "    out += [ph.numpy().tobytes(), (sg.numpy().tobytes() if sg is not None else b''), v.numpy().tobytes(),\n"
+        "            w.numpy().tobytes(),\n"
         "            str((bad, sat, fired)).encode()]\n"
         "print(hashlib.sha256(b''.join(out)).hexdigest())\n")
     digests = set()
