@@ -113,13 +113,13 @@ class GraphOp:
                      dtype: torch.dtype, backend: str, early) -> tuple[Tensor, Tensor | None, None] | None:
         """Exact mode on the fused CPU or the Triton aggregation kernel where one serves the layer (they form the
         early potential themselves), else ``None``."""
-        if _use_fused(inp, self, code, dtype, backend, False):
+        if _use_fused(inp, self, code, dtype, backend):
             from .kernels import fused_cpu
 
             phase, sign = fused_cpu.aggregate_exact(self.adj, inp, bias, scale_t, code.thresholds(torch.float32),
                                                     inp.T_in, code.Tw, signed)
             return phase, sign, None  # the kernels never form the full potential: saturation not counted
-        if _use_triton(inp, self, code, dtype, backend, False):
+        if _use_triton(inp, self, code, dtype, backend):
             from .kernels import triton_exact
 
             adj = self.adj if self.adj.dtype == dtype else self.adj.to(dtype)
@@ -134,9 +134,9 @@ class GraphOp:
         return float((per_node.to(torch.float64) * self.fanout.to(torch.float64)).sum())
 
 
-def _use_fused(inp, op: "GraphOp", code: PhaseCode, dtype, backend: str, stepped: bool) -> bool:
+def _use_fused(inp, op: "GraphOp", code: PhaseCode, dtype, backend: str) -> bool:
     """The fused CPU aggregation kernel serves exact graph layers fed by one-spike neurons."""
-    if backend not in ("auto", "fused") or stepped or dtype != torch.float32:
+    if backend not in ("auto", "fused") or dtype != torch.float32:
         return False
     if not isinstance(inp, PhaseSpikes) or inp.phase.dim() != 2 or inp.phase.dtype != torch.int8:
         return False
@@ -153,10 +153,10 @@ def _use_fused(inp, op: "GraphOp", code: PhaseCode, dtype, backend: str, stepped
     return ok
 
 
-def _use_triton(inp, op: "GraphOp", code: PhaseCode, dtype, backend: str, stepped: bool) -> bool:
+def _use_triton(inp, op: "GraphOp", code: PhaseCode, dtype, backend: str) -> bool:
     """The Triton aggregation kernel serves exact graph layers fed by one-spike neurons on CUDA (or wherever
     ``backend="triton"`` asks for it: CPU tensors under ``TRITON_INTERPRET=1``)."""
-    if backend not in ("auto", "triton") or stepped:
+    if backend not in ("auto", "triton"):
         return False
     if dtype not in (torch.float32, torch.float64) or code.phase_dtype != torch.int8:
         return False
