@@ -14,14 +14,16 @@ model and operators are built, so it is the inference peak; the setup peak is re
 * ``snn-functional``, ``snn-exact`` (Tw = T) and ``snn-exact-tw`` (Tw = T/2): ``spikegcn.inference``
   (int8 codes between layers);
 * ``dist1`` / ``dist2``: ``spikegcn.distributed.inference`` (functional) with 1 and 2 gloo processes of one
-  thread each, per-process peak and the int8 bytes exchanged per layer;
+  thread each, per-process peak and the int8 bytes exchanged per layer; each rank builds the operators of its own
+  rows in setup (``rank_chain``, ranks one after the other), as the other runs build theirs before the clock;
 * ``limited``: the SNN through ``storage`` (memory-mapped codes) under RLIMIT_DATA (``ulimit -d``: private
   anonymous memory; file-backed maps do not count) set after setup to the data size then + a budget smaller
   than one layer of float32 activations; the ANN is run under the same limit to show it does not fit.
 
-    python benchmarks/gcn_large.py --scale 0.05 [--chunk-size 16384 --cache /tmp/gcn_large]
+    python benchmarks/gcn_large.py --scale 1         # full size: about 100 minutes on 2 cores, 12 GB peak
+    python benchmarks/gcn_large.py --scale 0.05      # 1/20 of it: about 12 minutes
 
-Writes results/gcn_large.json and results/gcn_large.md.
+Writes results/gcn_large.{json,md} (scale 1) or results/gcn_large_scale<S>.{json,md}.
 """
 from __future__ import annotations
 
@@ -206,7 +208,7 @@ def setup(cfg: dict):
     mode = "exact" if cfg["kind"].startswith("snn-exact") else "functional"
     calib = subgraph(x, edge_index, y, cfg["calib_nodes"])
     snn = convert(model, calib, PhaseCode(T, 1.3, Tw=tw), mode=mode)
-    return x, edge_index, snn, GraphChain.from_model(snn, x, edge_index)
+    return x, edge_index, snn, GraphChain.from_model(snn, x, edge_index) if cfg.get("chain", True) else None
 
 
 def run_config(cfg: dict) -> dict:
@@ -251,20 +253,24 @@ def _digest(out: torch.Tensor, cfg: dict) -> dict:
 def _dist_worker(rank: int, world: int, port: int, cfg: dict, path: str) -> None:
     import torch.distributed as dist
 
-    from spikegcn.distributed import inference
+    from spikegcn.distributed import inference, rank_chain
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        t0 = time.perf_counter()
-        x, edge_index, snn, _ = setup(dict(cfg, kind="snn-functional"))
-        setup_s, setup_peak = time.perf_counter() - t0, vm_hwm_mb()
+        for r in range(world):  # one rank at a time: the operator build's transient peak is not summed over ranks
+            if r == rank:
+                t0 = time.perf_counter()
+                x, edge_index, snn, _ = setup(dict(cfg, kind="snn-functional", chain=False))
+                chain = rank_chain(snn, x, edge_index)  # this rank's rows only; built once, like the other runs'
+                setup_s, setup_peak = time.perf_counter() - t0, vm_hwm_mb()
+            dist.barrier()
         base = rss_mb()
         dist.barrier()
         reset_peak()
         t0 = time.perf_counter()
         rec: dict = {}
-        ids, out = inference(snn, x, edge_index, chunk_size=cfg["chunk_size"], record=rec)
+        ids, out = inference(snn, x, edge_index, chunk_size=cfg["chunk_size"], record=rec, chain=chain)
         sec = time.perf_counter() - t0
         dist.barrier()
         wall = time.perf_counter() - t0
@@ -313,7 +319,7 @@ def main() -> None:
     ap.add_argument("--cache", default="/tmp/spikegcn-gcn_large")
     ap.add_argument("--models", default="gcn,sage")
     ap.add_argument("--kinds", default="ann,snn-functional,snn-exact,snn-exact-tw,dist1,dist2,limited")
-    ap.add_argument("--out", default=str(ROOT / "results" / "gcn_large"))
+    ap.add_argument("--out", default=None, help="default: results/gcn_large (scale 1), else results/gcn_large_scaleS")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -321,6 +327,8 @@ def main() -> None:
         res = run_dist(cfg) if cfg["kind"].startswith("dist") else run_config(cfg)
         print(json.dumps(res))
         return
+    if args.out is None:
+        args.out = str(ROOT / "results" / ("gcn_large" if args.scale == 1 else f"gcn_large_scale{args.scale:g}"))
     cache = Path(args.cache) / f"scale{args.scale:g}-seed{args.seed}"
     t0 = time.perf_counter()
     info = generate(cache, args.scale, args.p_in, args.seed)

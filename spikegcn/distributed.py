@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,6 +36,7 @@ from .inference import (
     CodeStore,
     FeatureSource,
     GraphChain,
+    Step,
     _check_chunk_size,
     _progress,
     chunks,
@@ -42,13 +44,69 @@ from .inference import (
     sources,
     unpack_codes,
 )
+from .operators import Chain, Join, Sparse
+from .simulate import GraphOp
 
-__all__ = ["partition", "inference", "exchange_halo", "all_reduce_observers", "main"]
+__all__ = ["partition", "RankChain", "rank_chain", "inference", "exchange_halo", "all_reduce_observers", "main"]
 
 
 def partition(num_nodes: int, world_size: int) -> Tensor:
     """``bounds`` of ``world_size`` contiguous, near-equal node ranges (``bounds[r]..bounds[r+1]-1``)."""
     return torch.tensor([num_nodes * r // world_size for r in range(world_size + 1)], dtype=torch.long)
+
+
+@dataclass
+class RankChain(GraphChain):
+    """A rank's chain: the sparse operators keep only the CSR rows of the nodes ``lo..hi-1`` it owns."""
+
+    lo: int = 0
+    hi: int = 0
+
+
+def _own_rows(op, lo: int, hi: int, memo: dict):
+    """``op`` with every CSR row outside ``lo..hi-1`` emptied; ids stay global (the row pointer is padded), so
+    :func:`~spikegcn.inference.sources` and :func:`~spikegcn.inference.restrict` serve the rank's blocks
+    unchanged. The rows' edges are copied: the whole-graph arrays can be freed."""
+    if isinstance(op, (GraphOp, Sparse)):
+        if id(op) not in memo:  # layers sharing one adjacency keep sharing its rows
+            adj = op.adj
+            crow, col, val = adj.crow_indices(), adj.col_indices(), adj.values()
+            a, b = int(crow[lo]), int(crow[hi])
+            ptr = torch.cat([crow.new_zeros(lo), crow[lo:hi + 1] - a, crow.new_full((adj.shape[0] - hi,), b - a)])
+            sub = torch.sparse_csr_tensor(ptr, col[a:b].clone(), val[a:b].clone(), size=adj.shape,
+                                          check_invariants=False)
+            memo[id(op)] = type(op)(sub)
+        return memo[id(op)]
+    if isinstance(op, Chain):
+        return Chain(*(_own_rows(o, lo, hi, memo) for o in op.ops))
+    if isinstance(op, Join):
+        return Join(*(_own_rows(o, lo, hi, memo) for o in op.ops), inputs=op.inputs)
+    return op
+
+
+def rank_chain(snn: nn.Module, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None,
+               bounds: Tensor | None = None, group=None) -> RankChain:
+    """The chain this rank runs: the model's layers with only the rows of the nodes it owns (half the edges
+    per rank on two ranks). Build it once and pass it to :func:`inference` (``chain=``) to run it again."""
+    if x is None or x.dim() != 2:
+        raise ValueError("distributed inference needs node features x of shape [num_nodes, features]")
+    lo, hi = _rank_range(bounds, x.shape[0], group)  # before the operators are built
+    chain = GraphChain.from_model(snn, x, edge_index, edge_weight)
+    memo: dict = {}
+    stages = [[Step(s.name, s.layer, _own_rows(s.op, lo, hi, memo)) for s in stage] for stage in chain.stages]
+    return RankChain(chain.encoder, stages, chain.tail, chain.num_nodes, lo, hi)
+
+
+def _rank_range(bounds: Tensor | None, n: int, group=None) -> tuple[int, int]:
+    """This rank's node range ``lo..hi-1`` from ``bounds`` (checked) or :func:`partition`."""
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    bounds = partition(n, world) if bounds is None else torch.as_tensor(bounds, dtype=torch.long)
+    if bounds.numel() != world + 1 or int(bounds[0]) != 0 or int(bounds[-1]) != n or bool((bounds.diff() < 0).any()):
+        raise ValueError(f"bounds must rise from 0 to num_nodes = {n} in {world + 1} entries, got {bounds.tolist()}")
+    lo, hi = int(bounds[rank]), int(bounds[rank + 1])
+    if hi - lo < min(MIN_ROWS, n):
+        raise ValueError(f"rank {rank} owns {hi - lo} nodes; every rank needs at least {MIN_ROWS} (use fewer ranks)")
+    return lo, hi
 
 
 class HaloSource:
@@ -98,7 +156,8 @@ def exchange_halo(own: CodeStore, need: Tensor, bounds: Tensor, group=None) -> t
 @torch.no_grad()
 def inference(snn: nn.Module, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None,
               chunk_size: int = 65536, bounds: Tensor | None = None, group=None, storage: str | None = None,
-              progress: bool = False, record: dict | None = None) -> tuple[Tensor, Tensor]:
+              progress: bool = False, record: dict | None = None,
+              chain: RankChain | None = None) -> tuple[Tensor, Tensor]:
     """This rank's part of ``snn(x, edge_index)``: ``(node_ids, out)`` for the nodes it owns.
 
     Args:
@@ -109,20 +168,24 @@ def inference(snn: nn.Module, x: Tensor, edge_index: Tensor, edge_weight: Tensor
         group: the process group (default: the world).
         storage: a directory for memory-mapped codes (see :func:`spikegcn.inference.layerwise`).
         record: if given, filled with ``"layers"``: per stage the halo size and the bytes exchanged.
+        chain: this rank's operators from :func:`rank_chain` (built with the same ``bounds``), to build them once
+            for several runs; by default they are built here.
     """
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError("spikegcn.distributed.inference needs an initialised torch.distributed process group "
                            "(dist.init_process_group, or launch with torchrun)")
     chunk_size = _check_chunk_size(chunk_size)
     world, rank = dist.get_world_size(group), dist.get_rank(group)
-    chain = GraphChain.from_model(snn, x, edge_index, edge_weight)
-    n = chain.num_nodes
-    bounds = partition(n, world) if bounds is None else torch.as_tensor(bounds, dtype=torch.long)
-    if bounds.numel() != world + 1 or int(bounds[0]) != 0 or int(bounds[-1]) != n or bool((bounds.diff() < 0).any()):
-        raise ValueError(f"bounds must rise from 0 to num_nodes = {n} in {world + 1} entries, got {bounds.tolist()}")
-    lo, hi = int(bounds[rank]), int(bounds[rank + 1])
-    if hi - lo < min(MIN_ROWS, n):
-        raise ValueError(f"rank {rank} owns {hi - lo} nodes; every rank needs at least {MIN_ROWS} (use fewer ranks)")
+    if chain is None:
+        chain = rank_chain(snn, x, edge_index, edge_weight, bounds, group)
+    elif not isinstance(chain, RankChain) or chain.num_nodes != x.shape[0]:
+        raise ValueError(f"chain must be this rank's spikegcn.distributed.rank_chain over the same graph "
+                         f"({x.shape[0]} nodes), got {type(chain).__name__}")
+    if (chain.lo, chain.hi) != _rank_range(bounds, chain.num_nodes, group):
+        raise ValueError(f"chain was built for nodes {chain.lo}..{chain.hi - 1}, not this rank's range under "
+                         f"bounds: build it with the same bounds and group")
+    lo, hi = chain.lo, chain.hi
+    bounds = partition(chain.num_nodes, world) if bounds is None else torch.as_tensor(bounds, dtype=torch.long)
     layers: list[dict] = []
 
     def halo_exchange(k: int, stage: list, source):

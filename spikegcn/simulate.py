@@ -69,6 +69,36 @@ class DenseOp:
     def additions(self, counts: Tensor) -> float:
         return float(counts.sum()) * self.weight.shape[0]
 
+    def exact_kernel(self, inp: SpikeInput, code: PhaseCode, bias: Tensor | None, scale_t: Tensor, signed: bool,
+                     dtype: torch.dtype, backend: str, early) -> tuple[Tensor, Tensor | None, float] | None:
+        """Exact mode as one matmul of the early spikes plus late spikes x fan-out on the compiled kernel of the
+        CNN layers (``x W^T`` is a 1 x 1 convolution of a 1 x 1 map), where it serves the layer, else ``None``.
+        The late bins stay in ANN units and are divided by lambda, as on the event path, so the spikes are the
+        same."""
+        if isinstance(inp, PhaseSpikes):  # one-spike inputs, or the binary input encoder's bits
+            data, ok = inp.phase, inp.phase.dtype == torch.int8
+        else:
+            data = getattr(inp, "bits", None)
+            ok = data is not None and data.dtype in (torch.int32, torch.int64)
+        if backend not in ("auto", "fused") or not ok or data.dim() != 2 or data.device.type != "cpu":
+            return None
+        if code.phase_dtype != torch.int8:
+            return None
+        from .kernels import conv_cpu, fused_cpu
+
+        if fused_cpu.load() is None:
+            if backend == "fused":
+                raise RuntimeError("backend='fused' requested but the fused CPU kernels are not built for this "
+                                   "environment; run `spikegcn build-kernels` once")
+            return None
+        first = early()
+        form = (self.weight.detach().t()[None, None], (1, 1), (0, 0), (1, 1))
+        fast = conv_cpu.fire_late(first, [inp], [form], [0], early.k0, inp.T_in, code.Tw,
+                                  code.thresholds(dtype, first.device), in_scales=[inp.scale],
+                                  div=None if early.normalized else scale_t,
+                                  signed=signed)
+        return None if fast is None else (fast[0], fast[1], float(fast[2]))
+
 
 class GraphOp:
     r"""``y = \hat A x`` per feature channel (aggregation). ``adj`` is a torch sparse CSR ``[target, source]``."""

@@ -103,6 +103,22 @@ def _observer_reduced(data, rank):
     return convert(all_reduce_observers(prepared), PhaseCode(16, 1.3), mode="functional")
 
 
+def _rank_chain_reused(snn, data, expected):
+    """A rank's chain holds only its own CSR rows, runs again with the same output, and refuses other bounds."""
+    from spikegcn.distributed import inference, rank_chain
+    from spikegcn.inference import GraphChain
+
+    chain = rank_chain(snn, data.x, data.edge_index)
+    whole = GraphChain.from_model(snn, data.x, data.edge_index)
+    mine, full = chain.stages[1][0].op.adj._nnz(), whole.stages[1][0].op.adj._nnz()
+    assert 0 < mine < full
+    assert torch.equal(inference(snn, data.x, data.edge_index, chunk_size=64, chain=chain)[1], expected)
+    with pytest.raises(ValueError, match="not this rank's range"):
+        inference(snn, data.x, data.edge_index, chunk_size=64, chain=chain, bounds=[0, 100, data.num_nodes])
+    with pytest.raises(ValueError, match="bounds must rise"):
+        rank_chain(snn, data.x, data.edge_index, bounds=[0, data.num_nodes])
+
+
 def _worker(rank, world, port, names, data, path):
     from spikegcn.distributed import inference
 
@@ -117,6 +133,7 @@ def _worker(rank, world, port, names, data, path):
             rec = {}
             ids, out = inference(snn, data.x, data.edge_index, chunk_size=64, record=rec)
             results.append((ids, out, rec))
+        _rank_chain_reused(snns[0], data, results[0][1])
         torch.save(results, os.path.join(path, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -160,3 +177,23 @@ def test_layers_share_one_adjacency(graph):
     for name in ("gcn", "sage"):  # three layers on one graph: one A-hat (GCN) / one mean matrix (SAGE) in memory
         chain = GraphChain.from_model(_snns(name, graph)[0], graph.x, graph.edge_index)
         assert len({i for stage in chain.stages for s in stage for i in adjacencies(s.op)}) == 1
+
+
+@pytest.mark.parametrize("name", ["gcn", "sage"])
+def test_saved_model_runs_through_the_recipe(graph, name, tmp_path, monkeypatch):
+    """``torch.save`` of a converted PyG model, then ``python -m spikegcn.distributed MODEL GRAPH`` (as one torchrun
+    process): the reloaded model's output equals the original's, and the JSON record is written."""
+    import json
+
+    from spikegcn.distributed import main
+
+    snn = _snns(name, graph)[2]  # exact mode, Tw < T
+    torch.save(snn, tmp_path / "snn.pt")
+    torch.save({"x": graph.x, "edge_index": graph.edge_index}, tmp_path / "graph.pt")
+    for k, v in dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1").items():
+        monkeypatch.setenv(k, v)
+    main([str(tmp_path / "snn.pt"), str(tmp_path / "graph.pt"), "--chunk-size", "64", "--out",
+          str(tmp_path / "rec.json"), "--save", str(tmp_path / "out.pt")])
+    assert torch.equal(torch.load(tmp_path / "out.pt"), snn(graph.x, graph.edge_index))
+    rec = json.loads((tmp_path / "rec.json").read_text())
+    assert rec["num_nodes"] == graph.num_nodes and rec["ranks"][0]["world_size"] == 1

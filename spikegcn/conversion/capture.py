@@ -19,6 +19,7 @@ import sys
 from typing import Any
 
 from torch import Tensor, fx, nn
+from torch.fx._symbolic_trace import _assert_is_none
 from torch_geometric.nn import GINConv, JumpingKnowledge, MessagePassing
 from torch_geometric.nn.pool import global_add_pool, global_max_pool, global_mean_pool
 from torch_geometric.utils import scatter
@@ -145,6 +146,12 @@ def trace(model: nn.Module, example_kwargs: dict) -> fx.GraphModule:
         raise UnsupportedModuleError(
             f"cannot trace {where}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} "
             f"(data-dependent control flow or an untraceable operation is not a fixed ReLU-linear map)") from err
+    # fx checks each concrete argument with a wrapped ``_assert_is_none`` call; its generated code re-registers the
+    # wrap when a saved model is loaded, under a name later traces cannot find (every fx trace in that process then
+    # fails with a KeyError). The arguments are fixed to None by construction: drop the checks.
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target is _assert_is_none and not node.users:
+            graph.erase_node(node)
     return fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
 
 

@@ -11,6 +11,10 @@ adds value x weight column of the late spikes under it into the bin of their pha
 loop (the rule of :func:`~spikegcn.neuron.one_spike_fire`) over the bins. The cost is the dense convolution plus
 late spikes x fan-out, instead of one convolution per late phase.
 
+The graph engine's dense layers (``x W^T``, :meth:`spikegcn.simulate.DenseOp.exact_kernel`) run on the same kernel
+as a 1 x 1 convolution of a 1 x 1 map, with signed neurons where the layer has them and their late bins kept in ANN
+units (divided by lambda per phase as on the event path, so the spikes are identical).
+
 Every synaptic input must be a convolution (:meth:`OneSpikeLayer.conv_form`: a conv, a fully-connected layer
 as a 1 x 1 conv on a 1 x 1 map, a residual shortcut as a (strided) diagonal 1 x 1 conv, an average pool as a
 depthwise conv). The spikes equal the phase-by-phase path's up to the float summation order inside a phase bin.
@@ -22,6 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..coding import _check_finite
 from ..spikes import BinarySpikes, PhaseSpikes
 from . import fused_cpu
 
@@ -88,11 +93,15 @@ def _late_spikes_torch(x: PhaseSpikes | BinarySpikes, nchw: Tensor, sign_nchw: T
 
 
 def fire_late(first: Tensor, inputs: list, forms: list, offsets: list[int], k0: int, T_v: int, max_d: int,
-              thresholds: Tensor) -> tuple[Tensor, int, int] | None:
-    """Fire phases (``first``'s shape, int8), the number of neurons whose final potential exceeds 1 and the number
-    of non-finite early potentials, for the early potential ``first`` (``[N, C, Ho, Wo]`` or ``[N, C]``, bias
-    included) and the late spikes of ``inputs`` (input ``i`` is seen ``offsets[i]`` virtual phases late, through
-    the convolution ``forms[i]``); ``None`` when the compiled kernel cannot run this layer."""
+              thresholds: Tensor, in_scales: list | None = None, div: Tensor | None = None, signed: bool = False
+              ) -> tuple[Tensor, Tensor | None, int] | None:
+    """Fire phases (``first``'s shape, int8), their signs (``signed`` neurons, else ``None``) and the number of
+    neurons whose final |potential| exceeds 1 (a non-finite early potential raises), for the early potential
+    ``first`` (``[N, C, Ho, Wo]`` or ``[N, C]``, bias included) and the late spikes of ``inputs`` (input ``i`` is
+    seen ``offsets[i]`` virtual phases late, through the convolution ``forms[i]``); ``None`` when the compiled
+    kernel cannot run this layer. The graph engine's dense layers keep the late bins in ANN units: ``in_scales[i]``
+    (input lambda per channel) multiplies each late value and every bin is divided by ``div`` (output lambda), as
+    on its event path."""
     mod = fused_cpu.load()
     if mod is None or not hasattr(mod, "conv_exact") or any(f is None for f in forms):
         return None
@@ -100,11 +109,14 @@ def fire_late(first: Tensor, inputs: list, forms: list, offsets: list[int], k0: 
         return None
     rows = _as_map(first).contiguous()  # NCHW: the kernel reads it as it is (no transposed copy)
     ptrs, chs, bins, vals, weights, geom = [], [], [], [], [], []
-    for x, form, o in zip(inputs, forms, offsets):
+    for i, (x, form, o) in enumerate(zip(inputs, forms, offsets)):
         weight, stride, padding, dilation = form
         data = x.phase if isinstance(x, PhaseSpikes) else x.bits
         flat = data.dim() == 4 and weight.shape[2] != data.shape[1]  # a fully-connected layer reading a map
         ptr, ch, b, value = late_spikes(x, k0 - o, o, first.dtype, flat)
+        if in_scales is not None and in_scales[i] is not None:
+            sc = in_scales[i].to(first.dtype)
+            value = value * (sc.expand(weight.shape[2]).index_select(0, ch.long()) if sc.dim() else sc)
         H, W = _as_map(data, flat).shape[-2:]
         ptrs.append(ptr)
         chs.append(ch)
@@ -112,7 +124,13 @@ def fire_late(first: Tensor, inputs: list, forms: list, offsets: list[int], k0: 
         vals.append(value.contiguous())
         weights.append(weight.to(first.dtype).contiguous())
         geom += [H, W, *stride, *padding, *dilation]
-    phase, sat, bad = mod.conv_exact(rows, ptrs, chs, bins, vals, weights, geom,
-                                     thresholds.to(first.dtype).contiguous(), k0, T_v, max_d,
-                                     fused_cpu._ISA[fused_cpu.max_isa()])
-    return (phase.reshape(first.shape) if first.dim() != 4 else phase), int(sat), int(bad)
+    d = (torch.empty(0, dtype=first.dtype) if div is None else
+         div.to(first.dtype).expand(rows.shape[1]).contiguous())
+    phase, sign, sat, bad = mod.conv_exact(rows, ptrs, chs, bins, vals, weights, geom,
+                                           thresholds.to(first.dtype).contiguous(), k0, T_v, max_d, d, signed,
+                                           fused_cpu._ISA[fused_cpu.max_isa()])
+    if int(bad):
+        _check_finite(first, "neuron input")
+    if first.dim() != 4:
+        phase, sign = phase.reshape(first.shape), sign.reshape(first.shape) if signed else None
+    return phase, (sign if signed else None), int(sat)

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..coding import _FAST_MIN, PhaseCode, _check_finite, _check_phases, decode, decode_binary
+from ..coding import _FAST_MIN, PhaseCode, _check_phases, decode, decode_binary
 from ..energy import LayerStats
 from ..kernels import conv_cpu, fused_cpu
 from ..operators import Streams, ValueOp
@@ -189,12 +189,7 @@ class LayerSynapses(ValueOp):
         first = early()
         fast = conv_cpu.fire_late(first, list(inp.items), forms, list(inp.offsets), early.k0, inp.T_in, code.Tw,
                                   code.thresholds(dtype, first.device))
-        if fast is None:
-            return None
-        phase, saturated, bad = fast
-        if bad:
-            _check_finite(first, "neuron input")
-        return phase, None, float(saturated)
+        return None if fast is None else (fast[0], None, float(fast[2]))
 
 
 # ------------------------------------------------------------------------------------------------ neuron core

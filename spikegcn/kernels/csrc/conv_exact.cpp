@@ -29,17 +29,36 @@ struct ConvInput {  // one synaptic input of the layer, as a convolution
 struct Layer {  // what every output row needs
   const ConvInput* ins;
   int64_t n_in, Ho, Wo, C, T, k0, T_v, max_d;
+  const void* div;  // [C] divisor of each bin (the graph engine's lambda: bins in ANN units), or nullptr
+  bool is_signed;   // signed neurons: fire on |potential|, sign written to sg
 };
+
+// p += bin (or bin / div, channel by channel)
+template <typename scalar_t, int CC>
+__attribute__((always_inline)) inline void add_bin(const Layer& L, const scalar_t* __restrict b,
+                                                   const scalar_t* __restrict dv, scalar_t* __restrict p) {
+  const int64_t C = CC > 0 ? CC : L.C;
+  if (dv != nullptr) {
+#pragma omp simd
+    for (int64_t k = 0; k < C; ++k) p[k] += b[k] / dv[k];
+  } else {
+#pragma omp simd
+    for (int64_t k = 0; k < C; ++k) p[k] += b[k];
+  }
+}
 
 // One output row: the late contributions into its phase bins (bins[(r - k0 - 1) * C + k]), then its C neurons in
 // lockstep (the same additions in the same order as one neuron at a time; local int32 phases so that the compiler
-// sees no aliasing and vectorises over the channels). Adds to *sat / *bad.
-// CC > 0: the channel count as a compile-time constant (16, 32, 64: loops unrolled, no remainders); 0: L.C.
+// sees no aliasing and vectorises over the channels); a bin is divided by L.div first where given, as the graph
+// event path does, so the floats are the same. Signed neurons fire on |potential| and write their sign to sg.
+// Adds to *sat / *bad.
+// CC > 0: the channel count as a compile-time constant (16, 32, 64, 128, 256: loops unrolled, no remainders);
+// 0: L.C.
 template <typename scalar_t, int CC>
 __attribute__((always_inline)) inline void row_body(const Layer& L, int64_t m, const scalar_t* first,
                                                     const scalar_t* thr, scalar_t* __restrict bins,
                                                     scalar_t* __restrict p, int32_t* __restrict fz, int8_t* out,
-                                                    int64_t* sat, int64_t* bad) {
+                                                    int8_t* sg, int64_t* sat, int64_t* bad) {
   const int64_t C = CC > 0 ? CC : L.C, k0 = L.k0, n = m / (L.Ho * L.Wo), oy = (m / L.Wo) % L.Ho, ox = m % L.Wo;
   const int64_t nbc = (L.T_v - k0) * C;
   for (int64_t q = 0; q < nbc; ++q) bins[q] = scalar_t(0);
@@ -74,26 +93,33 @@ __attribute__((always_inline)) inline void row_body(const Layer& L, int64_t m, c
     fz[k] = 0;
     nbad += !(f - f == scalar_t(0));  // NaN or inf
   }
+  const scalar_t* __restrict dv = static_cast<const scalar_t*>(L.div);
   int64_t r = k0;  // virtual phases added so far
   for (int64_t t = 1; t <= L.T; ++t) {
-    for (const int64_t upto = std::min(t + L.max_d, L.T_v); r < upto; ++r) {
-      const scalar_t* __restrict b = bins + (r - k0) * C;
-#pragma omp simd
-      for (int64_t k = 0; k < C; ++k) p[k] += b[k];
-    }
+    for (const int64_t upto = std::min(t + L.max_d, L.T_v); r < upto; ++r)
+      add_bin<scalar_t, CC>(L, bins + (r - k0) * C, dv, p);
     const scalar_t th = thr[t - 1];
     const int32_t tt = (int32_t)t;
+    if (L.is_signed) {
+      for (int64_t k = 0; k < C; ++k) {
+        if (fz[k] == 0 && std::abs(p[k]) >= th) {
+          fz[k] = tt;
+          sg[base + k * HWo] = p[k] > scalar_t(0) ? 1 : -1;
+        }
+      }
+    } else {
 #pragma omp simd
-    for (int64_t k = 0; k < C; ++k) fz[k] = (fz[k] == 0 && p[k] >= th) ? tt : fz[k];
+      for (int64_t k = 0; k < C; ++k) fz[k] = (fz[k] == 0 && p[k] >= th) ? tt : fz[k];
+    }
   }
-  for (; r < L.T_v; ++r) {  // the final potential, for the saturation count
-    const scalar_t* __restrict b = bins + (r - k0) * C;
-#pragma omp simd
-    for (int64_t k = 0; k < C; ++k) p[k] += b[k];
-  }
+  for (; r < L.T_v; ++r) add_bin<scalar_t, CC>(L, bins + (r - k0) * C, dv, p);  // the final potential
   int64_t nsat = 0;
+  if (L.is_signed) {
+    for (int64_t k = 0; k < C; ++k) nsat += std::abs(p[k]) > scalar_t(1);
+  } else {
 #pragma omp simd reduction(+ : nsat)
-  for (int64_t k = 0; k < C; ++k) nsat += p[k] > scalar_t(1);
+    for (int64_t k = 0; k < C; ++k) nsat += p[k] > scalar_t(1);
+  }
   for (int64_t k = 0; k < C; ++k) out[base + k * HWo] = (int8_t)fz[k];
   *sat += nsat;
   *bad += nbad;
@@ -101,12 +127,12 @@ __attribute__((always_inline)) inline void row_body(const Layer& L, int64_t m, c
 
 template <typename scalar_t>
 using RowFn = void (*)(const Layer&, int64_t, const scalar_t*, const scalar_t*, scalar_t*, scalar_t*, int32_t*,
-                       int8_t*, int64_t*, int64_t*);
+                       int8_t*, int8_t*, int64_t*, int64_t*);
 
 template <typename scalar_t, int CC>
 void row_portable(const Layer& L, int64_t m, const scalar_t* first, const scalar_t* thr, scalar_t* bins, scalar_t* p,
-                  int32_t* fz, int8_t* out, int64_t* sat, int64_t* bad) {
-  row_body<scalar_t, CC>(L, m, first, thr, bins, p, fz, out, sat, bad);
+                  int32_t* fz, int8_t* out, int8_t* sg, int64_t* sat, int64_t* bad) {
+  row_body<scalar_t, CC>(L, m, first, thr, bins, p, fz, out, sg, sat, bad);
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -114,16 +140,16 @@ void row_portable(const Layer& L, int64_t m, const scalar_t* first, const scalar
 // The same code compiled for wider vectors (no FMA: -ffp-contract=off keeps products and sums separate).
 template <typename scalar_t, int CC>
 __attribute__((target("avx2"))) void row_avx2(const Layer& L, int64_t m, const scalar_t* first, const scalar_t* thr,
-                                              scalar_t* bins, scalar_t* p, int32_t* fz, int8_t* out, int64_t* sat,
-                                              int64_t* bad) {
-  row_body<scalar_t, CC>(L, m, first, thr, bins, p, fz, out, sat, bad);
+                                              scalar_t* bins, scalar_t* p, int32_t* fz, int8_t* out, int8_t* sg,
+                                              int64_t* sat, int64_t* bad) {
+  row_body<scalar_t, CC>(L, m, first, thr, bins, p, fz, out, sg, sat, bad);
 }
 
 template <typename scalar_t, int CC>
 __attribute__((target("avx512f"))) void row_avx512(const Layer& L, int64_t m, const scalar_t* first,
                                                    const scalar_t* thr, scalar_t* bins, scalar_t* p, int32_t* fz,
-                                                   int8_t* out, int64_t* sat, int64_t* bad) {
-  row_body<scalar_t, CC>(L, m, first, thr, bins, p, fz, out, sat, bad);
+                                                   int8_t* out, int8_t* sg, int64_t* sat, int64_t* bad) {
+  row_body<scalar_t, CC>(L, m, first, thr, bins, p, fz, out, sg, sat, bad);
 }
 #endif
 
@@ -142,15 +168,17 @@ RowFn<scalar_t> pick_row(int64_t isa, int64_t C) {
     case 16: return pick_isa<scalar_t, 16>(isa);
     case 32: return pick_isa<scalar_t, 32>(isa);
     case 64: return pick_isa<scalar_t, 64>(isa);
+    case 128: return pick_isa<scalar_t, 128>(isa);
+    case 256: return pick_isa<scalar_t, 256>(isa);
     default: return pick_isa<scalar_t, 0>(isa);
   }
 }
 
 template <typename scalar_t>
 void run(const scalar_t* first, const std::vector<ConvInput>& ins, int64_t N, int64_t Ho, int64_t Wo, int64_t C,
-         const scalar_t* thr, int64_t T, int64_t k0, int64_t T_v, int64_t max_d, int64_t isa, int8_t* out,
-         int64_t* sat_out, int64_t* bad_out) {
-  const Layer L{ins.data(), (int64_t)ins.size(), Ho, Wo, C, T, k0, T_v, max_d};
+         const scalar_t* thr, int64_t T, int64_t k0, int64_t T_v, int64_t max_d, const scalar_t* div, bool is_signed,
+         int64_t isa, int8_t* out, int8_t* sg, int64_t* sat_out, int64_t* bad_out) {
+  const Layer L{ins.data(), (int64_t)ins.size(), Ho, Wo, C, T, k0, T_v, max_d, div, is_signed};
   const int64_t R = N * Ho * Wo;
   const RowFn<scalar_t> row = pick_row<scalar_t>(isa, C);
   int64_t sat = 0, bad = 0;
@@ -159,7 +187,7 @@ void run(const scalar_t* first, const std::vector<ConvInput>& ins, int64_t N, in
     std::vector<scalar_t> bins(std::max<int64_t>(T_v - k0, 1) * C + 16), P(C + 16);
     std::vector<int32_t> fz(C + 16);
 #pragma omp for schedule(dynamic, 64)
-    for (int64_t m = 0; m < R; ++m) row(L, m, first, thr, bins.data(), P.data(), fz.data(), out, &sat, &bad);
+    for (int64_t m = 0; m < R; ++m) row(L, m, first, thr, bins.data(), P.data(), fz.data(), out, sg, &sat, &bad);
   }
   *sat_out = sat;
   *bad_out = bad;
@@ -294,13 +322,15 @@ std::vector<torch::Tensor> late_list_bits(torch::Tensor bits, torch::Tensor sign
 
 // first: [N, C, Ho, Wo] early potentials; per input i: late_ptr[i], late_ch[i], late_bin[i], late_val[i],
 // weight[i] ([kh, kw, Cin, C]) and geom[8 i .. 8 i + 7] = H, W, stride (2), padding (2), dilation (2).
-// isa: 2 AVX-512, 1 AVX2, 0 portable (capped by what the CPU has). Returns the fire phases [N, C, Ho, Wo] (int8),
-// the number of neurons whose final potential exceeds 1 and the number of non-finite early potentials.
+// div: [C] divisor of every bin (the graph engine keeps bins in ANN units and divides by lambda as its event path
+// does), or an empty tensor. is_signed: signed neurons (fire on |potential|). isa: 2 AVX-512, 1 AVX2, 0 portable
+// (capped by what the CPU has). Returns the fire phases [N, C, Ho, Wo] (int8), their signs (int8, empty unless
+// is_signed), the number of neurons whose final |potential| exceeds 1 and the number of non-finite early potentials.
 std::vector<torch::Tensor> conv_exact(torch::Tensor first, std::vector<torch::Tensor> late_ptr,
                                       std::vector<torch::Tensor> late_ch, std::vector<torch::Tensor> late_bin,
                                       std::vector<torch::Tensor> late_val, std::vector<torch::Tensor> weight,
                                       std::vector<int64_t> geom, torch::Tensor thr, int64_t k0, int64_t T_v,
-                                      int64_t max_d, int64_t isa) {
+                                      int64_t max_d, torch::Tensor div, bool is_signed, int64_t isa) {
   TORCH_CHECK(first.dim() == 4 && first.is_contiguous(), "conv_exact: first must be a contiguous [N, C, Ho, Wo]");
   const int64_t N = first.size(0), C = first.size(1), Ho = first.size(2), Wo = first.size(3), T = thr.numel();
   const size_t n_in = weight.size();
@@ -326,13 +356,18 @@ std::vector<torch::Tensor> conv_exact(torch::Tensor first, std::vector<torch::Te
                             late_bin[i].data_ptr<int16_t>(), late_val[i].data_ptr(), w.data_ptr(), g[0], g[1],
                             w.size(2), w.size(0), w.size(1), g[2], g[3], g[4], g[5], g[6], g[7]});
   }
+  const bool has_div = div.numel() > 0;
+  TORCH_CHECK(!has_div || (div.numel() == C && div.is_contiguous() && div.scalar_type() == first.scalar_type()),
+              "conv_exact: div must be a contiguous [C] of the potentials' dtype, or empty");
   auto out = torch::zeros({N, C, Ho, Wo}, torch::kInt8);
+  auto sg = is_signed ? torch::zeros({N, C, Ho, Wo}, torch::kInt8) : torch::empty({0}, torch::kInt8);
   int64_t sat = 0, bad = 0;
   AT_DISPATCH_FLOATING_TYPES(first.scalar_type(), "conv_exact", [&] {
-    run<scalar_t>(first.data_ptr<scalar_t>(), ins, N, Ho, Wo, C, thr.data_ptr<scalar_t>(), T, k0, T_v, max_d, isa,
-                  out.data_ptr<int8_t>(), &sat, &bad);
+    run<scalar_t>(first.data_ptr<scalar_t>(), ins, N, Ho, Wo, C, thr.data_ptr<scalar_t>(), T, k0, T_v, max_d,
+                  has_div ? div.data_ptr<scalar_t>() : nullptr, is_signed, isa, out.data_ptr<int8_t>(),
+                  is_signed ? sg.data_ptr<int8_t>() : nullptr, &sat, &bad);
   });
-  return {out, torch::tensor(sat), torch::tensor(bad)};
+  return {out, sg, torch::tensor(sat), torch::tensor(bad)};
 }
 
 void register_conv_exact(pybind11::module_& m) {
