@@ -178,9 +178,11 @@ def inference(snn: nn.Module, x: Tensor, edge_index: Tensor, edge_weight: Tensor
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     if chain is None:
         chain = rank_chain(snn, x, edge_index, edge_weight, bounds, group)
-    elif not isinstance(chain, RankChain) or chain.num_nodes != x.shape[0]:
-        raise ValueError(f"chain must be this rank's spikegcn.distributed.rank_chain over the same graph "
-                         f"({x.shape[0]} nodes), got {type(chain).__name__}")
+    elif not isinstance(chain, RankChain):
+        raise TypeError(f"chain must come from spikegcn.distributed.rank_chain, got {type(chain).__name__}")
+    elif x is None or x.dim() != 2 or chain.num_nodes != x.shape[0]:
+        raise ValueError(f"chain was built over {chain.num_nodes} nodes but x has shape "
+                         f"{None if x is None else tuple(x.shape)}: build it over the same graph")
     if (chain.lo, chain.hi) != _rank_range(bounds, chain.num_nodes, group):
         raise ValueError(f"chain was built for nodes {chain.lo}..{chain.hi - 1}, not this rank's range under "
                          f"bounds: build it with the same bounds and group")

@@ -104,7 +104,8 @@ def _observer_reduced(data, rank):
 
 
 def _rank_chain_reused(snn, data, expected):
-    """A rank's chain holds only its own CSR rows, runs again with the same output, and refuses other bounds."""
+    """A rank's chain holds only its own CSR rows, gives the same output when passed in, and refuses another
+    graph, a whole-graph chain and other bounds."""
     from spikegcn.distributed import inference, rank_chain
     from spikegcn.inference import GraphChain
 
@@ -115,6 +116,10 @@ def _rank_chain_reused(snn, data, expected):
     assert torch.equal(inference(snn, data.x, data.edge_index, chunk_size=64, chain=chain)[1], expected)
     with pytest.raises(ValueError, match="not this rank's range"):
         inference(snn, data.x, data.edge_index, chunk_size=64, chain=chain, bounds=[0, 100, data.num_nodes])
+    with pytest.raises(ValueError, match="chain was built over 500 nodes but x has shape"):
+        inference(snn, data.x[:300], data.edge_index, chunk_size=64, chain=chain)
+    with pytest.raises(TypeError, match="rank_chain"):
+        inference(snn, data.x, data.edge_index, chunk_size=64, chain=whole)
     with pytest.raises(ValueError, match="bounds must rise"):
         rank_chain(snn, data.x, data.edge_index, bounds=[0, data.num_nodes])
 
