@@ -90,15 +90,15 @@ def rank_chain(snn: nn.Module, x: Tensor, edge_index: Tensor, edge_weight: Tenso
     per rank on two ranks). Build it once and pass it to :func:`inference` (``chain=``) to run it again."""
     if x is None or x.dim() != 2:
         raise ValueError("distributed inference needs node features x of shape [num_nodes, features]")
-    lo, hi = _rank_range(bounds, x.shape[0], group)  # before the operators are built
+    _, lo, hi = _rank_bounds(bounds, x.shape[0], group)  # before the operators are built
     chain = GraphChain.from_model(snn, x, edge_index, edge_weight)
     memo: dict = {}
     stages = [[Step(s.name, s.layer, _own_rows(s.op, lo, hi, memo)) for s in stage] for stage in chain.stages]
     return RankChain(chain.encoder, stages, chain.tail, chain.num_nodes, lo, hi)
 
 
-def _rank_range(bounds: Tensor | None, n: int, group=None) -> tuple[int, int]:
-    """This rank's node range ``lo..hi-1`` from ``bounds`` (checked) or :func:`partition`."""
+def _rank_bounds(bounds: Tensor | None, n: int, group=None) -> tuple[Tensor, int, int]:
+    """Every rank's bounds (``bounds`` checked, or :func:`partition`) and this rank's node range ``lo..hi-1``."""
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     bounds = partition(n, world) if bounds is None else torch.as_tensor(bounds, dtype=torch.long)
     if bounds.numel() != world + 1 or int(bounds[0]) != 0 or int(bounds[-1]) != n or bool((bounds.diff() < 0).any()):
@@ -106,7 +106,7 @@ def _rank_range(bounds: Tensor | None, n: int, group=None) -> tuple[int, int]:
     lo, hi = int(bounds[rank]), int(bounds[rank + 1])
     if hi - lo < min(MIN_ROWS, n):
         raise ValueError(f"rank {rank} owns {hi - lo} nodes; every rank needs at least {MIN_ROWS} (use fewer ranks)")
-    return lo, hi
+    return bounds, lo, hi
 
 
 class HaloSource:
@@ -183,11 +183,10 @@ def inference(snn: nn.Module, x: Tensor, edge_index: Tensor, edge_weight: Tensor
     elif x is None or x.dim() != 2 or chain.num_nodes != x.shape[0]:
         raise ValueError(f"chain was built over {chain.num_nodes} nodes but x has shape "
                          f"{None if x is None else tuple(x.shape)}: build it over the same graph")
-    if (chain.lo, chain.hi) != _rank_range(bounds, chain.num_nodes, group):
+    bounds, lo, hi = _rank_bounds(bounds, chain.num_nodes, group)
+    if (chain.lo, chain.hi) != (lo, hi):
         raise ValueError(f"chain was built for nodes {chain.lo}..{chain.hi - 1}, not this rank's range under "
                          f"bounds: build it with the same bounds and group")
-    lo, hi = chain.lo, chain.hi
-    bounds = partition(chain.num_nodes, world) if bounds is None else torch.as_tensor(bounds, dtype=torch.long)
     layers: list[dict] = []
 
     def halo_exchange(k: int, stage: list, source):

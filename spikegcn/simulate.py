@@ -86,10 +86,7 @@ class DenseOp:
             return None
         from .kernels import conv_cpu, fused_cpu
 
-        if fused_cpu.load() is None:
-            if backend == "fused":
-                raise RuntimeError("backend='fused' requested but the fused CPU kernels are not built for this "
-                                   "environment; run `spikegcn build-kernels` once")
+        if not fused_cpu.available(backend):
             return None
         first = early()
         form = (self.weight.detach().t()[None, None], (1, 1), (0, 0), (1, 1))
@@ -176,11 +173,7 @@ def _use_fused(inp, op: "GraphOp", code: PhaseCode, dtype, backend: str) -> bool
         return False
     from .kernels import fused_cpu
 
-    ok = fused_cpu.load() is not None
-    if backend == "fused" and not ok:
-        raise RuntimeError("backend='fused' requested but the fused CPU kernels are not built for this "
-                           "environment; run `spikegcn build-kernels` once")
-    return ok
+    return fused_cpu.available(backend)
 
 
 def _use_triton(inp, op: "GraphOp", code: PhaseCode, dtype, backend: str) -> bool:

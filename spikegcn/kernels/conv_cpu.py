@@ -131,6 +131,4 @@ def fire_late(first: Tensor, inputs: list, forms: list, offsets: list[int], k0: 
                                            fused_cpu._ISA[fused_cpu.max_isa()])
     if int(bad):
         _check_finite(first, "neuron input")
-    if first.dim() != 4:
-        phase, sign = phase.reshape(first.shape), sign.reshape(first.shape) if signed else None
-    return phase, (sign if signed else None), int(sat)
+    return phase.reshape(first.shape), sign.reshape(first.shape) if signed else None, int(sat)

@@ -134,6 +134,16 @@ def load():
     return _module
 
 
+def available(backend: str) -> bool:
+    """Whether the compiled kernels are loaded; ``backend="fused"`` (asked for explicitly) raises when they are
+    not, so a user who requested them never silently gets the torch path."""
+    ok = load() is not None
+    if backend == "fused" and not ok:
+        raise RuntimeError("backend='fused' requested but the fused CPU kernels are not built for this "
+                           "environment; run `spikegcn build-kernels` once")
+    return ok
+
+
 def build(force: bool = False, verbose: bool = False) -> Path:
     """Compile ``csrc/fused_cpu.cpp`` into :func:`library_path` (about a minute) unless it is already there, and
     make :func:`load` use it. Raises ``RuntimeError`` naming the cause when it cannot be built."""

@@ -181,10 +181,9 @@ class LayerSynapses(ValueOp):
                      backend: str, early) -> tuple[Tensor, None, float] | None:
         """One convolution + late spikes x fan-out (kernels/conv_cpu.py), or ``None`` where it cannot run."""
         forms = [self.layer.conv_form(i) for i in range(len(inp.items))]
-        if backend == "fused" and fused_cpu.load() is None:
-            raise RuntimeError("backend='fused' requested but the fused CPU kernels are not built for this "
-                               "environment; run `spikegcn build-kernels` once")
-        if backend not in ("auto", "fused") or signed or any(f is None for f in forms):
+        if backend not in ("auto", "fused") or not fused_cpu.available(backend):
+            return None
+        if signed or any(f is None for f in forms):
             return None
         first = early()
         fast = conv_cpu.fire_late(first, list(inp.items), forms, list(inp.offsets), early.k0, inp.T_in, code.Tw,
