@@ -52,7 +52,7 @@ __all__ = ["partition", "RankChain", "rank_chain", "inference", "exchange_halo",
 
 def partition(num_nodes: int, world_size: int) -> Tensor:
     """``bounds`` of ``world_size`` contiguous, near-equal node ranges (``bounds[r]..bounds[r+1]-1``)."""
-    return torch.tensor([num_nodes * r // world_size for r in range(world_size + 1)], dtype=torch.long)
+    return torch.tensor([num_nodes * r // world_size for r in range(world_size + 1)], dtype=torch.long, device="cpu")
 
 
 @dataclass
@@ -74,7 +74,7 @@ def _own_rows(op, lo: int, hi: int, memo: dict):
             a, b = int(crow[lo]), int(crow[hi])
             ptr = torch.cat([crow.new_zeros(lo), crow[lo:hi + 1] - a, crow.new_full((adj.shape[0] - hi,), b - a)])
             sub = torch.sparse_csr_tensor(ptr, col[a:b].clone(), val[a:b].clone(), size=adj.shape,
-                                          check_invariants=False)
+                                          device=col.device, check_invariants=False)
             memo[id(op)] = type(op)(sub)
         return memo[id(op)]
     if isinstance(op, Chain):
@@ -100,7 +100,7 @@ def rank_chain(snn: nn.Module, x: Tensor, edge_index: Tensor, edge_weight: Tenso
 def _rank_bounds(bounds: Tensor | None, n: int, group=None) -> tuple[Tensor, int, int]:
     """Every rank's bounds (``bounds`` checked, or :func:`partition`) and this rank's node range ``lo..hi-1``."""
     world, rank = dist.get_world_size(group), dist.get_rank(group)
-    bounds = partition(n, world) if bounds is None else torch.as_tensor(bounds, dtype=torch.long)
+    bounds = partition(n, world) if bounds is None else torch.as_tensor(bounds, dtype=torch.long, device="cpu")
     if bounds.numel() != world + 1 or int(bounds[0]) != 0 or int(bounds[-1]) != n or bool((bounds.diff() < 0).any()):
         raise ValueError(f"bounds must rise from 0 to num_nodes = {n} in {world + 1} entries, got {bounds.tolist()}")
     lo, hi = int(bounds[rank]), int(bounds[rank + 1])
@@ -143,7 +143,7 @@ def exchange_halo(own: CodeStore, need: Tensor, bounds: Tensor, group=None) -> t
     asked = need.new_empty(sum(asked_split))
     dist.all_to_all_single(asked, need.contiguous(), asked_split, ask_split, group=group)
     reply = own.rows(asked).contiguous()
-    halo = torch.empty((need.numel(), width), dtype=dtype)
+    halo = torch.empty((need.numel(), width), dtype=dtype, device=own.data.device)
     dist.all_to_all_single(halo.view(-1), reply.view(-1), [c * width for c in ask_split],
                            [c * width for c in asked_split], group=group)
     item = halo.element_size()
@@ -211,7 +211,7 @@ def inference(snn: nn.Module, x: Tensor, edge_index: Tensor, edge_weight: Tensor
             bar.close()
     if record is not None:
         record.update(rank=rank, world_size=world, lo=lo, hi=hi, layers=layers)
-    return torch.arange(lo, hi), result
+    return torch.arange(lo, hi, device=result.device), result
 
 
 @torch.no_grad()

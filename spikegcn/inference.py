@@ -149,7 +149,7 @@ def restrict(op, lo: int, hi: int, src: Tensor | None):
         pos[src] = torch.arange(src.numel(), dtype=col.dtype, device=col.device)
         cols = pos[col[a:b]]
         sub = torch.sparse_csr_tensor(crow[lo:hi + 1] - crow[lo], cols, val[a:b], size=(hi - lo, src.numel()),
-                                      check_invariants=False)
+                                      device=col.device, check_invariants=False)
         return GraphOp(sub) if isinstance(op, GraphOp) else Sparse(sub)
     if isinstance(op, Chain):
         k = next(i for i, o in enumerate(op.ops) if not _row_local(o))
@@ -215,7 +215,7 @@ class CodeStore:
         else:
             fd, self.path = tempfile.mkstemp(suffix=".codes", dir=storage)
             os.close(fd)
-            np_dtype = torch.empty(0, dtype=first.phase.dtype).numpy().dtype
+            np_dtype = torch.empty(0, dtype=first.phase.dtype, device="cpu").numpy().dtype
             self._mm = np.memmap(self.path, dtype=np_dtype, mode="w+", shape=shape)
             self.data = torch.from_numpy(self._mm)
 
@@ -246,7 +246,7 @@ class FeatureSource:
 
     def spikes(self, ids: Tensor | slice):
         rows = self.x[ids] if isinstance(ids, slice) else self.x[ids.to(torch.long)]
-        return self.encoder(torch.as_tensor(rows))
+        return self.encoder(rows)
 
     def close(self) -> None:
         pass

@@ -42,6 +42,9 @@ def test_chunked_equals_whole_graph(graph, name, tmp_path):
             assert torch.equal(layerwise(snn, graph.x, graph.edge_index, chunk_size=k), ref)
         out = layerwise(snn, graph.x, graph.edge_index, chunk_size=100, storage=tmp_path / "codes")
         assert torch.equal(out, ref)
+        with torch.device("meta"):  # every tensor the engine makes follows the CPU inputs
+            out = layerwise(snn, graph.x, graph.edge_index, chunk_size=100, storage=tmp_path / "codes")
+        assert out.device.type == "cpu" and torch.equal(out, ref)
         assert os.listdir(tmp_path / "codes") == []  # the memory-mapped codes are removed
 
 
@@ -114,6 +117,10 @@ def _rank_chain_reused(snn, data, expected):
     mine, full = chain.stages[1][0].op.adj._nnz(), whole.stages[1][0].op.adj._nnz()
     assert 0 < mine < full
     assert torch.equal(inference(snn, data.x, data.edge_index, chunk_size=64, chain=chain)[1], expected)
+    with torch.device("meta"):  # bounds, halo buffers and node ids follow the CPU inputs
+        meta_chain = rank_chain(snn, data.x, data.edge_index)
+        ids, out = inference(snn, data.x, data.edge_index, chunk_size=64, chain=meta_chain)
+    assert ids.device.type == out.device.type == "cpu" and torch.equal(out, expected)
     with pytest.raises(ValueError, match="not this rank's range"):
         inference(snn, data.x, data.edge_index, chunk_size=64, chain=chain, bounds=[0, 100, data.num_nodes])
     with pytest.raises(ValueError, match="chain was built over 500 nodes but x has shape"):
