@@ -42,7 +42,6 @@ from .inference import (
     chunks,
     run_chain,
     sources,
-    unpack_codes,
 )
 from .operators import Chain, Join, Sparse
 from .simulate import GraphOp
@@ -110,31 +109,42 @@ def _rank_bounds(bounds: Tensor | None, n: int, group=None) -> tuple[Tensor, int
 
 
 class HaloSource:
-    """A layer's codes as one rank sees them: its own rows plus the halo rows received from their owners."""
+    """A layer's codes as one rank sees them: its own rows and then the halo rows received from their owners,
+    in one buffer (in memory, or memory-mapped where the own rows were), read through a global id -> row table
+    (one gather per block, as in one process)."""
 
-    def __init__(self, own: CodeStore, halo_ids: Tensor, halo: Tensor, lo: int, hi: int):
-        self.own, self.halo_ids, self.halo, self.lo, self.hi = own, halo_ids, halo, lo, hi
+    def __init__(self, own: CodeStore, need: Tensor, bounds: Tensor, group=None):
+        self.lo, self.hi, n = own.offset, own.offset + own.data.shape[0], int(bounds[-1])
+        storage = os.path.dirname(own.path) if own.path is not None else None
+        self.store = CodeStore(own.data.shape[0] + need.numel(), own.like, storage)
+        self.info = exchange_halo(own, need, bounds, group, out=self.store.data[own.data.shape[0]:])[1]
+        self.store.data[:own.data.shape[0]] = own.data  # after the exchange: its reply buffer is gone
+        own.close()
+        self.row = torch.full((n,), -1, dtype=torch.long, device=need.device)
+        self.row[self.lo:self.hi] = torch.arange(self.hi - self.lo, device=need.device)
+        self.row[need] = torch.arange(self.hi - self.lo, self.hi - self.lo + need.numel(), device=need.device)
 
     def spikes(self, ids):
         if isinstance(ids, slice):
-            return self.own.spikes(ids)
-        mine = (ids >= self.lo) & (ids < self.hi)
-        rows = self.halo.new_empty((ids.numel(), self.halo.shape[1]))
-        rows[mine] = self.own.rows(ids[mine])
-        rows[~mine] = self.halo[torch.searchsorted(self.halo_ids, ids[~mine])]
-        return unpack_codes(rows, self.own.like)
+            return self.store.spikes(slice(ids.start - self.lo, ids.stop - self.lo))
+        return self.store.spikes(self.row[ids])
 
     def close(self) -> None:
-        self.own.close()
-        self.halo = None
+        self.store.close()
+        self.row = None
 
 
-def exchange_halo(own: CodeStore, need: Tensor, bounds: Tensor, group=None) -> tuple[Tensor, dict]:
+def exchange_halo(own: CodeStore, need: Tensor, bounds: Tensor, group=None, out: Tensor | None = None
+                  ) -> tuple[Tensor, dict]:
     """Codes of the sorted global ids ``need`` (owned by other ranks), fetched with ``all_to_all_single``
     (variable split sizes: gloo's alltoallv): the counts, the ids each rank asks of each peer, then the int8
-    code rows the peers send back (in ``need`` order, as the ranges are sorted by rank)."""
+    code rows the peers send back (in ``need`` order, as the ranges are sorted by rank), into ``out`` if given
+    (``[len(need), C]``, contiguous)."""
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     width, dtype = own.data.shape[1], own.data.dtype
+    if out is not None and (out.shape != (need.numel(), width) or out.dtype != dtype or not out.is_contiguous()):
+        raise ValueError(f"out must be a contiguous {dtype} tensor of shape {(need.numel(), width)}, "
+                         f"got {out.dtype} {tuple(out.shape)}")  # before any collective: peers do not hang
     owner = torch.bucketize(need, bounds[1:], right=True)
     ask_counts = torch.bincount(owner, minlength=world).to(torch.long)
     asked_counts = torch.empty_like(ask_counts)
@@ -143,7 +153,7 @@ def exchange_halo(own: CodeStore, need: Tensor, bounds: Tensor, group=None) -> t
     asked = need.new_empty(sum(asked_split))
     dist.all_to_all_single(asked, need.contiguous(), asked_split, ask_split, group=group)
     reply = own.rows(asked).contiguous()
-    halo = torch.empty((need.numel(), width), dtype=dtype, device=own.data.device)
+    halo = torch.empty((need.numel(), width), dtype=dtype, device=own.data.device) if out is None else out
     dist.all_to_all_single(halo.view(-1), reply.view(-1), [c * width for c in ask_split],
                            [c * width for c in asked_split], group=group)
     item = halo.element_size()
@@ -154,7 +164,7 @@ def exchange_halo(own: CodeStore, need: Tensor, bounds: Tensor, group=None) -> t
 
 
 @torch.no_grad()
-def inference(snn: nn.Module, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None,
+def inference(snn: nn.Module, x: Tensor, edge_index: Tensor | None, edge_weight: Tensor | None = None,
               chunk_size: int = 65536, bounds: Tensor | None = None, group=None, storage: str | None = None,
               progress: bool = False, record: dict | None = None,
               chain: RankChain | None = None) -> tuple[Tensor, Tensor]:
@@ -162,7 +172,8 @@ def inference(snn: nn.Module, x: Tensor, edge_index: Tensor, edge_weight: Tensor
 
     Args:
         snn: the converted model (the same on every rank).
-        x, edge_index, edge_weight: the whole graph (on every rank; ``x`` may be memory-mapped).
+        x, edge_index, edge_weight: the whole graph (on every rank; ``x`` may be memory-mapped); with ``chain``
+            the operators are built, so ``edge_index`` may be ``None`` (the graph's memory freed before the run).
         chunk_size: target nodes per block.
         bounds: node range of every rank (:func:`partition` by default).
         group: the process group (default: the world).
@@ -177,6 +188,8 @@ def inference(snn: nn.Module, x: Tensor, edge_index: Tensor, edge_weight: Tensor
     chunk_size = _check_chunk_size(chunk_size)
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     if chain is None:
+        if edge_index is None:
+            raise ValueError("edge_index is None: pass the graph, or the chain from rank_chain built over it")
         chain = rank_chain(snn, x, edge_index, edge_weight, bounds, group)
     elif not isinstance(chain, RankChain):
         raise TypeError(f"chain must come from spikegcn.distributed.rank_chain, got {type(chain).__name__}")
@@ -193,13 +206,12 @@ def inference(snn: nn.Module, x: Tensor, edge_index: Tensor, edge_weight: Tensor
         info = {"stage": [s.name for s in stage], "halo_nodes": 0, "channels": 0, "code_bytes_sent": 0,
                 "code_bytes_received": 0, "index_bytes_sent": 0}
         layers.append(info)
-        if k == 0 or stage[0].row_local:  # layer 1 reads the features every rank holds
+        if k == 0 or stage[0].row_local or world == 1:  # layer 1 reads the features every rank holds
             return source
         need = sources(stage[0].op, lo, hi)
-        need = need[(need < lo) | (need >= hi)]
-        halo, stats = exchange_halo(source, need, bounds, group)
-        info.update(stats)
-        return HaloSource(source, need, halo, lo, hi)
+        halo = HaloSource(source, need[(need < lo) | (need >= hi)], bounds, group)
+        info.update(halo.info)
+        return halo
 
     bar = _progress(len(chain.stages) * len(list(chunks(lo, hi, chunk_size))), progress and rank == 0,
                     f"rank {rank} inference")

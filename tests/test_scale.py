@@ -1,6 +1,7 @@
 """Layer-wise (chunked, memory-mapped) and sharded (torch.distributed, gloo) inference: bit-identical outputs."""
 import os
 import socket
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -117,6 +118,10 @@ def _rank_chain_reused(snn, data, expected):
     mine, full = chain.stages[1][0].op.adj._nnz(), whole.stages[1][0].op.adj._nnz()
     assert 0 < mine < full
     assert torch.equal(inference(snn, data.x, data.edge_index, chunk_size=64, chain=chain)[1], expected)
+    # the chain holds the operators: the graph may be freed before the run
+    assert torch.equal(inference(snn, data.x, None, chunk_size=64, chain=chain)[1], expected)
+    with pytest.raises(ValueError, match="edge_index is None"):
+        inference(snn, data.x, None, chunk_size=64)
     with torch.device("meta"):  # bounds, halo buffers and node ids follow the CPU inputs
         meta_chain = rank_chain(snn, data.x, data.edge_index)
         ids, out = inference(snn, data.x, data.edge_index, chunk_size=64, chain=meta_chain)
@@ -132,7 +137,7 @@ def _rank_chain_reused(snn, data, expected):
 
 
 def _worker(rank, world, port, names, data, path):
-    from spikegcn.distributed import inference
+    from spikegcn.distributed import exchange_halo, inference
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -145,6 +150,13 @@ def _worker(rank, world, port, names, data, path):
             rec = {}
             ids, out = inference(snn, data.x, data.edge_index, chunk_size=64, record=rec)
             results.append((ids, out, rec))
+        codes = os.path.join(path, f"codes{rank}")  # own and halo codes memory-mapped: the same rows
+        assert torch.equal(inference(snns[1], data.x, data.edge_index, chunk_size=64, storage=codes)[1],
+                           results[1][1])
+        assert os.listdir(codes) == []
+        own = SimpleNamespace(data=torch.zeros(4, 3, dtype=torch.int8))
+        with pytest.raises(ValueError, match=r"out must be a contiguous torch.int8 tensor of shape \(2, 3\)"):
+            exchange_halo(own, torch.tensor([7, 9]), torch.tensor([0, 5, 10]), out=torch.empty(2, 4))
         _rank_chain_reused(snns[0], data, results[0][1])
         torch.save(results, os.path.join(path, f"rank{rank}.pt"))
     finally:
