@@ -9,8 +9,8 @@ needs equal sizes).
 No float activation is ever sent. Every row is computed by the same engine in the same summation order as in
 one process, so the union over ranks is bit-identical to ``snn(x, edge_index)``.
 
-Every rank holds the input features and the graph (both may be memory-mapped: only the owned rows and the
-halo rows of ``x`` are read). Calibrating lambda at scale: run the prepared model on each rank's part of the
+Every rank holds the input features (they may be memory-mapped: only the owned rows and the halo rows of ``x``
+are read) and the graph until :func:`rank_chain` has built its operators from it. Calibrating lambda at scale: run the prepared model on each rank's part of the
 calibration data, then :func:`all_reduce_observers` (``all_reduce(MAX)`` of the running maxima) before
 converting; every rank then builds the same SNN.
 
@@ -120,7 +120,8 @@ class HaloSource:
         self.info = exchange_halo(own, need, bounds, group, out=self.store.data[own.data.shape[0]:])[1]
         self.store.data[:own.data.shape[0]] = own.data  # after the exchange: its reply buffer is gone
         own.close()
-        self.row = torch.full((n,), -1, dtype=torch.long, device=need.device)
+        # ids outside the own range and the halo (none by construction) index past the end: an IndexError
+        self.row = torch.full((n,), self.store.data.shape[0], dtype=torch.long, device=need.device)
         self.row[self.lo:self.hi] = torch.arange(self.hi - self.lo, device=need.device)
         self.row[need] = torch.arange(self.hi - self.lo, self.hi - self.lo + need.numel(), device=need.device)
 
@@ -144,7 +145,7 @@ def exchange_halo(own: CodeStore, need: Tensor, bounds: Tensor, group=None, out:
     width, dtype = own.data.shape[1], own.data.dtype
     if out is not None and (out.shape != (need.numel(), width) or out.dtype != dtype or not out.is_contiguous()):
         raise ValueError(f"out must be a contiguous {dtype} tensor of shape {(need.numel(), width)}, "
-                         f"got {out.dtype} {tuple(out.shape)}")  # before any collective: peers do not hang
+                         f"got {out.dtype} {tuple(out.shape)}")  # before this rank's first collective
     owner = torch.bucketize(need, bounds[1:], right=True)
     ask_counts = torch.bincount(owner, minlength=world).to(torch.long)
     asked_counts = torch.empty_like(ask_counts)
@@ -173,7 +174,8 @@ def inference(snn: nn.Module, x: Tensor, edge_index: Tensor | None, edge_weight:
     Args:
         snn: the converted model (the same on every rank).
         x, edge_index, edge_weight: the whole graph (on every rank; ``x`` may be memory-mapped); with ``chain``
-            the operators are built, so ``edge_index`` may be ``None`` (the graph's memory freed before the run).
+            the operators are built, so ``edge_index`` and ``edge_weight`` are not read and may be ``None`` (the
+            graph's memory freed before the run).
         chunk_size: target nodes per block.
         bounds: node range of every rank (:func:`partition` by default).
         group: the process group (default: the world).
@@ -206,7 +208,7 @@ def inference(snn: nn.Module, x: Tensor, edge_index: Tensor | None, edge_weight:
         info = {"stage": [s.name for s in stage], "halo_nodes": 0, "channels": 0, "code_bytes_sent": 0,
                 "code_bytes_received": 0, "index_bytes_sent": 0}
         layers.append(info)
-        if k == 0 or stage[0].row_local or world == 1:  # layer 1 reads the features every rank holds
+        if k == 0 or stage[0].row_local or world == 1:  # layer 1 reads the features every rank holds; no peers
             return source
         need = sources(stage[0].op, lo, hi)
         halo = HaloSource(source, need[(need < lo) | (need >= hi)], bounds, group)

@@ -66,6 +66,29 @@ def test_kernel_equals_brute_force(name, tw, monkeypatch):
     assert stats == [s.as_dict() for s in layer.stats]  # saturation count included
 
 
+@kernel
+def test_short_output_code_counts_saturation_as_stepped(monkeypatch):
+    """An output code shorter than the input's (T_out + Tw < T_in): input phases past T_out + Tw reach no output
+    phase, so neither the fire phases nor the saturation count (the final potential) may include them; the kernel
+    matches the phase-by-phase path, which differs from the full potential's count for some layer."""
+    x = _random_phase_spikes((4, 3, 6, 6), PhaseCode(10, 1.3), start=0, seed=2)
+    differs = []
+    for name, layer in _layers(PhaseCode(6, 1.3, Tw=1)).items():
+        layer = layer.double()
+        with torch.no_grad():
+            layer.weight.mul_(4)  # potentials around 1: late inputs decide whether some saturate
+        served = _spy(monkeypatch)
+        out = layer(x)
+        assert served == [True]
+        stats = [s.as_dict() for s in layer.stats]
+        step = _stepped(layer, x, monkeypatch=monkeypatch)
+        assert torch.equal(out.phase, step.phase) and stats == [s.as_dict() for s in layer.stats], name
+        layer.set_mode("functional")  # the whole input: what the kernel counted before
+        layer(x)
+        differs.append(layer.stats[0].saturated_neurons != stats[0]["saturated_neurons"])
+    assert any(differs)
+
+
 NETS = {
     "resnet_option_a": lambda: CifarResNet((1, 1, 1), num_classes=5, in_channels=2, width=4),
     "resnet_option_b": lambda: CifarResNet((1, 1, 1), num_classes=5, in_channels=2, width=4, option="B"),

@@ -137,7 +137,7 @@ def _rank_chain_reused(snn, data, expected):
 
 
 def _worker(rank, world, port, names, data, path):
-    from spikegcn.distributed import exchange_halo, inference
+    from spikegcn.distributed import HaloSource, exchange_halo, inference
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -151,9 +151,26 @@ def _worker(rank, world, port, names, data, path):
             ids, out = inference(snn, data.x, data.edge_index, chunk_size=64, record=rec)
             results.append((ids, out, rec))
         codes = os.path.join(path, f"codes{rank}")  # own and halo codes memory-mapped: the same rows
-        assert torch.equal(inference(snns[1], data.x, data.edge_index, chunk_size=64, storage=codes)[1],
-                           results[1][1])
-        assert os.listdir(codes) == []
+        mapped, init = [], HaloSource.__init__
+
+        def spy(self, *args, **kwargs):
+            init(self, *args, **kwargs)
+            mapped.append(self.store.path is not None)
+
+        HaloSource.__init__ = spy
+        try:
+            assert torch.equal(inference(snns[1], data.x, data.edge_index, chunk_size=64, storage=codes)[1],
+                               results[1][1])
+        finally:
+            HaloSource.__init__ = init
+        assert mapped and all(mapped) and os.listdir(codes) == []
+        # a graph whose halves do not touch: no rank needs a halo, the exchanges are empty
+        n, (a, b) = data.num_nodes, _halves(data)
+        block = torch.cat([a.edge_index, b.edge_index + n // 2], 1)
+        rec = {}
+        out = inference(snns[2], data.x, block, chunk_size=64, record=rec)[1]
+        assert torch.equal(out, snns[2](data.x, block)[rank * n // 2:(rank + 1) * n // 2])
+        assert [info["halo_nodes"] for info in rec["layers"]] == [0] * len(rec["layers"])
         own = SimpleNamespace(data=torch.zeros(4, 3, dtype=torch.int8))
         with pytest.raises(ValueError, match=r"out must be a contiguous torch.int8 tensor of shape \(2, 3\)"):
             exchange_halo(own, torch.tensor([7, 9]), torch.tensor([0, 5, 10]), out=torch.empty(2, 4))
@@ -187,6 +204,34 @@ def test_two_gloo_processes_equal_one(graph, tmp_path):
                 # one byte per neuron: GCN sends its messages X W (32 or 4 channels), SAGE its layer outputs
                 assert info["channels"] in (32, 4)
                 assert info["code_bytes_received"] == info["halo_nodes"] * info["channels"]
+
+
+def _worker3(rank, world, port, data, path):
+    from spikegcn.distributed import inference
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    snn = _snns("sage", data)[2]  # seeded: the same model as the caller's
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.save(inference(snn, data.x, data.edge_index, chunk_size=64), os.path.join(path, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_three_ranks_middle_halo_on_both_sides(graph, tmp_path):
+    """The middle rank of three receives halo rows from below and above its range: still bit-identical."""
+    from spikegcn.distributed import partition
+
+    snn = _snns("sage", graph)[2]  # exact, Tw < T
+    lo, hi = partition(graph.num_nodes, 3)[1:3].tolist()
+    src, dst = graph.edge_index
+    halo = src[(dst >= lo) & (dst < hi)]
+    assert bool((halo < lo).any()) and bool((halo >= hi).any())
+    mp.spawn(_worker3, args=(3, _free_port(), graph, str(tmp_path)), nprocs=3, join=True)
+    parts = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(3)]
+    assert torch.equal(torch.cat([p[0] for p in parts]), torch.arange(graph.num_nodes))
+    assert torch.equal(torch.cat([p[1] for p in parts]), snn(graph.x, graph.edge_index))
 
 
 def test_layers_share_one_adjacency(graph):

@@ -112,7 +112,8 @@ __attribute__((always_inline)) inline void row_body(const Layer& L, int64_t m, c
       for (int64_t k = 0; k < C; ++k) fz[k] = (fz[k] == 0 && p[k] >= th) ? tt : fz[k];
     }
   }
-  for (; r < L.T_v; ++r) add_bin<scalar_t, CC>(L, bins + (r - k0) * C, dv, p);  // the final potential
+  // p is now the final potential: input phases past T + max_d reach no output phase (the phase-by-phase path stops
+  // there too), so the bins after them are not added
   int64_t nsat = 0;
   if (L.is_signed) {
     for (int64_t k = 0; k < C; ++k) nsat += std::abs(p[k]) > scalar_t(1);
