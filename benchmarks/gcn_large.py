@@ -393,7 +393,8 @@ def summarise(runs: dict, cache: Path, name: str) -> dict:
         d1, d2 = runs["dist1"], runs["dist2"]
         s["speedup_2_vs_1"] = d1["seconds"] / d2["seconds"]
         s["dist_bit_identical"] = d1["sha256"] == d2["sha256"]
-        s["dist_equals_layerwise"] = runs.get("snn-functional", {}).get("sha256") == d1["sha256"]
+        lw = runs.get("snn-functional")  # None: no layer-wise run in this run (--kinds)
+        s["dist_equals_layerwise"] = None if lw is None else lw["sha256"] == d1["sha256"]
         s["bytes_per_layer"] = [sum(r["layers"][i]["code_bytes_sent"] for r in d2["ranks"])
                                 for i in range(len(d2["ranks"][0]["layers"]))]
     for k in ("snn-functional", "snn-exact", "snn-exact-tw"):
@@ -422,13 +423,13 @@ def to_markdown(rec: dict) -> str:
              f"thread per process. Command: `{rec['command']}`.", ""]
     for name, m in rec["models"].items():
         runs, s = m["runs"], m["summary"]
-        lines += [f"## {name.upper()} (subgraph test accuracy of the ANN {m['subgraph_test_accuracy']:.3f})", "",
-                  "| run | time (s) | x ANN | peak RSS (MB) | x ANN | working set (MB) | setup (s) |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"## {name.upper()} (subgraph test accuracy of the ANN {m['subgraph_test_accuracy']:.3f})", ""]
         ann = runs.get("ann")
-        for k, r in runs.items():
-            if not r.get("completed") or "peak_rss_mb" not in r:
-                continue
+        rows = {k: r for k, r in runs.items() if r.get("completed") and "peak_rss_mb" in r}
+        if rows:
+            lines += ["| run | time (s) | x ANN | peak RSS (MB) | x ANN | working set (MB) | setup (s) |",
+                      "|---|---:|---:|---:|---:|---:|---:|"]
+        for k, r in rows.items():
             tr = f"{r['seconds'] / ann['seconds']:.2f}" if ann else ""
             pr = f"{r['peak_rss_mb'] / ann['peak_rss_mb']:.2f}" if ann else ""
             lines.append(f"| {k} | {r['seconds']:.1f} | {tr} | {r['peak_rss_mb']:.0f} | {pr} | "
@@ -438,7 +439,8 @@ def to_markdown(rec: dict) -> str:
             peaks = ", ".join(f"{r['peak_rss_mb']:.0f}" for r in d2["ranks"])
             lines += ["", f"Distributed (functional): 1 process {runs['dist1']['seconds']:.1f} s, 2 processes "
                       f"{d2['seconds']:.1f} s, speed-up {s['speedup_2_vs_1']:.2f}x; outputs bit-identical "
-                      f"(1 vs 2: {s['dist_bit_identical']}, vs layer-wise: {s['dist_equals_layerwise']}); "
+                      f"(1 vs 2: {s['dist_bit_identical']}, vs layer-wise: "
+                      f"{'not run' if s['dist_equals_layerwise'] is None else s['dist_equals_layerwise']}); "
                       f"per-process peak RSS {peaks} MB; "
                       f"int8 code bytes exchanged per stage: {s['bytes_per_layer']}."]
         for k in ("limited-snn-functional", "limited-ann"):

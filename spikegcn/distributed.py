@@ -9,10 +9,10 @@ needs equal sizes).
 No float activation is ever sent. Every row is computed by the same engine in the same summation order as in
 one process, so the union over ranks is bit-identical to ``snn(x, edge_index)``.
 
-Every rank holds the input features (they may be memory-mapped: only the owned rows and the halo rows of ``x``
-are read) and the graph until :func:`rank_chain` has built its operators from it. Calibrating lambda at scale: run the prepared model on each rank's part of the
-calibration data, then :func:`all_reduce_observers` (``all_reduce(MAX)`` of the running maxima) before
-converting; every rank then builds the same SNN.
+Every rank holds the input features (they may be memory-mapped: only the owned rows and the halo rows of ``x`` are
+read) and the graph until :func:`rank_chain` has built its operators from it. Calibrating lambda at scale: run the
+prepared model on each rank's part of the calibration data, then :func:`all_reduce_observers` (``all_reduce(MAX)``
+of the running maxima) before converting; every rank then builds the same SNN.
 
 Runnable recipe (two processes on one machine)::
 
