@@ -80,9 +80,7 @@ class DenseOp:
         else:
             data = getattr(inp, "bits", None)
             ok = data is not None and data.dtype in (torch.int32, torch.int64)
-        if backend not in ("auto", "fused") or not ok or data.dim() != 2 or data.device.type != "cpu":
-            return None
-        if code.phase_dtype != torch.int8:
+        if not ok or data.dim() != 2 or data.device.type != "cpu" or code.phase_dtype != torch.int8:
             return None
         from .kernels import conv_cpu, fused_cpu
 
@@ -163,7 +161,7 @@ class GraphOp:
 
 def _use_fused(inp, op: "GraphOp", code: PhaseCode, dtype, backend: str) -> bool:
     """The fused CPU aggregation kernel serves exact graph layers fed by one-spike neurons."""
-    if backend not in ("auto", "fused") or dtype != torch.float32:
+    if dtype != torch.float32:
         return False
     if not isinstance(inp, PhaseSpikes) or inp.phase.dim() != 2 or inp.phase.dtype != torch.int8:
         return False

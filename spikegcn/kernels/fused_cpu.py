@@ -135,8 +135,11 @@ def load():
 
 
 def available(backend: str) -> bool:
-    """Whether the compiled kernels are loaded; ``backend="fused"`` (asked for explicitly) raises when they are
-    not, so a user who requested them never silently gets the torch path."""
+    """Whether the compiled kernels serve a layer of this ``backend``: it is ``"auto"`` or ``"fused"`` and they are
+    loaded; ``backend="fused"`` (asked for explicitly) raises when they are not, so a user who requested them never
+    silently gets the torch path."""
+    if backend not in ("auto", "fused"):
+        return False
     ok = load() is not None
     if backend == "fused" and not ok:
         raise RuntimeError("backend='fused' requested but the fused CPU kernels are not built for this "

@@ -181,7 +181,7 @@ class LayerSynapses(ValueOp):
                      backend: str, early) -> tuple[Tensor, None, float] | None:
         """One convolution + late spikes x fan-out (kernels/conv_cpu.py), or ``None`` where it cannot run."""
         forms = [self.layer.conv_form(i) for i in range(len(inp.items))]
-        if backend not in ("auto", "fused") or not fused_cpu.available(backend):
+        if not fused_cpu.available(backend):
             return None
         if signed or any(f is None for f in forms):
             return None
