@@ -15,7 +15,7 @@ _EXPORTS = {
     ".neuron": ["one_spike_fire", "membrane_reference", "multi_spike_fire"],
     ".spikes": ["PhaseSpikes", "BinarySpikes"],
     ".energy": ["EnergyCosts", "FP32", "INT8", "LayerStats", "energy_report", "latency"],
-    ".conversion": ["convert", "prepare", "SpikingModel", "UnsupportedModuleError"],
+    ".conversion": ["convert", "prepare", "calibrate", "reconstruct", "SpikingModel", "UnsupportedModuleError"],
     ".nn": ["PhaseEncoder", "SpikingLinear", "SpikingAggregation", "SpikingGCNConv"],
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}

@@ -27,15 +27,16 @@ from .fx import SpikingCNN, convert_cnn
 from .graph import SpikingModel
 from .observers import CalibrationError, activation_scale
 from .prepare import PreparedGraphModule, calibrate, prepare
+from .reconstruct import reconstruct
 
-__all__ = ["convert", "prepare", "calibrate", "PreparedGraphModule", "SpikingModel", "UnsupportedModuleError",
-           "CalibrationError", "activation_scale", "SpikingCNN", "convert_cnn"]
+__all__ = ["convert", "prepare", "calibrate", "reconstruct", "PreparedGraphModule", "SpikingModel",
+           "UnsupportedModuleError", "CalibrationError", "activation_scale", "SpikingCNN", "convert_cnn"]
 
 
 def convert(model: nn.Module, data: Any = None, code: PhaseCode | None = None, mode: str = "exact",
             percentile: float | None = None, channel_wise: bool = True, variant: str = "signed",
             input_coding: str = "binary", backend: str = "auto", int8: bool = False,
-            fold_avgpool: bool = False) -> SpikingModel:
+            fold_avgpool: bool = False, reconstruct: bool | float = False) -> SpikingModel:
     """Convert a trained ReLU model into a one-spike SNN.
 
     ``convert(prepared, code)`` finishes the torch.ao-shaped flow (:func:`prepare`, calibration loop);
@@ -56,14 +57,21 @@ def convert(model: nn.Module, data: Any = None, code: PhaseCode | None = None, m
         variant: sign handling of GCNConv's message passing (docs/method.md, A14): ``"signed"``,
             ``"relu_mp"``, ``"agg_first"``.
         input_coding: ``"binary"`` multi-spike input (default) or ``"single"`` spike input.
+        reconstruct: refit the linear maps layer by layer to the ANN's pre-activations on the calibration data
+            (:func:`~spikegcn.conversion.reconstruct.reconstruct`; ``True``: ridge 1e-4, a float: that ridge).
+            Graph models only; the data must be readable more than once (a list or ``DataLoader``).
 
     Returns:
         a :class:`SpikingModel` with the model's forward signature.
     """
     check_mode(mode)
+    ridge = _ridge(reconstruct)
     if isinstance(model, PreparedGraphModule):
         if isinstance(data, PhaseCode):
             data, code = None, data if code is None else code
+        if ridge is not None:
+            raise ValueError("with a prepared model, call spikegcn.reconstruct(prepared, code, data) after calibration "
+                             "and before convert(prepared, code)")
         if data is not None:
             calibrate(model, data)
         return build(model, _code(code), mode=mode, channel_wise=channel_wise, input_coding=input_coding,
@@ -74,10 +82,15 @@ def convert(model: nn.Module, data: Any = None, code: PhaseCode | None = None, m
     if data is None:
         raise ValueError("convert(model, data, code) needs calibration data (or pass a prepared model)")
     if _is_cnn(model, data):
+        if ridge is not None:
+            raise ValueError("reconstruct is an option of the graph converter; CNNs convert without it")
         return convert_cnn(model, data, code, mode=mode, percentile=percentile, channel_wise=channel_wise,
                            input_coding=input_coding, int8=int8, fold_avgpool=fold_avgpool)
     if int8 or fold_avgpool:
         raise ValueError("int8 and fold_avgpool are options of the CNN converter")
+    if ridge is not None and not _single(data) and iter(data) is data:
+        raise TypeError("convert(..., reconstruct=True) reads the calibration data several times: pass a list or a "
+                        "DataLoader, not a one-shot iterator or generator")
     items = iter([data]) if _single(data) else iter(data)
     first = next(items, None)
     if first is None:
@@ -85,7 +98,20 @@ def convert(model: nn.Module, data: Any = None, code: PhaseCode | None = None, m
     prepared = prepare(model, first, variant=variant, percentile=percentile)
     for item in items:
         calibrate(prepared, item)
+    if ridge is not None:
+        _refit(prepared, code, data, ridge=ridge, channel_wise=channel_wise, input_coding=input_coding)
     return build(prepared, code, mode=mode, channel_wise=channel_wise, input_coding=input_coding, backend=backend)
+
+
+_refit = reconstruct  # the keyword argument of convert() shadows the function's name inside it
+
+
+def _ridge(reconstruct: bool | float) -> float | None:
+    if isinstance(reconstruct, bool):
+        return 1e-4 if reconstruct else None
+    if isinstance(reconstruct, (int, float)) and reconstruct >= 0:
+        return float(reconstruct)
+    raise ValueError(f"reconstruct must be True/False or a ridge >= 0, got {reconstruct!r}")
 
 
 def _code(code: PhaseCode | None) -> PhaseCode:

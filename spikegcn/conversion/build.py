@@ -12,7 +12,7 @@ from .graph import LayerInfo, Plan, SpikingModel, stream_nodes
 from .prepare import Observer, PreparedGraphModule
 from .rules import BuildContext, bn_affine, build_function_layer, fold_affine, rule_for
 
-__all__ = ["build"]
+__all__ = ["build", "gcn_scale"]
 
 
 def build(prepared: PreparedGraphModule, code: PhaseCode, mode: str = "exact", channel_wise: bool = True,
@@ -85,7 +85,7 @@ def _twin(prepared, modules, node: fx.Node, info: LayerInfo, code, mode, channel
     if info.fn is None:
         mod = modules[node.target]
         if isinstance(mod, GCNConv):
-            ctx.extra["mp_scale"] = _gcn_scale(prepared, node.target, ctx.variant, channel_wise)
+            ctx.extra["mp_scale"] = gcn_scale(prepared, node.target, ctx.variant, channel_wise)
         new = rule_for(mod).build(mod, ctx)
     else:
         if info.fn == "gin":
@@ -104,7 +104,7 @@ def _twin(prepared, modules, node: fx.Node, info: LayerInfo, code, mode, channel
     return new.to(device=scale.device, dtype=scale.dtype) if scale.is_floating_point() else new
 
 
-def _gcn_scale(prepared, target: str, variant: str, channel_wise: bool) -> Tensor:
+def gcn_scale(prepared, target: str, variant: str, channel_wise: bool) -> Tensor:
     key = target.replace(".", "_")
     if variant == "agg_first":
         obs = prepared.get_submodule(f"observer_{key}_agg")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -31,7 +31,8 @@ __all__ = ["Observer", "PreparedGraphModule", "prepare", "calibrate", "call_args
 
 class Observer(nn.Module):
     """Running per-channel maxima of the positive and negative parts of a value (channels last), or all rows
-    when a percentile is wanted. Returns its input unchanged."""
+    when a percentile is wanted. Returns its input unchanged; with a ``transform`` set (by :func:`reconstruct`)
+    it observes nothing and returns ``transform(value)``."""
 
     def __init__(self, name: str, percentile: float | None = None):
         super().__init__()
@@ -39,9 +40,12 @@ class Observer(nn.Module):
         self.pos: Tensor | None = None
         self.neg: Tensor | None = None
         self.rows: list[Tensor] = []
+        self.transform: Callable[[Tensor], Tensor] | None = None
 
     def forward(self, y):
         if isinstance(y, Tensor) and y.is_floating_point() and y.layout == torch.strided:
+            if self.transform is not None:
+                return self.transform(y)
             self.update(y)
         return y
 

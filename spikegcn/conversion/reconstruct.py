@@ -1,0 +1,238 @@
+r"""reconstruct: layer-wise least-squares correction of a prepared graph model's weights (post-training calibration;
+docs/method.md, section 14).
+
+A one-spike neuron transmits its value rounded to the nearest power of :math:`Q` (within :math:`\pm(Q-1)/(Q+1)`
+relative), so every layer of the SNN sees inputs a little off the ANN's, and the errors add up along the layers.
+Where the ANN's decision is close (a near-tie between two classes), they flip it. Post-training quantisation and
+SNN calibration (Nagel et al. 2019's bias correction; Li et al. 2021's layer-wise SNN calibration) correct for this
+without retraining: each layer's weights are refitted, in order, so that the layer **fed the SNN's own inputs**
+reproduces the ANN's pre-activation **fed the ANN's inputs**. For a linear map that is a ridge regression, solved
+in closed form from normal equations accumulated over the calibration data:
+
+.. math::
+    [\mathbf{W}'\ \mathbf{b}'] = \arg\min_{\mathbf{W},\mathbf{b}}
+    \sum_n \|\mathbf{W}\hat{\mathbf{x}}_n + \mathbf{b} - (\mathbf{W}_0\mathbf{x}_n + \mathbf{b}_0)\|^2
+    + \alpha N \|[\mathbf{W}\ \mathbf{b}] - [\mathbf{W}_0\ \mathbf{b}_0]\|^2,
+    \qquad \alpha = \mathrm{ridge}\cdot\mathrm{tr}(\hat{\mathbf{X}}^\top\hat{\mathbf{X}})/(N d),
+
+with :math:`\hat{\mathbf{x}}_n` the map's input in the functional SNN (the prepared model with every neuron site
+rounded by the one-spike code, Eq. 4, and the input features by the input encoder), :math:`\mathbf{x}_n` its input in
+the ANN and :math:`N` the rows seen. The pull towards the ANN's weights (:math:`\alpha`) keeps rarely excited
+directions where they were. The lambdas are the observed ones and stay as they are. The SNN is then built from the
+refitted copy: ``convert(prepared, code)``. The user's model is never touched (``prepared`` is a copy).
+
+Refitted are ``torch.nn.Linear`` and PyG ``Linear`` maps with a dense input of at most ``max_features`` columns
+(the Linear of GIN's MLP, GCN's and SAGE's ``lin``, Cheb/TAG's ``lins``, the heads after a pool); parameters used
+directly by a layer (GCN2Conv's ``weight1``) and sparse inputs (``X = I``) are left as they are.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch_geometric.nn.dense.linear import Linear as PygLinear
+
+from ..coding import PhaseCode, decode_binary, encode_binary, quantize
+from .build import gcn_scale
+from .prepare import Observer, PreparedGraphModule, call_args
+
+__all__ = ["reconstruct"]
+
+
+def reconstruct(prepared: PreparedGraphModule, code: PhaseCode, data: Any, ridge: float = 1e-4,
+                channel_wise: bool = True, input_coding: str = "binary",
+                max_features: int = 4096) -> PreparedGraphModule:
+    """Refit ``prepared``'s linear maps, layer by layer, so that its functional SNN at ``code`` matches the ANN's
+    pre-activations on ``data`` (see the module docstring). Call after calibration, before ``convert``:
+
+        prepared = spikegcn.prepare(model, data); spikegcn.reconstruct(prepared, code, data)
+        snn = spikegcn.convert(prepared, code)
+
+    Args:
+        prepared: a calibrated :class:`PreparedGraphModule` (changed in place and returned).
+        code: the code the SNN will be built with (its ``T`` and ``Q`` set the rounding).
+        data: calibration data it can read more than once: a ``Data``/``Batch``, a tuple or dict of forward
+            arguments, or a list / ``DataLoader`` of those (two passes per refitted map).
+        ridge: the pull towards the ANN's weights, relative to the mean input energy (``>= 0``).
+        channel_wise, input_coding: as given to ``convert`` (they set the lambdas and the input rounding).
+        max_features: maps with wider inputs are left as they are (their normal equations take ``d^2`` floats).
+    """
+    if not isinstance(prepared, PreparedGraphModule):
+        raise TypeError(f"reconstruct() takes the model returned by spikegcn.prepare(), got {type(prepared).__name__}")
+    if not isinstance(code, PhaseCode):
+        raise TypeError(f"code must be a PhaseCode, got {type(code).__name__}")
+    if not ridge >= 0.0:
+        raise ValueError(f"ridge must be >= 0, got {ridge}")
+    if getattr(prepared, "variant", "signed") == "agg_first":
+        raise ValueError("reconstruct() does not support variant='agg_first' (its aggregation neurons are observed "
+                         "beside the ANN's data flow, not on it); prepare with variant='signed'")
+    items = _reusable(data)
+    rounders = _rounders(prepared, code, channel_wise, input_coding)
+    params = dict(prepared.named_parameters())
+    original = {k: p.detach().clone() for k, p in params.items()}
+    by_id = {id(p): original[k] for k, p in params.items()}  # a map's ANN weights, also when shared or tied
+    try:
+        with torch.no_grad():
+            for lin in _linear_order(prepared, items, rounders):
+                _refit(prepared, lin, items, rounders, original, by_id, ridge, max_features)
+    finally:
+        _set_observers(prepared, None)
+    return prepared
+
+
+def _reusable(data: Any) -> list:
+    from .prepare import _is_single
+
+    if _is_single(data):
+        return [data]
+    if isinstance(data, Iterator):
+        raise TypeError("reconstruct() reads the calibration data several times: pass a list or a DataLoader, "
+                        "not a one-shot iterator or generator")
+    if not isinstance(data, Iterable):
+        raise TypeError(f"calibration data must be a Data/Batch, tuple, dict or an iterable of them, got "
+                        f"{type(data).__name__}")
+    items = data if isinstance(data, list) else _Reiterable(data)
+    if not any(True for _ in items):
+        raise ValueError("calibration data is empty")
+    return items
+
+
+class _Reiterable(list):
+    """A ``DataLoader`` (or other re-iterable) read afresh on every pass, never held in memory."""
+
+    def __init__(self, source: Iterable):
+        super().__init__()
+        self.source = source
+
+    def __iter__(self):
+        return iter(self.source)
+
+
+def _rounders(prepared: PreparedGraphModule, code: PhaseCode, channel_wise: bool,
+              input_coding: str) -> dict[Observer, Callable[[Tensor], Tensor]]:
+    """What the SNN makes of the value at each observer: the neurons' rounding, the input encoder's, or nothing."""
+    if input_coding not in ("binary", "single"):
+        raise ValueError(f"input_coding must be 'binary' or 'single', got {input_coding!r}")
+    out: dict[Observer, Callable[[Tensor], Tensor]] = {}
+    for info in prepared.plan.layers.values():
+        if info.kind in ("relu", "signed"):
+            obs = prepared.get_submodule(f"observer_{info.site}")
+            out[obs] = _neuron(code, obs.scale(signed=info.kind == "signed", channel_wise=channel_wise),
+                               signed=info.kind == "signed")
+    for target, _ in prepared.named_modules():
+        key = target.replace(".", "_")
+        if hasattr(prepared, f"observer_{key}_mp"):  # GCNConv's message-passing neurons
+            variant = getattr(prepared, "variant", "signed")
+            out[prepared.get_submodule(f"observer_{key}_mp")] = _neuron(
+                code, gcn_scale(prepared, target, variant, channel_wise), signed=variant == "signed")
+    for src in prepared.plan.inputs:
+        obs = prepared.get_submodule(f"observer_{src}")
+        if obs.seen:
+            m = torch.maximum(obs.pos, obs.neg).max()
+            out[obs] = _encoder(torch.where(m > 0, m, torch.ones_like(m)), code, input_coding)
+    return out
+
+
+def _neuron(code: PhaseCode, scale: Tensor, signed: bool) -> Callable[[Tensor], Tensor]:
+    def f(y: Tensor) -> Tensor:
+        s = scale.to(y)
+        return quantize(y / s, code, signed=signed) * s
+    return f
+
+
+def _encoder(scale: Tensor, code: PhaseCode, coding: str) -> Callable[[Tensor], Tensor]:
+    def f(x: Tensor) -> Tensor:
+        s = scale.to(x)
+        if coding == "single":
+            return quantize(x / s, code, signed=True) * s
+        bits, sign = encode_binary(x / s, code.T, signed=True)
+        return decode_binary(bits, code.T, sign, dtype=x.dtype) * s
+    return f
+
+
+def _set_observers(prepared: PreparedGraphModule, rounders: dict | None) -> None:
+    """``None``: observers observe again; a dict: they stop observing and apply their rounder (or pass through)."""
+    for obs in prepared.observers().values():
+        obs.transform = None if rounders is None else rounders.get(obs, _identity)
+
+
+def _identity(y: Tensor) -> Tensor:
+    return y
+
+
+def _run(prepared: PreparedGraphModule, item: Any, params: dict | None = None) -> None:
+    args, kwargs = call_args(prepared, item)
+    if params is None:
+        prepared(*args, **kwargs)
+    else:
+        functional_call(prepared, params, args, kwargs)
+
+
+def _linear_order(prepared: PreparedGraphModule, items: list, rounders: dict) -> list[nn.Module]:
+    """The model's Linear maps in the order the forward first calls them (so each is refitted after its inputs)."""
+    order: list[nn.Module] = []
+    hooks = [m.register_forward_pre_hook(lambda m, a: None if any(m is o for o in order) else order.append(m))
+             for m in prepared.modules() if isinstance(m, (nn.Linear, PygLinear))]
+    _set_observers(prepared, rounders)
+    try:
+        _run(prepared, next(iter(items)))
+    finally:
+        for h in hooks:
+            h.remove()
+    return order
+
+
+def _refit(prepared: PreparedGraphModule, lin: nn.Module, items: list, rounders: dict, original: dict[str, Tensor],
+           by_id: dict[int, Tensor], ridge: float, max_features: int) -> None:
+    """Accumulate the normal equations of one map over the data (ANN inputs -> targets, SNN inputs), then solve."""
+    w0 = by_id[id(lin.weight)]
+    b0 = by_id[id(lin.bias)] if lin.bias is not None else None
+    if w0.dim() != 2 or w0.shape[1] > max_features:
+        return
+    grab: list[Tensor] = []
+
+    def hook(m, a):
+        x = a[0]
+        if isinstance(x, Tensor) and x.layout == torch.strided and x.is_floating_point():
+            grab.append(x.detach().reshape(-1, x.shape[-1]))
+        else:
+            grab.append(torch.empty(0))  # sparse (X = I) or lazy input: not refitted
+    handle = lin.register_forward_pre_hook(hook)
+    d = w0.shape[1] + 1
+    xtx = w0.new_zeros(d, d, dtype=torch.float64)
+    xty = w0.new_zeros(d, w0.shape[0], dtype=torch.float64)
+    rows = 0
+    try:
+        for item in items:
+            grab.clear()
+            _set_observers(prepared, {})  # the ANN: original weights, observers pass values through
+            _run(prepared, item, original)
+            clean = grab[:]
+            grab.clear()
+            _set_observers(prepared, rounders)  # the functional SNN with the maps refitted so far
+            _run(prepared, item)
+            if len(clean) != len(grab) or any(c.numel() == 0 or c.shape != s.shape for c, s in zip(clean, grab)):
+                return
+            for xa, xs in zip(clean, grab):
+                y = xa.double() @ w0.double().t() + (b0.double() if b0 is not None else 0.0)
+                xs1 = torch.cat([xs.double(), xs.new_ones(xs.shape[0], 1, dtype=torch.float64)], 1)
+                xtx += xs1.t() @ xs1
+                xty += xs1.t() @ y
+                rows += xs.shape[0]
+    finally:
+        handle.remove()
+    if rows == 0:
+        return
+    wb0 = torch.cat([w0.double(), (b0.double() if b0 is not None else w0.new_zeros(w0.shape[0]).double())[:, None]],
+                    1)
+    if b0 is None:  # no bias to refit: drop its column
+        xtx, xty, wb0 = xtx[:-1, :-1], xty[:-1], wb0[:, :-1]
+    alpha = ridge * float(xtx.diagonal().sum()) / xtx.shape[0]
+    eye = torch.eye(xtx.shape[0], dtype=xtx.dtype, device=xtx.device)
+    sol = torch.linalg.lstsq(xtx + alpha * eye, xty + alpha * wb0.t()).solution.t()
+    lin.weight.copy_(sol[:, : w0.shape[1]].to(lin.weight))
+    if b0 is not None:
+        lin.bias.copy_(sol[:, -1].to(lin.bias))
