@@ -38,7 +38,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from .spikes import IdentitySpikes
+from .spikes import IdentitySpikes, PhaseSpikes
 
 __all__ = ["Streams", "ValueOp", "Dense", "Sparse", "Identity", "Chain", "Join", "Krylov", "MaxGate",
            "ElementMax", "sparse_matrix"]
@@ -90,6 +90,24 @@ def _values(item, k: int, dtype: torch.dtype, like: Tensor | None = None) -> Ten
     return v.to_dense() if v.layout != torch.strided else v
 
 
+def _fired_at(item, q: int, dtype: torch.dtype, cache: dict) -> Tensor:
+    """The values of the spikes fired at phase ``q`` exactly: bit for bit ``values_upto(q) - values_upto(q - 1)``
+    (a spike fired earlier gives ``v - v = +0``, as ``where`` does). A one-spike input is decoded once (kept in
+    ``cache`` under the input itself, so a later input never reads a stale entry); other inputs keep the last prefix
+    for the next phase."""
+    hit = cache.get(("decoded", dtype))
+    if type(item) is PhaseSpikes and q >= 1:
+        if hit is None or hit[0] is not item:
+            hit = cache[("decoded", dtype)] = (item, _values(item, item.T_in, dtype))
+        v = hit[1]
+        return torch.where(item.phase == q, v, torch.zeros((), dtype=v.dtype, device=v.device))
+    prev = cache.pop(("prefix", dtype), None)
+    low = prev[2] if prev is not None and prev[0] is item and prev[1] == q - 1 else _values(item, q - 1, dtype)
+    high = _values(item, q, dtype)
+    cache[("prefix", dtype)] = (item, q, high)
+    return high - low
+
+
 def _device(item) -> torch.device:
     t = getattr(item, "phase", None)
     return (t if t is not None else item.bits).device
@@ -112,10 +130,12 @@ class ValueOp:
         """The map applied to the values the input spikes carry up to input phase ``k``."""
         return self.forward([_values(i, k - o, dtype) for i, o in zip(_items(inp), _offsets(inp))])
 
-    def delta(self, inp, p: int, dtype: torch.dtype) -> Tensor | None:
-        """Contribution of the spikes fired at input phase ``p`` (``None``: nothing fired)."""
+    def delta(self, inp, p: int, dtype: torch.dtype, cache: dict | None = None) -> Tensor | None:
+        """Contribution of the spikes fired at input phase ``p`` (``None``: nothing fired). ``cache``: a dict the
+        caller keeps for one layer's phases, so that each input is decoded once, not twice per phase."""
         if self.linear:
-            xs = [_values(i, p - o, dtype) - _values(i, p - o - 1, dtype) for i, o in zip(_items(inp), _offsets(inp))]
+            cache = {} if cache is None else cache
+            xs = [_fired_at(i, p - o, dtype, cache) for i, o in zip(_items(inp), _offsets(inp))]
             if not any(bool(x.any()) for x in xs):
                 return None
             return self.forward(xs)

@@ -265,6 +265,7 @@ def _fire_events(inp: SpikeInput, op, code: PhaseCode, early: _Early, scale_t: T
     every later input phase adds its own spike events to the streaming neuron."""
     k0, first = early.k0, early()
     synapses = None if isinstance(op, ValueOp) else op.synapses
+    decoded: dict = {}  # the composite operators' decoded inputs, for this layer's phases only
     scatter_backend = backend if backend in ("torch_scatter", "native") else "auto"
 
     def norm(z: Tensor) -> Tensor:
@@ -276,7 +277,7 @@ def _fire_events(inp: SpikeInput, op, code: PhaseCode, early: _Early, scale_t: T
         if p <= k0:
             return None
         if synapses is None:  # composite operators: linear maps of the values fired at p (or a gate)
-            d = op.delta(inp, p, dtype)
+            d = op.delta(inp, p, dtype, decoded) if isinstance(op, ValueOp) else op.delta(inp, p, dtype)
             return None if d is None else norm(d)
         row, col, val = inp.events_at(p, dtype)
         if row.numel() == 0:

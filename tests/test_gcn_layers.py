@@ -198,3 +198,35 @@ def test_agg_first_featureless_codes_ahat_nonzeros():
     layer.code = layer.lin.code = layer.aggr.code = PhaseCode(16, 1.3, Tw=2)
     out_exact = layer(None, ei)
     assert out_exact.phase.shape == out.phase.shape
+
+
+def test_composite_delta_is_the_prefix_difference_bit_for_bit():
+    """The event path's per-phase input of a composite operator (decoded once per layer, masked per phase; the
+    binary input's prefix kept from phase to phase) equals values_upto(p) - values_upto(p - 1) bit for bit, for one
+    and two streams (with an offset), shared cache and all."""
+    from spikegcn.coding import encode, encode_binary
+    from spikegcn.operators import Chain, Dense, Join, Sparse, Streams, _values, sparse_matrix
+    from spikegcn.spikes import BinarySpikes
+
+    gen = torch.Generator().manual_seed(0)
+    n, c, code = 40, 6, PhaseCode(8, 1.4)
+    x = torch.randn(n, c, generator=gen)
+    phase, sign = encode(x / x.abs().max(), code, signed=True)
+    ph = PhaseSpikes(phase=phase, code=code, scale=torch.full((c,), 0.7), sign=sign)
+    bits, bsign = encode_binary(x / x.abs().max(), 8, signed=True)
+    bi = BinarySpikes(bits=bits, T=8, scale=torch.tensor(1.3), sign=bsign)
+    ei = torch.randint(0, n, (2, 120), generator=gen)
+    adj = sparse_matrix(ei, None, (n, n), torch.float32)
+    w1, w2 = torch.randn(5, c, generator=gen), torch.randn(5, c, generator=gen)
+    op = Join(Chain(Sparse(adj), Dense(w1)), Dense(w2), inputs=(0, 1))
+    for items, offsets in (((ph, ph), (0, 0)), ((ph, bi), (0, 2)), ((bi, bi), (1, 0))):
+        inp = Streams(items, offsets)
+        cache: dict = {}
+        for p in range(1, inp.T_in + 1):
+            xs = [_values(i, p - o, torch.float32) - _values(i, p - o - 1, torch.float32)
+                  for i, o in zip(items, offsets)]
+            want = op.forward(xs) if any(bool(v.any()) for v in xs) else None
+            got = op.delta(inp, p, torch.float32, cache)
+            assert (got is None) == (want is None)
+            if want is not None:
+                assert torch.equal(got, want), (offsets, p)

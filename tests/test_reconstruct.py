@@ -139,7 +139,7 @@ def test_loader_sums_over_batches():
 
 
 class SharedLinear(nn.Module):
-    """One Linear used twice (weight sharing) and a head tied to the first Linear's weight."""
+    """One Linear used twice (weight sharing) and a head tied to its weight."""
 
     def __init__(self):
         super().__init__()
@@ -154,10 +154,12 @@ class SharedLinear(nn.Module):
 
 
 def test_shared_and_tied_weights(g):
+    """A module called twice is refitted on both calls' rows; weights tied across modules are left (and named)."""
     torch.manual_seed(0)
     model = SharedLinear().to(D).eval()
     plain = spikegcn.convert(model, g, COARSE, mode="functional")
-    refit = spikegcn.convert(model, g, COARSE, mode="functional", reconstruct=True)
+    with pytest.warns(UserWarning, match=r"left 2 map\(s\) as trained: shared, head"):
+        refit = spikegcn.convert(model, g, COARSE, mode="functional", reconstruct=True)
     err = lambda snn: float((snn(g.x, g.edge_index) - model(g.x, g.edge_index)).pow(2).mean())  # noqa: E731
     with torch.no_grad():
         assert err(refit) < err(plain)
@@ -182,14 +184,82 @@ def test_basic_gin_with_batchnorm_refits(g):
     assert torch.isfinite(refit(held.x, held.edge_index)).all()
 
 
+def test_second_call_refits_from_the_ann_and_failure_restores(g):
+    torch.manual_seed(0)
+    model = GinNet().to(D).eval()
+    prepared = spikegcn.prepare(model, g)
+    ann = {k: v.clone() for k, v in prepared.state_dict().items()}
+    once = {k: v.clone() for k, v in spikegcn.reconstruct(prepared, COARSE, g, ridge=1e-3).state_dict().items()}
+    spikegcn.reconstruct(prepared, COARSE, g, ridge=1e-1)  # another ridge: from the ANN's weights again
+    again = spikegcn.reconstruct(prepared, COARSE, g, ridge=1e-3).state_dict()
+    assert all(torch.equal(v, once[k]) for k, v in again.items())
+
+    class Breaks:
+        def __init__(self):
+            self.passes = 0
+
+        def __iter__(self):
+            self.passes += 1
+            if self.passes == 5:
+                raise RuntimeError("loader broke")
+            return iter([g])
+
+    fresh = spikegcn.prepare(model, g)
+    with pytest.raises(RuntimeError, match="loader broke"):
+        spikegcn.reconstruct(fresh, COARSE, Breaks())
+    assert all(torch.equal(v, ann[k]) for k, v in fresh.state_dict().items())  # no half-refitted model
+    assert all(o.transform is None for o in fresh.observers().values())
+
+
+class KeywordAndNormed(nn.Module):
+    """A Linear called by keyword and a weight-normed Linear (its weight is computed, not a parameter)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(8, 16)
+        self.b = nn.utils.parametrizations.weight_norm(nn.Linear(16, 16))
+        self.out = nn.Linear(16, 4)
+
+    def forward(self, x, edge_index):
+        return self.out(F.relu(self.b(F.relu(self.a(input=x)))))
+
+
+def test_keyword_call_and_weight_norm(g):
+    torch.manual_seed(0)
+    model = KeywordAndNormed().to(D).eval()
+    with pytest.warns(UserWarning, match=r"left 1 map\(s\) as trained: b\b"):
+        snn = spikegcn.convert(model, g, COARSE, mode="functional", reconstruct=True)
+    plain = spikegcn.convert(model, g, COARSE, mode="functional")
+    assert not torch.equal(snn(g.x, g.edge_index), plain(g.x, g.edge_index))  # a and out were refitted
+
+
+def test_converting_with_other_settings_than_refitted_warns(g):
+    model = GinNet().to(D).eval()
+    prepared = spikegcn.prepare(model, g)
+    spikegcn.reconstruct(prepared, COARSE, g)
+    with pytest.warns(UserWarning, match="call reconstruct\\(\\) again"):
+        spikegcn.convert(prepared, CODE)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        spikegcn.convert(prepared, COARSE.replace(Tw=4), mode="exact")  # the wait is not part of the rounding
+
+
 def test_refusals_before_any_work(g):
     model = GinNet().to(D).eval()
     gen = (b for b in [g])
     with pytest.raises(TypeError, match="one-shot iterator"):
         spikegcn.convert(model, gen, CODE, reconstruct=True)
-    assert next(gen) is g  # nothing was read
-    with pytest.raises(ValueError, match="ridge >= 0"):
-        spikegcn.convert(model, g, CODE, reconstruct=-1.0)
+    with pytest.raises(ValueError, match="empty"):
+        spikegcn.reconstruct(spikegcn.prepare(model, g), CODE, [])
+    for bad in (-1.0, float("inf"), 1, 0, "a"):
+        with pytest.raises(ValueError, match="ridge"):
+            spikegcn.convert(model, g, CODE, reconstruct=bad)
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        spikegcn.reconstruct(spikegcn.prepare(model, g), CODE, g, ridge=float("nan"))
+    with pytest.raises(ValueError, match="variant='signed' or 'relu_mp'"):
+        spikegcn.convert(GCN(8, 16, 2, 4).to(D).eval(), gen, CODE, variant="agg_first", reconstruct=True)
     prepared = spikegcn.prepare(model, g)
     with pytest.raises(ValueError, match="spikegcn.reconstruct"):
         spikegcn.convert(prepared, CODE, reconstruct=True)
@@ -198,8 +268,9 @@ def test_refusals_before_any_work(g):
     with pytest.raises(TypeError, match="spikegcn.prepare"):
         spikegcn.reconstruct(model, CODE, g)
     agg_first = spikegcn.prepare(GCN(8, 16, 2, 4).to(D).eval(), g, variant="agg_first")
-    with pytest.raises(ValueError, match="agg_first"):
+    with pytest.raises(ValueError, match="variant='signed' or 'relu_mp'"):
         spikegcn.reconstruct(agg_first, CODE, g)
     cnn = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8, 2))
     with pytest.raises(ValueError, match="graph converter"):
         spikegcn.convert(cnn, torch.rand(4, 1, 4, 4), CODE, reconstruct=True)
+    assert next(gen) is g  # nothing was read by any of the refusals

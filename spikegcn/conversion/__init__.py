@@ -14,6 +14,8 @@ dict of forward arguments, or any iterable of those (lambda = max or percentile 
 """
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from torch import Tensor, nn
@@ -27,7 +29,7 @@ from .fx import SpikingCNN, convert_cnn
 from .graph import SpikingModel
 from .observers import CalibrationError, activation_scale
 from .prepare import PreparedGraphModule, calibrate, prepare
-from .reconstruct import reconstruct
+from .reconstruct import check_ridge, check_variant, reconstruct
 
 __all__ = ["convert", "prepare", "calibrate", "reconstruct", "PreparedGraphModule", "SpikingModel",
            "UnsupportedModuleError", "CalibrationError", "activation_scale", "SpikingCNN", "convert_cnn"]
@@ -58,7 +60,8 @@ def convert(model: nn.Module, data: Any = None, code: PhaseCode | None = None, m
             ``"relu_mp"``, ``"agg_first"``.
         input_coding: ``"binary"`` multi-spike input (default) or ``"single"`` spike input.
         reconstruct: refit the linear maps layer by layer to the ANN's pre-activations on the calibration data
-            (:func:`~spikegcn.conversion.reconstruct.reconstruct`; ``True``: ridge 1e-4, a float: that ridge).
+            (:func:`~spikegcn.conversion.reconstruct.reconstruct`; ``True``: ridge 1e-4, a float: that ridge;
+            not with ``variant="agg_first"``).
             Graph models only; the data must be readable more than once (a list or ``DataLoader``).
 
     Returns:
@@ -74,6 +77,7 @@ def convert(model: nn.Module, data: Any = None, code: PhaseCode | None = None, m
                              "and before convert(prepared, code)")
         if data is not None:
             calibrate(model, data)
+        _check_refit_setting(model, _code(code), channel_wise, input_coding)
         return build(model, _code(code), mode=mode, channel_wise=channel_wise, input_coding=input_coding,
                      backend=backend)
     code = _code(code)
@@ -88,7 +92,9 @@ def convert(model: nn.Module, data: Any = None, code: PhaseCode | None = None, m
                            input_coding=input_coding, int8=int8, fold_avgpool=fold_avgpool)
     if int8 or fold_avgpool:
         raise ValueError("int8 and fold_avgpool are options of the CNN converter")
-    if ridge is not None and not _single(data) and iter(data) is data:
+    if ridge is not None:
+        check_variant(variant)
+    if ridge is not None and not _single(data) and isinstance(data, Iterator):
         raise TypeError("convert(..., reconstruct=True) reads the calibration data several times: pass a list or a "
                         "DataLoader, not a one-shot iterator or generator")
     items = iter([data]) if _single(data) else iter(data)
@@ -109,9 +115,22 @@ _refit = reconstruct  # the keyword argument of convert() shadows the function's
 def _ridge(reconstruct: bool | float) -> float | None:
     if isinstance(reconstruct, bool):
         return 1e-4 if reconstruct else None
-    if isinstance(reconstruct, (int, float)) and reconstruct >= 0:
-        return float(reconstruct)
-    raise ValueError(f"reconstruct must be True/False or a ridge >= 0, got {reconstruct!r}")
+    if not isinstance(reconstruct, float):  # reconstruct=0 or 1 would read as "off" / "on", not as a ridge
+        raise ValueError(f"reconstruct must be True/False or a float ridge >= 0 (e.g. 1e-3), got {reconstruct!r}")
+    return check_ridge(reconstruct)
+
+
+def _check_refit_setting(prepared: PreparedGraphModule, code: PhaseCode, channel_wise: bool, input_coding: str) -> None:
+    """Warn when the SNN is built with another code or lambda setting than the one reconstruct() refitted for."""
+    setting = getattr(prepared, "refit_setting", None)
+    if setting is None:
+        return
+    rc, rcw, ric = setting
+    if (rc.T, rc.Q, rc.shift, rcw, ric) != (code.T, code.Q, code.shift, channel_wise, input_coding):
+        warnings.warn(f"the prepared model was refitted by reconstruct() for {rc} (channel_wise={rcw}, "
+                      f"input_coding={ric!r}) but is converted with {code} (channel_wise={channel_wise}, "
+                      f"input_coding={input_coding!r}); call reconstruct() again with the conversion's settings",
+                      stacklevel=3)
 
 
 def _code(code: PhaseCode | None) -> PhaseCode:

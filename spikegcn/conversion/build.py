@@ -121,6 +121,9 @@ def _attr(root: nn.Module, target: str):
 
 def _install(gm: fx.GraphModule, node: fx.Node, info: LayerInfo, new: nn.Module) -> None:
     if info.fn is None:
+        if "input" in node.kwargs and not node.args:  # linear(input=x): the twins take their spikes first
+            kwargs = dict(node.kwargs)
+            node.args, node.kwargs = (kwargs.pop("input"),), kwargs
         *path, last = node.target.split(".")
         parent = gm
         for p in path:

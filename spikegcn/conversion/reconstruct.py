@@ -12,21 +12,26 @@ in closed form from normal equations accumulated over the calibration data:
 .. math::
     [\mathbf{W}'\ \mathbf{b}'] = \arg\min_{\mathbf{W},\mathbf{b}}
     \sum_n \|\mathbf{W}\hat{\mathbf{x}}_n + \mathbf{b} - (\mathbf{W}_0\mathbf{x}_n + \mathbf{b}_0)\|^2
-    + \alpha N \|[\mathbf{W}\ \mathbf{b}] - [\mathbf{W}_0\ \mathbf{b}_0]\|^2,
-    \qquad \alpha = \mathrm{ridge}\cdot\mathrm{tr}(\hat{\mathbf{X}}^\top\hat{\mathbf{X}})/(N d),
+    + \alpha \|[\mathbf{W}\ \mathbf{b}] - [\mathbf{W}_0\ \mathbf{b}_0]\|^2,
+    \qquad \alpha = \mathrm{ridge}\cdot\mathrm{tr}(\hat{\mathbf{X}}^\top\hat{\mathbf{X}})/d,
 
 with :math:`\hat{\mathbf{x}}_n` the map's input in the functional SNN (the prepared model with every neuron site
 rounded by the one-spike code, Eq. 4, and the input features by the input encoder), :math:`\mathbf{x}_n` its input in
-the ANN and :math:`N` the rows seen. The pull towards the ANN's weights (:math:`\alpha`) keeps rarely excited
-directions where they were. The lambdas are the observed ones and stay as they are. The SNN is then built from the
-refitted copy: ``convert(prepared, code)``. The user's model is never touched (``prepared`` is a copy).
+the ANN and :math:`d` its input channels (the bias column left out of the trace). The pull towards the ANN's
+weights (:math:`\alpha`) keeps rarely excited directions where they were. The lambdas are the observed ones
+and stay as they are. The SNN is then built from the refitted copy: ``convert(prepared, code)``. The user's
+model is never touched (``prepared`` is a copy).
 
 Refitted are ``torch.nn.Linear`` and PyG ``Linear`` maps with a dense input of at most ``max_features`` columns
 (the Linear of GIN's MLP, GCN's and SAGE's ``lin``, Cheb/TAG's ``lins``, the heads after a pool); parameters used
-directly by a layer (GCN2Conv's ``weight1``) and sparse inputs (``X = I``) are left as they are.
+directly by a layer (GCN2Conv's ``weight1``), sparse inputs (``X = I``), weights tied across modules and computed
+weights (weight norm) are left as they are, and named in one warning.
 """
 from __future__ import annotations
 
+import math
+import numbers
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable
 
@@ -64,51 +69,79 @@ def reconstruct(prepared: PreparedGraphModule, code: PhaseCode, data: Any, ridge
         raise TypeError(f"reconstruct() takes the model returned by spikegcn.prepare(), got {type(prepared).__name__}")
     if not isinstance(code, PhaseCode):
         raise TypeError(f"code must be a PhaseCode, got {type(code).__name__}")
-    if not ridge >= 0.0:
-        raise ValueError(f"ridge must be >= 0, got {ridge}")
-    if getattr(prepared, "variant", "signed") == "agg_first":
-        raise ValueError("reconstruct() does not support variant='agg_first' (its aggregation neurons are observed "
-                         "beside the ANN's data flow, not on it); prepare with variant='signed'")
+    check_ridge(ridge)
+    if not (isinstance(max_features, int) and max_features >= 1):
+        raise ValueError(f"max_features must be a positive int, got {max_features!r}")
+    check_variant(getattr(prepared, "variant", "signed"))
     items = _reusable(data)
     rounders = _rounders(prepared, code, channel_wise, input_coding)
     params = dict(prepared.named_parameters())
-    original = {k: p.detach().clone() for k, p in params.items()}
-    by_id = {id(p): original[k] for k, p in params.items()}  # a map's ANN weights, also when shared or tied
+    # the ANN's weights, kept on the first call: a second call (another ridge) refits from them again
+    ann: dict[str, Tensor] = prepared.__dict__.setdefault(
+        "_ann_parameters", {k: p.detach().clone() for k, p in params.items()})
+    by_id = {id(p): ann[k] for k, p in params.items()}
+    tied = _tied(prepared)
+    skipped: list[str] = []
     try:
         with torch.no_grad():
-            for lin in _linear_order(prepared, items, rounders):
-                _refit(prepared, lin, items, rounders, original, by_id, ridge, max_features)
+            _restore(params, ann)
+            for name, lin in _linear_order(prepared, items, rounders):
+                if not _refit(lin, items, rounders, ann, by_id, ridge, max_features, tied, prepared):
+                    skipped.append(name)
+    except BaseException:
+        with torch.no_grad():
+            _restore(params, ann)  # never leave a half-refitted model behind
+        raise
     finally:
         _set_observers(prepared, None)
+    prepared.refit_setting = (code, channel_wise, input_coding)
+    if skipped:
+        warnings.warn(f"reconstruct() left {len(skipped)} map(s) as trained: {', '.join(skipped)} (sparse or wider "
+                      f"than max_features={max_features} input, a weight tied to another map, or a weight that is not "
+                      f"a parameter)", stacklevel=2)
     return prepared
 
 
-def _reusable(data: Any) -> list:
+def check_ridge(ridge: Any) -> float:
+    """A ridge is a finite real >= 0 (a bool is not one: ``convert`` takes ``True`` for the default)."""
+    if isinstance(ridge, bool) or not isinstance(ridge, numbers.Real) or not math.isfinite(ridge) or ridge < 0:
+        raise ValueError(f"ridge must be a finite number >= 0, got {ridge!r}")
+    return float(ridge)
+
+
+def check_variant(variant: str) -> None:
+    if variant == "agg_first":
+        raise ValueError("reconstruct does not support variant='agg_first' (its aggregation neurons are observed "
+                         "beside the ANN's data flow, not on it); use variant='signed' or 'relu_mp'")
+
+
+def _restore(params: dict[str, nn.Parameter], ann: dict[str, Tensor]) -> None:
+    for k, p in params.items():
+        p.copy_(ann[k])
+
+
+def _tied(prepared: nn.Module) -> set[int]:
+    """Ids of parameters that more than one Linear module holds (tied weights: refitting one would refit both)."""
+    seen: dict[int, int] = {}
+    for m in prepared.modules():
+        if isinstance(m, (nn.Linear, PygLinear)):
+            for p in m.parameters(recurse=False):
+                seen[id(p)] = seen.get(id(p), 0) + 1
+    return {i for i, c in seen.items() if c > 1}
+
+
+def _reusable(data: Any) -> Iterable:
     from .prepare import _is_single
 
     if _is_single(data):
         return [data]
     if isinstance(data, Iterator):
-        raise TypeError("reconstruct() reads the calibration data several times: pass a list or a DataLoader, "
+        raise TypeError("reconstruct reads the calibration data several times: pass a list or a DataLoader, "
                         "not a one-shot iterator or generator")
     if not isinstance(data, Iterable):
         raise TypeError(f"calibration data must be a Data/Batch, tuple, dict or an iterable of them, got "
                         f"{type(data).__name__}")
-    items = data if isinstance(data, list) else _Reiterable(data)
-    if not any(True for _ in items):
-        raise ValueError("calibration data is empty")
-    return items
-
-
-class _Reiterable(list):
-    """A ``DataLoader`` (or other re-iterable) read afresh on every pass, never held in memory."""
-
-    def __init__(self, source: Iterable):
-        super().__init__()
-        self.source = source
-
-    def __iter__(self):
-        return iter(self.source)
+    return data  # a list or a DataLoader, read afresh on every pass
 
 
 def _rounders(prepared: PreparedGraphModule, code: PhaseCode, channel_wise: bool,
@@ -171,68 +204,78 @@ def _run(prepared: PreparedGraphModule, item: Any, params: dict | None = None) -
         functional_call(prepared, params, args, kwargs)
 
 
-def _linear_order(prepared: PreparedGraphModule, items: list, rounders: dict) -> list[nn.Module]:
+def _linear_order(prepared: PreparedGraphModule, items: Iterable, rounders: dict) -> list[tuple[str, nn.Module]]:
     """The model's Linear maps in the order the forward first calls them (so each is refitted after its inputs)."""
-    order: list[nn.Module] = []
-    hooks = [m.register_forward_pre_hook(lambda m, a: None if any(m is o for o in order) else order.append(m))
-             for m in prepared.modules() if isinstance(m, (nn.Linear, PygLinear))]
+    order: list[tuple[str, nn.Module]] = []
+
+    def hook(m, a, kw, name):
+        if not any(m is o for _, o in order):
+            order.append((name, m))
+    hooks = [m.register_forward_pre_hook(lambda m, a, kw, n=n: hook(m, a, kw, n), with_kwargs=True)
+             for n, m in prepared.named_modules() if isinstance(m, (nn.Linear, PygLinear))]
     _set_observers(prepared, rounders)
     try:
-        _run(prepared, next(iter(items)))
+        first = next(iter(items), None)
+        if first is None:
+            raise ValueError("calibration data is empty")
+        _run(prepared, first)
     finally:
         for h in hooks:
             h.remove()
     return order
 
 
-def _refit(prepared: PreparedGraphModule, lin: nn.Module, items: list, rounders: dict, original: dict[str, Tensor],
-           by_id: dict[int, Tensor], ridge: float, max_features: int) -> None:
-    """Accumulate the normal equations of one map over the data (ANN inputs -> targets, SNN inputs), then solve."""
-    w0 = by_id[id(lin.weight)]
-    b0 = by_id[id(lin.bias)] if lin.bias is not None else None
+def _refit(lin: nn.Module, items: Iterable, rounders: dict, ann: dict[str, Tensor], by_id: dict[int, Tensor],
+           ridge: float, max_features: int, tied: set[int], prepared: PreparedGraphModule) -> bool:
+    """Accumulate the normal equations of one map over the data (ANN inputs -> targets, SNN inputs), then solve.
+    ``False``: the map is left as it is (see :func:`reconstruct`)."""
+    w, b = lin.weight, lin.bias
+    own = [id(t) for t in (w, b) if t is not None]
+    if any(i not in by_id or i in tied for i in own):
+        return False  # a computed weight (weight norm) or one tied to another map
+    w0, b0 = by_id[id(w)], (by_id[id(b)] if b is not None else None)
     if w0.dim() != 2 or w0.shape[1] > max_features:
-        return
+        return False
     grab: list[Tensor] = []
 
-    def hook(m, a):
-        x = a[0]
-        if isinstance(x, Tensor) and x.layout == torch.strided and x.is_floating_point():
-            grab.append(x.detach().reshape(-1, x.shape[-1]))
-        else:
-            grab.append(torch.empty(0))  # sparse (X = I) or lazy input: not refitted
-    handle = lin.register_forward_pre_hook(hook)
-    d = w0.shape[1] + 1
+    def hook(m, args, kwargs):
+        x = args[0] if args else kwargs.get("input", kwargs.get("x"))
+        dense = isinstance(x, Tensor) and x.layout == torch.strided and x.is_floating_point()
+        grab.append(x.detach().reshape(-1, x.shape[-1]) if dense else w0.new_empty(0))  # sparse X = I: not refitted
+    handle = lin.register_forward_pre_hook(hook, with_kwargs=True)
+    d = w0.shape[1] + (b0 is not None)
     xtx = w0.new_zeros(d, d, dtype=torch.float64)
     xty = w0.new_zeros(d, w0.shape[0], dtype=torch.float64)
     rows = 0
     try:
         for item in items:
             grab.clear()
-            _set_observers(prepared, {})  # the ANN: original weights, observers pass values through
-            _run(prepared, item, original)
+            _set_observers(prepared, {})  # the ANN: its weights, observers pass values through
+            _run(prepared, item, ann)
             clean = grab[:]
             grab.clear()
             _set_observers(prepared, rounders)  # the functional SNN with the maps refitted so far
             _run(prepared, item)
             if len(clean) != len(grab) or any(c.numel() == 0 or c.shape != s.shape for c, s in zip(clean, grab)):
-                return
+                return False
             for xa, xs in zip(clean, grab):
                 y = xa.double() @ w0.double().t() + (b0.double() if b0 is not None else 0.0)
-                xs1 = torch.cat([xs.double(), xs.new_ones(xs.shape[0], 1, dtype=torch.float64)], 1)
+                xs1 = xs.double() if b0 is None else torch.cat([xs.double(), xs.new_ones(xs.shape[0], 1).double()], 1)
                 xtx += xs1.t() @ xs1
                 xty += xs1.t() @ y
                 rows += xs.shape[0]
     finally:
         handle.remove()
     if rows == 0:
-        return
-    wb0 = torch.cat([w0.double(), (b0.double() if b0 is not None else w0.new_zeros(w0.shape[0]).double())[:, None]],
-                    1)
-    if b0 is None:  # no bias to refit: drop its column
-        xtx, xty, wb0 = xtx[:-1, :-1], xty[:-1], wb0[:, :-1]
-    alpha = ridge * float(xtx.diagonal().sum()) / xtx.shape[0]
-    eye = torch.eye(xtx.shape[0], dtype=xtx.dtype, device=xtx.device)
-    sol = torch.linalg.lstsq(xtx + alpha * eye, xty + alpha * wb0.t()).solution.t()
-    lin.weight.copy_(sol[:, : w0.shape[1]].to(lin.weight))
-    if b0 is not None:
-        lin.bias.copy_(sol[:, -1].to(lin.bias))
+        return False
+    wb0 = w0.double() if b0 is None else torch.cat([w0.double(), b0.double()[:, None]], 1)
+    # alpha from the inputs' energy (the bias column's constant 1 left out of the mean)
+    alpha = ridge * float(xtx.diagonal()[: w0.shape[1]].sum()) / w0.shape[1]
+    eye = torch.eye(d, dtype=xtx.dtype, device=xtx.device)
+    lhs, rhs = xtx + alpha * eye, xty + alpha * wb0.t()
+    # positive definite with a ridge; without one, a dead input channel makes it singular: least norm
+    sol = (torch.linalg.solve(lhs, rhs) if alpha > 0 else torch.linalg.pinv(lhs) @ rhs).t()
+    w.copy_(sol[:, : w0.shape[1]].to(w))
+    if b is not None:
+        b.copy_(sol[:, -1].to(b))
+    return True
