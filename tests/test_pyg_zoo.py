@@ -664,3 +664,34 @@ def test_pool_fuses_with_the_linear_after_it(pool):
     pools = [m for _, m in snn.spiking_layers() if type(m).__name__ == "SpikingGlobalPool"]
     assert len(pools) == 1 and pools[0].in_channels == 16 and pools[0].output == "potential"
     assert "fused Linear" in repr(pools[0]) and not hasattr(snn, "head")
+
+
+LAZY = {  # in_channels=-1 (PyG's lazy initialisation), and the same layers with their sizes given
+    "gcn": (lambda c: Two(GCNConv(c, 16), GCNConv(c if c == -1 else 16, 4))),
+    "sage": (lambda c: Two(SAGEConv(c, 16), SAGEConv((c, c) if c == -1 else (16, 16), 4))),
+    "graphconv": (lambda c: Two(GraphConv(c, 16), GraphConv(c if c == -1 else 16, 4))),
+    "cheb": (lambda c: Two(ChebConv(c, 16, K=2), ChebConv(c if c == -1 else 16, 4, K=2))),
+    "sg": (lambda c: Two(SGConv(c, 16, K=2), SGConv(c if c == -1 else 16, 4, K=1))),
+    "basic_sage": (lambda c: GraphSAGE(c, 16, 2, 4)),
+}
+
+
+@pytest.mark.parametrize("name", list(LAZY))
+def test_lazy_in_channels_convert_as_sized(g, name):
+    """A model built with in_channels=-1 and run once converts to the same SNN as the model with sizes given."""
+    torch.manual_seed(0)
+    lazy = LAZY[name](-1).to(D)
+    lazy(g.x, g.edge_index)  # initialises the lazy weights
+    lazy.eval()
+    sized = LAZY[name](8).to(D).eval()
+    sized.load_state_dict(lazy.state_dict())
+    a = spikegcn.convert(lazy, g, CODE, mode="functional")(g.x, g.edge_index)
+    b = spikegcn.convert(sized, g, CODE, mode="functional")(g.x, g.edge_index)
+    assert torch.equal(a, b)
+    assert lazy.first.in_channels == -1 if hasattr(lazy, "first") else True  # the user's model is not touched
+
+
+def test_bipartite_sizes_are_refused_by_name(g):
+    model = Two(SAGEConv(8, 16), SAGEConv((16, 8), 4)).to(D).eval()
+    with pytest.raises(UnsupportedModuleError, match=r"second \(SAGEConv\): bipartite"):
+        spikegcn.convert(model, g, CODE)

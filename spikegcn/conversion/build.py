@@ -10,7 +10,7 @@ from ..nn.encoder import PhaseEncoder
 from ..simulate import check_mode
 from .graph import LayerInfo, Plan, SpikingModel, stream_nodes
 from .prepare import Observer, PreparedGraphModule
-from .rules import BuildContext, bn_affine, build_function_layer, fold_affine, rule_for
+from .rules import BuildContext, bn_affine, build_function_layer, fold_affine, resolve_lazy_channels, rule_for
 
 __all__ = ["build", "gcn_scale"]
 
@@ -84,6 +84,7 @@ def _twin(prepared, modules, node: fx.Node, info: LayerInfo, code, mode, channel
     ctx = BuildContext(code, mode, backend, info.kind, scale, variant=getattr(prepared, "variant", "signed"))
     if info.fn is None:
         mod = modules[node.target]
+        resolve_lazy_channels(mod, node.target)
         if isinstance(mod, GCNConv):
             ctx.extra["mp_scale"] = gcn_scale(prepared, node.target, ctx.variant, channel_wise)
         new = rule_for(mod).build(mod, ctx)

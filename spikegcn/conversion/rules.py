@@ -104,7 +104,8 @@ def _sage_check(m: SAGEConv) -> str | None:
         return "project=True puts a ReLU-projected copy of x inside the layer (build it as Linear + ReLU instead)"
     if m.normalize:
         return "normalize=True divides each output by its L2 norm, not a fixed linear map"
-    if isinstance(m.in_channels, tuple):
+    sizes = m.in_channels if isinstance(m.in_channels, tuple) else (m.in_channels,)
+    if len({c for c in sizes if c != -1}) > 1:  # (-1, -1) or (16, 16): one node set, sizes given twice
         return "bipartite (tuple) inputs are not supported"
     return _aggr_check(m)
 
@@ -119,6 +120,28 @@ def _build_jk(jk: JumpingKnowledge, ctx: BuildContext) -> nn.Module:
     if jk.mode == "cat":
         return SpikingConcat()
     return _scaled(SpikingJoin(ctx.channels, reduce="max", **ctx.layer_kwargs()), ctx)
+
+
+def resolve_lazy_channels(m: nn.Module, name: str) -> None:
+    """A layer built with ``in_channels=-1`` (PyG's lazy initialisation) keeps -1 after its Linear maps learned
+    their sizes, and one given ``(n, n)`` keeps the tuple: set one size from the maps (the prepared copy only), so
+    that its spiking twin gets it."""
+    c = getattr(m, "in_channels", None)
+    if not (c == -1 or isinstance(c, tuple)):
+        return
+    lins = [x for x in m.modules() if isinstance(x, (nn.Linear, PygLinear)) and x is not m]
+    if not lins or any(isinstance(x.weight, nn.parameter.UninitializedParameter) for x in lins):
+        from .capture import UnsupportedModuleError
+
+        raise UnsupportedModuleError(f"cannot convert module {name} ({type(m).__name__}): its in_channels=-1 weights "
+                                     f"are not initialised yet; run the model once on data before converting it")
+    sizes = {int(x.weight.shape[1]) for x in lins}
+    if len(sizes) != 1:
+        from .capture import UnsupportedModuleError
+
+        raise UnsupportedModuleError(f"cannot convert module {name} ({type(m).__name__}): bipartite (tuple) inputs "
+                                     f"of sizes {sorted(sizes)} are not supported")
+    m.in_channels = sizes.pop()
 
 
 def _from_module(cls, with_channels: bool = False):
