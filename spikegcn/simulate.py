@@ -277,7 +277,7 @@ def _fire_events(inp: SpikeInput, op, code: PhaseCode, early: _Early, scale_t: T
         if p <= k0:
             return None
         if synapses is None:  # composite operators: linear maps of the values fired at p (or a gate)
-            d = op.delta(inp, p, dtype, decoded) if isinstance(op, ValueOp) else op.delta(inp, p, dtype)
+            d = op.delta(inp, p, dtype, decoded)
             return None if d is None else norm(d)
         row, col, val = inp.events_at(p, dtype)
         if row.numel() == 0:

@@ -163,7 +163,8 @@ class LayerSynapses(ValueOp):
             z.add_(self.layer._channel_view(self.layer.bias, z.dim()))
         return z
 
-    def delta(self, inp: Streams, r: int, dtype: torch.dtype) -> Tensor | None:
+    def delta(self, inp: Streams, r: int, dtype: torch.dtype, cache: dict | None = None) -> Tensor | None:
+        # one spike plane per input: nothing to decode twice, so no cache
         acc = None
         for i, (x, o) in enumerate(zip(inp.items, inp.offsets)):
             p = r - o
