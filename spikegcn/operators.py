@@ -92,20 +92,26 @@ def _values(item, k: int, dtype: torch.dtype, like: Tensor | None = None) -> Ten
 
 def _fired_at(item, q: int, dtype: torch.dtype, cache: dict) -> Tensor:
     """The values of the spikes fired at phase ``q`` exactly: bit for bit ``values_upto(q) - values_upto(q - 1)``
-    (a spike fired earlier gives ``v - v = +0``, as ``where`` does). A one-spike input is decoded once (kept in
-    ``cache`` under the input itself, so a later input never reads a stale entry); other inputs keep the last prefix
-    for the next phase."""
-    hit = cache.get(("decoded", dtype))
+    (a spike fired earlier gives ``v - v = +0``, as ``where`` does). A one-spike input is decoded once; another input
+    keeps its last prefix for the next phase; the latest phase's values serve every operator on that input. Entries
+    are keyed by the input and checked against it (held by the entry), so a later input never reads a stale one."""
+    fired = cache.get(("fired", dtype, id(item)))
+    if fired is not None and fired[0] is item and fired[1] == q:
+        return fired[2]
     if type(item) is PhaseSpikes and q >= 1:
+        hit = cache.get(("decoded", dtype, id(item)))
         if hit is None or hit[0] is not item:
-            hit = cache[("decoded", dtype)] = (item, _values(item, item.T_in, dtype))
+            hit = cache[("decoded", dtype, id(item))] = (item, _values(item, item.T_in, dtype))
         v = hit[1]
-        return torch.where(item.phase == q, v, torch.zeros((), dtype=v.dtype, device=v.device))
-    prev = cache.pop(("prefix", dtype), None)
-    low = prev[2] if prev is not None and prev[0] is item and prev[1] == q - 1 else _values(item, q - 1, dtype)
-    high = _values(item, q, dtype)
-    cache[("prefix", dtype)] = (item, q, high)
-    return high - low
+        out = torch.where(item.phase == q, v, torch.zeros((), dtype=v.dtype, device=v.device))
+    else:
+        prev = cache.pop(("prefix", dtype, id(item)), None)
+        low = prev[2] if prev is not None and prev[0] is item and prev[1] == q - 1 else _values(item, q - 1, dtype)
+        high = _values(item, q, dtype)
+        cache[("prefix", dtype, id(item))] = (item, q, high)
+        out = high - low
+    cache[("fired", dtype, id(item))] = (item, q, out)
+    return out
 
 
 def _device(item) -> torch.device:
@@ -202,6 +208,24 @@ class Sparse(ValueOp):
         adj = self.adj if self.adj.dtype == x.dtype else self.adj.to(x.dtype)
         return torch.sparse.mm(adj, x)
 
+    def delta(self, inp, p: int, dtype: torch.dtype, cache: dict | None = None) -> Tensor | None:
+        """One-spike int8 input on the CPU: every late phase's aggregation in one pass of the compiled kernel at the
+        first late phase asked for (the same sums as ``A x`` of that phase's values, bit for bit), then one bin per
+        phase. Only where the bins take at most twice the memory of the decoded input (a chunk of the layer-wise
+        path; a whole graph aggregates phase by phase instead)."""
+        if type(inp) is PhaseSpikes and dtype == torch.float32 and cache is not None:
+            hit = cache.get(("bins", id(self), id(inp)))
+            if hit is None or hit[0] is not inp:
+                from .kernels import fused_cpu
+
+                fits = self.adj.shape[0] * max(inp.T_in - p + 1, 0) <= max(2 * inp.phase.shape[0], 1 << 14)
+                bins = fused_cpu.aggregate_bins(self.adj, inp, p - 1) if fits else None
+                hit = cache[("bins", id(self), id(inp))] = (inp, p - 1, bins)
+            _, k0, bins = hit
+            if bins is not None and k0 < p <= inp.T_in:
+                return bins[:, p - 1 - k0].contiguous()  # a dense map after it rounds as on a fresh tensor
+        return super().delta(inp, p, dtype, cache)
+
     def cost(self, xs):
         x = xs[0]
         channels = x.shape[1] if x.dim() > 1 else 1
@@ -220,6 +244,16 @@ class Chain(ValueOp):
         for op in self.ops:
             xs = [op.forward(xs)]
         return xs[0]
+
+    def delta(self, inp, p: int, dtype: torch.dtype, cache: dict | None = None) -> Tensor | None:
+        if not self.linear:
+            return super().delta(inp, p, dtype, cache)
+        d = self.ops[0].delta(inp, p, dtype, cache)  # a linear chain maps its first operator's contribution on
+        if d is None:
+            return None
+        for op in self.ops[1:]:
+            d = op.forward([d])
+        return d
 
     def cost(self, xs):
         macs = adds = 0.0
@@ -243,6 +277,18 @@ class Join(ValueOp):
         for op, i in zip(self.ops, self.inputs):
             y = op.forward([xs[i]])
             out = y if out is None else out + y
+        return out
+
+    def delta(self, inp, p: int, dtype: torch.dtype, cache: dict | None = None) -> Tensor | None:
+        if not self.linear:
+            return super().delta(inp, p, dtype, cache)
+        cache = {} if cache is None else cache
+        items, offsets = _items(inp), _offsets(inp)
+        out = None
+        for op, i in zip(self.ops, self.inputs):  # each operator on its own stream (nothing fired there: skipped)
+            d = op.delta(items[i], p - offsets[i], dtype, cache)
+            if d is not None:
+                out = d if out is None else out + d
         return out
 
     def cost(self, xs):

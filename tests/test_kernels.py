@@ -147,6 +147,40 @@ def test_fused_int8_code_kernels_match_float_kernel(n, f, T):
                             assert torch.equal(a[1], b[1]), (k, has_sign, tw)
 
 
+@pytest.mark.parametrize("n,f,T", [(300, 200, 16), (200, 7, 12), (150, 33, 31)])
+def test_aggregation_bins_equal_per_phase_sparse_products(n, f, T, monkeypatch):
+    """The late-phase bins of A x (SAGE-like operators' exact path) equal torch.sparse.mm of each phase's values bit
+    for bit, on AVX-512 and AVX2, feature tails, and more late phases than the registers hold; other inputs get None."""
+    from spikegcn import PhaseCode
+    from spikegcn.kernels import fused_cpu
+    from spikegcn.operators import _values, sparse_matrix
+    from spikegcn.spikes import PhaseSpikes
+
+    mod = fused_cpu.load()
+    if mod is None or mod.cpu_isa() < 1:
+        pytest.skip("needs the fused kernels (`spikegcn build-kernels`) on an AVX2 or AVX-512 CPU")
+    g = torch.Generator().manual_seed(f)
+    ei = torch.stack([torch.randint(0, n, (12 * n,), generator=g), torch.randint(0, n // 2, (12 * n,), generator=g)])
+    adj = sparse_matrix(ei, torch.rand(12 * n, generator=g), (n // 2, n), torch.float32)
+    ph = torch.randint(0, T + 1, (n, f), generator=g).to(torch.int8)
+    sg = (torch.where(torch.rand(n, f, generator=g) < 0.5, -1, 1) * (ph > 0)).to(torch.int8)
+    inp = PhaseSpikes(phase=ph, code=PhaseCode(T, 1.3), sign=sg, scale=torch.rand(f, generator=g) + 0.5)
+    v = _values(inp, T, torch.float32)
+    for isa in ["avx2"] + (["avx512"] if mod.cpu_isa() >= 2 else []):
+        monkeypatch.setenv("SPIKEGCN_CPU_ISA", isa)
+        for k0 in sorted({0, 3, T // 2, T - 1}):
+            bins = fused_cpu.aggregate_bins(adj, inp, k0)
+            assert bins.shape == (n // 2, T - k0, f)
+            for q in range(T - k0):
+                want = torch.sparse.mm(adj, torch.where(ph == k0 + 1 + q, v, torch.zeros(())))
+                assert torch.equal(bins[:, q], want), (isa, k0, q)
+    monkeypatch.setenv("SPIKEGCN_CPU_ISA", "portable")
+    assert fused_cpu.aggregate_bins(adj, inp, 3) is None  # no int8-code kernel: the caller aggregates per phase
+    monkeypatch.delenv("SPIKEGCN_CPU_ISA")
+    assert fused_cpu.aggregate_bins(adj.to(torch.float64), inp, 3) is None
+    assert fused_cpu.aggregate_bins(adj, inp, T) is None  # no late phase left
+
+
 def test_fused_kernel_choice_and_bad_input(monkeypatch):
     """"auto" picks the widest int8-code kernel the CPU has, capped by SPIKEGCN_CPU_ISA, and the portable one
     where codes cannot be used; inconsistent arguments raise instead of reading past a table."""

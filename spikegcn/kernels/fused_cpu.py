@@ -257,6 +257,25 @@ def aggregate_exact(adj: Tensor, inp, bias: Tensor | None, scale: Tensor, thresh
     return ph, (sg if signed else None)
 
 
+def aggregate_bins(adj: Tensor, inp, k0: int) -> Tensor | None:
+    """Late-phase bins of ``A-hat x`` for one-spike input ``inp`` (a 2-D :class:`~spikegcn.spikes.PhaseSpikes` with
+    int8 phases, ``T <= 31``): ``[rows of adj, T - k0, features]`` float32, bin ``q`` the sum over each row's edges of
+    the values fired at phase ``k0 + 1 + q``. ``None`` where the int8-code kernels cannot run (no kernel, no AVX2,
+    another input or dtype): the caller then aggregates phase by phase."""
+    mod = load()
+    phase, T_in = inp.phase, inp.code.T
+    if (mod is None or max_isa() == "portable" or phase.dim() != 2 or phase.dtype != torch.int8 or T_in > 31
+            or not 0 <= k0 < T_in or adj.dtype != torch.float32 or adj.layout != torch.sparse_csr
+            or phase.device.type != "cpu" or adj.shape[1] != phase.shape[0]):
+        return None
+    F = phase.shape[1]
+    codes = phase if inp.sign is None else phase * inp.sign.to(torch.int8)
+    scale = inp.scale.to(torch.float32).reshape(-1).expand(F).contiguous()
+    return mod.aggregate_bins(adj.crow_indices(), adj.col_indices(), adj.values().contiguous(), codes.contiguous(),
+                              scale, inp.code.values(torch.float32).contiguous(), int(T_in), int(k0),
+                              _ISA[max_isa()])
+
+
 def encode_phase(x: Tensor, thresholds_asc: Tensor, signed: bool
                  ) -> tuple[Tensor, Tensor | None, int, int, int] | None:
     """One-pass CPU encoder for float32 tensors with T <= 127: ``(phase, sign, non-finite count, saturated count,

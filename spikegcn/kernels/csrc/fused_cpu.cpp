@@ -4,6 +4,7 @@
 // folder keyed by torch, Python, compiler, flags, machine and this file's hash; see that module's docstring.
 #include <torch/extension.h>
 #include <vector>
+#include <cstring>
 #include <algorithm>
 #include <cfloat>
 #include <cstdlib>
@@ -262,6 +263,26 @@ static void run_codes(const Block& block, const idx_t* crow, int64_t N, int64_t 
 }
 #endif
 
+#ifdef SPIKEGCN_X86
+// The same row blocks, without neurons: each row's late-phase bins (phases k0+1 .. k0+nl) written to out[N, nl, F]
+// (ANN units), for operators that map the aggregated values further before their neurons (SAGE's W after the mean).
+template <typename Block, typename idx_t>
+static void run_bins(const Block& block, const idx_t* crow, int64_t N, int64_t F, int64_t nl, float* out) {
+  const int64_t nc = (F + Block::W - 1) / Block::W, Fp = nc * Block::W;
+  #pragma omp parallel
+  {
+    std::vector<float> accv(Fp + 16), Hv((nl > 0 ? nl : 1) * Fp + 16);
+    float* acc = align64(accv);
+    float* H = align64(Hv);
+    #pragma omp for schedule(dynamic, 64)
+    for (int64_t m = 0; m < N; ++m) {
+      for (int64_t c = 0; c < nc; ++c) block(crow[m], crow[m + 1], c * Block::W, acc, H, Fp);
+      for (int64_t q = 0; q < nl; ++q) std::memcpy(out + (m * nl + q) * F, H + q * Fp, F * sizeof(float));
+    }
+  }
+}
+#endif
+
 // 2: AVX-512 (F, BW, VL, DQ), 1: AVX2, 0: neither (or not x86).
 // SPIKEGCN_CPU_ISA=portable|avx2|avx512 caps it, as in fused_cpu.max_isa (which also refuses other values); the
 // encoder and decoder pick their variant once per process, at their first call.
@@ -323,6 +344,40 @@ std::vector<torch::Tensor> aggregate_codes(torch::Tensor crow, torch::Tensor col
   return {out_phase, out_sign};
 }
 
+// The late-phase bins of A-hat x for input codes [N_in, F] (sign x phase, int8): out[N, T_in - k0, F], bin q holding
+// the sum over the row's edges of the values fired at phase k0 + 1 + q.
+torch::Tensor aggregate_bins(torch::Tensor crow, torch::Tensor col, torch::Tensor val, torch::Tensor codes,
+                             torch::Tensor scale, torch::Tensor table, int64_t T_in, int64_t k0, int64_t isa) {
+  TORCH_CHECK(isa == 1 || isa == 2, "aggregate_bins: isa must be 1 (AVX2) or 2 (AVX-512)");
+  TORCH_CHECK(isa <= cpu_isa(), "aggregate_bins: this CPU lacks the requested instruction set");
+  TORCH_CHECK(T_in >= 1 && T_in <= 31, "aggregate_bins supports input codes with 1 <= T <= 31");
+  TORCH_CHECK(k0 >= 0 && k0 < T_in, "aggregate_bins: k0 must lie in 0 .. T_in - 1");
+  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == torch::kInt8 && codes.is_contiguous(),
+              "aggregate_bins: codes must be a contiguous 2-D int8 tensor");
+  TORCH_CHECK(table.numel() == T_in + 1, "aggregate_bins: the value table needs T_in + 1 entries");
+  const int64_t N = crow.size(0) - 1, F = codes.size(1), nl = T_in - k0;
+  TORCH_CHECK(scale.numel() == F, "aggregate_bins: one scale per feature");
+  auto out = torch::empty({N, nl, F}, torch::kFloat32);
+#ifdef SPIKEGCN_X86
+  alignas(64) float tb[32] = {0};
+  for (int64_t i = 0; i <= T_in; ++i) tb[i] = table.data_ptr<float>()[i];
+  std::vector<float> scv(F + 32, 0.f);
+  float* sc = align64(scv);
+  for (int64_t f = 0; f < F; ++f) sc[f] = scale.data_ptr<float>()[f];
+#define SPIKEGCN_RUN(BLOCK, T_IDX)                                                                                 \
+  run_bins(BLOCK<T_IDX>{col.data_ptr<T_IDX>(), val.data_ptr<float>(), codes.data_ptr<int8_t>(), F, (int)k0,       \
+                        (int)nl, tb, sc}, crow.data_ptr<T_IDX>(), N, F, nl, out.data_ptr<float>())
+  const bool i32 = crow.scalar_type() == torch::kInt32;
+  if (isa == 2) {
+    if (i32) SPIKEGCN_RUN(Block512, int32_t); else SPIKEGCN_RUN(Block512, int64_t);
+  } else {
+    if (i32) SPIKEGCN_RUN(Block256, int32_t); else SPIKEGCN_RUN(Block256, int64_t);
+  }
+#undef SPIKEGCN_RUN
+#endif
+  return out;
+}
+
 void register_conv_exact(pybind11::module_& m);  // conv_exact.cpp: exact-mode CNN layers
 void register_codec(pybind11::module_& m);        // codec_cpu.cpp: encoder, decoder, spike counts
 
@@ -331,5 +386,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   register_codec(m);
   m.def("aggregate_exact", &aggregate_exact, "exact-mode aggregation, portable float kernel");
   m.def("aggregate_codes", &aggregate_codes, "exact-mode aggregation, int8-code AVX2 / AVX-512 kernels");
+  m.def("aggregate_bins", &aggregate_bins, "late-phase bins of the aggregation, int8-code AVX2 / AVX-512 kernels");
   m.def("cpu_isa", &cpu_isa, "2: AVX-512, 1: AVX2, 0: neither");
 }
