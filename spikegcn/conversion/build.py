@@ -12,7 +12,7 @@ from .graph import LayerInfo, Plan, SpikingModel, stream_nodes
 from .prepare import Observer, PreparedGraphModule
 from .rules import BuildContext, bn_affine, build_function_layer, fold_affine, resolve_lazy_channels, rule_for
 
-__all__ = ["build", "gcn_scale"]
+__all__ = ["build", "gcn_scale", "input_encoder"]
 
 
 def build(prepared: PreparedGraphModule, code: PhaseCode, mode: str = "exact", channel_wise: bool = True,
@@ -55,15 +55,21 @@ def _copy_graph(graph: fx.Graph) -> fx.Graph:
     return new
 
 
+def input_encoder(obs: Observer, code: PhaseCode, input_coding: str) -> PhaseEncoder:
+    """The encoder of an observed input stream: lambda^0 = its largest |value| (0 maps to 1)."""
+    enc = PhaseEncoder(T=code.T, coding=input_coding, code=code)
+    m = torch.maximum(obs.pos, obs.neg).max()
+    enc.scale = torch.where(m > 0, m, torch.ones_like(m)).clone()
+    enc.calibrated.fill_(True)
+    return enc
+
+
 def _insert_encoders(gm, prepared, plan, nodes, modules, code, input_coding) -> None:
     for i, src in enumerate(plan.inputs):
         obs: Observer = prepared.get_submodule(f"observer_{src}")
         if not obs.seen:
             continue
-        enc = PhaseEncoder(T=code.T, coding=input_coding, code=code)
-        m = torch.maximum(obs.pos, obs.neg).max()
-        enc.scale = torch.where(m > 0, m, torch.ones_like(m)).clone()
-        enc.calibrated.fill_(True)
+        enc = input_encoder(obs, code, input_coding)
         name = "input_encoder" if i == 0 else f"input_encoder_{i}"
         gm.add_module(name, enc)
         s = nodes[src]

@@ -40,8 +40,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch_geometric.nn.dense.linear import Linear as PygLinear
 
-from ..coding import PhaseCode, decode_binary, encode_binary, quantize
-from .build import gcn_scale
+from ..coding import PhaseCode, quantize
+from .build import gcn_scale, input_encoder
 from .prepare import Observer, PreparedGraphModule, call_args
 
 __all__ = ["reconstruct"]
@@ -163,9 +163,8 @@ def _rounders(prepared: PreparedGraphModule, code: PhaseCode, channel_wise: bool
                 code, gcn_scale(prepared, target, variant, channel_wise), signed=variant == "signed")
     for src in prepared.plan.inputs:
         obs = prepared.get_submodule(f"observer_{src}")
-        if obs.seen:
-            m = torch.maximum(obs.pos, obs.neg).max()
-            out[obs] = _encoder(torch.where(m > 0, m, torch.ones_like(m)), code, input_coding)
+        if obs.seen:  # the input encoder the SNN gets, built the same way
+            out[obs] = _encoded(input_encoder(obs, code, input_coding))
     return out
 
 
@@ -176,13 +175,9 @@ def _neuron(code: PhaseCode, scale: Tensor, signed: bool) -> Callable[[Tensor], 
     return f
 
 
-def _encoder(scale: Tensor, code: PhaseCode, coding: str) -> Callable[[Tensor], Tensor]:
+def _encoded(enc: nn.Module) -> Callable[[Tensor], Tensor]:
     def f(x: Tensor) -> Tensor:
-        s = scale.to(x)
-        if coding == "single":
-            return quantize(x / s, code, signed=True) * s
-        bits, sign = encode_binary(x / s, code.T, signed=True)
-        return decode_binary(bits, code.T, sign, dtype=x.dtype) * s
+        return enc(x).values(x.dtype)
     return f
 
 
