@@ -305,17 +305,58 @@ int64_t cpu_isa() {
   return isa;
 }
 
+// The checks both int8-code entry points make on their inputs (``what``: the entry point's name).
+static void check_codes(const char* what, int64_t isa, int64_t T_in, const torch::Tensor& codes,
+                        const torch::Tensor& table) {
+  TORCH_CHECK(isa == 1 || isa == 2, what, ": isa must be 1 (AVX2) or 2 (AVX-512)");
+  TORCH_CHECK(isa <= cpu_isa(), what, ": this CPU lacks the requested instruction set");
+  TORCH_CHECK(T_in >= 1 && T_in <= 31, what, " supports input codes with 1 <= T <= 31");
+  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == torch::kInt8 && codes.is_contiguous(),
+              what, ": codes must be a contiguous 2-D int8 tensor");
+  TORCH_CHECK(table.numel() == T_in + 1, what, ": the value table needs T_in + 1 entries");
+}
+
+#ifdef SPIKEGCN_X86
+// The value table (32 entries) and the per-feature input scale (zero-padded to whole blocks), 64-byte aligned.
+struct CodeTables {
+  alignas(64) float tb[32] = {0};
+  std::vector<float> scv;
+  float* sc;
+  CodeTables(const torch::Tensor& table, const torch::Tensor& scale, int64_t T_in, int64_t F) : scv(F + 32, 0.f) {
+    for (int64_t i = 0; i <= T_in; ++i) tb[i] = table.data_ptr<float>()[i];
+    sc = align64(scv);
+    for (int64_t f = 0; f < F; ++f) sc[f] = scale.data_ptr<float>()[f];
+  }
+};
+
+template <template <typename> class Block, typename idx_t, typename Fn>
+static void with_block(const torch::Tensor& crow, const torch::Tensor& col, const torch::Tensor& val,
+                       const torch::Tensor& codes, int64_t F, int k0, int nl, const CodeTables& t, Fn&& fn) {
+  fn(Block<idx_t>{col.data_ptr<idx_t>(), val.data_ptr<float>(), codes.data_ptr<int8_t>(), F, k0, nl, t.tb, t.sc},
+     crow.data_ptr<idx_t>());
+}
+
+// fn(row block, crow) with the row block of the instruction set (2: AVX-512, 1: AVX2) and the CSR index type.
+template <typename Fn>
+static void dispatch_blocks(int64_t isa, const torch::Tensor& crow, const torch::Tensor& col, const torch::Tensor& val,
+                            const torch::Tensor& codes, int64_t F, int k0, int nl, const CodeTables& t, Fn&& fn) {
+  const bool i32 = crow.scalar_type() == torch::kInt32;
+  if (isa == 2) {
+    if (i32) with_block<Block512, int32_t>(crow, col, val, codes, F, k0, nl, t, fn);
+    else with_block<Block512, int64_t>(crow, col, val, codes, F, k0, nl, t, fn);
+  } else {
+    if (i32) with_block<Block256, int32_t>(crow, col, val, codes, F, k0, nl, t, fn);
+    else with_block<Block256, int64_t>(crow, col, val, codes, F, k0, nl, t, fn);
+  }
+}
+#endif
+
 // codes: int8 [N, F], sign x fire phase of each input neuron; scale: [F] input lambda; table: [T_in + 1].
 std::vector<torch::Tensor> aggregate_codes(torch::Tensor crow, torch::Tensor col, torch::Tensor val,
                                            torch::Tensor codes, torch::Tensor scale, torch::Tensor table,
                                            torch::Tensor bias, torch::Tensor inv_scale, torch::Tensor thr,
                                            int64_t T_in, int64_t Tw, bool is_signed, int64_t isa) {
-  TORCH_CHECK(isa == 1 || isa == 2, "aggregate_codes: isa must be 1 (AVX2) or 2 (AVX-512)");
-  TORCH_CHECK(isa <= cpu_isa(), "aggregate_codes: this CPU lacks the requested instruction set");
-  TORCH_CHECK(T_in >= 1 && T_in <= 31, "aggregate_codes supports input codes with 1 <= T <= 31");
-  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == torch::kInt8 && codes.is_contiguous(),
-              "aggregate_codes: codes must be a contiguous 2-D int8 tensor");
-  TORCH_CHECK(table.numel() == T_in + 1, "aggregate_codes: the value table needs T_in + 1 entries");
+  check_codes("aggregate_codes", isa, T_in, codes, table);
   const int64_t N = crow.size(0) - 1, F = codes.size(1), T = thr.size(0);
   TORCH_CHECK(scale.numel() == F && inv_scale.numel() == F, "aggregate_codes: one scale per feature");
   auto out_phase = torch::zeros({N, F}, torch::kInt8);
@@ -324,22 +365,11 @@ std::vector<torch::Tensor> aggregate_codes(torch::Tensor crow, torch::Tensor col
   const float* b = bias.numel() ? bias.data_ptr<float>() : nullptr;
   int8_t* s = is_signed ? out_sign.data_ptr<int8_t>() : nullptr;
   const int k0 = (int)std::min(Tw + 1, T_in), nl = (int)T_in - k0;  // late phases k0+1 .. T_in
-  alignas(64) float tb[32] = {0};
-  for (int64_t i = 0; i <= T_in; ++i) tb[i] = table.data_ptr<float>()[i];
-  std::vector<float> scv(F + 32, 0.f);  // zero-padded to whole blocks, aligned
-  float* sc = align64(scv);
-  for (int64_t f = 0; f < F; ++f) sc[f] = scale.data_ptr<float>()[f];
-#define SPIKEGCN_RUN(BLOCK, T_IDX)                                                                               \
-  run_codes(BLOCK<T_IDX>{col.data_ptr<T_IDX>(), val.data_ptr<float>(), codes.data_ptr<int8_t>(), F, k0, nl, tb, sc}, \
-            crow.data_ptr<T_IDX>(), N, F, T, T_in, Tw, is_signed, b, inv_scale.data_ptr<float>(),              \
-            thr.data_ptr<float>(), out_phase.data_ptr<int8_t>(), s)
-  const bool i32 = crow.scalar_type() == torch::kInt32;
-  if (isa == 2) {
-    if (i32) SPIKEGCN_RUN(Block512, int32_t); else SPIKEGCN_RUN(Block512, int64_t);
-  } else {
-    if (i32) SPIKEGCN_RUN(Block256, int32_t); else SPIKEGCN_RUN(Block256, int64_t);
-  }
-#undef SPIKEGCN_RUN
+  const CodeTables t(table, scale, T_in, F);
+  dispatch_blocks(isa, crow, col, val, codes, F, k0, nl, t, [&](const auto& block, const auto* rows) {
+    run_codes(block, rows, N, F, T, T_in, Tw, is_signed, b, inv_scale.data_ptr<float>(), thr.data_ptr<float>(),
+              out_phase.data_ptr<int8_t>(), s);
+  });
 #endif
   return {out_phase, out_sign};
 }
@@ -348,32 +378,16 @@ std::vector<torch::Tensor> aggregate_codes(torch::Tensor crow, torch::Tensor col
 // the sum over the row's edges of the values fired at phase k0 + 1 + q.
 torch::Tensor aggregate_bins(torch::Tensor crow, torch::Tensor col, torch::Tensor val, torch::Tensor codes,
                              torch::Tensor scale, torch::Tensor table, int64_t T_in, int64_t k0, int64_t isa) {
-  TORCH_CHECK(isa == 1 || isa == 2, "aggregate_bins: isa must be 1 (AVX2) or 2 (AVX-512)");
-  TORCH_CHECK(isa <= cpu_isa(), "aggregate_bins: this CPU lacks the requested instruction set");
-  TORCH_CHECK(T_in >= 1 && T_in <= 31, "aggregate_bins supports input codes with 1 <= T <= 31");
+  check_codes("aggregate_bins", isa, T_in, codes, table);
   TORCH_CHECK(k0 >= 0 && k0 < T_in, "aggregate_bins: k0 must lie in 0 .. T_in - 1");
-  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == torch::kInt8 && codes.is_contiguous(),
-              "aggregate_bins: codes must be a contiguous 2-D int8 tensor");
-  TORCH_CHECK(table.numel() == T_in + 1, "aggregate_bins: the value table needs T_in + 1 entries");
   const int64_t N = crow.size(0) - 1, F = codes.size(1), nl = T_in - k0;
   TORCH_CHECK(scale.numel() == F, "aggregate_bins: one scale per feature");
   auto out = torch::empty({N, nl, F}, torch::kFloat32);
 #ifdef SPIKEGCN_X86
-  alignas(64) float tb[32] = {0};
-  for (int64_t i = 0; i <= T_in; ++i) tb[i] = table.data_ptr<float>()[i];
-  std::vector<float> scv(F + 32, 0.f);
-  float* sc = align64(scv);
-  for (int64_t f = 0; f < F; ++f) sc[f] = scale.data_ptr<float>()[f];
-#define SPIKEGCN_RUN(BLOCK, T_IDX)                                                                                 \
-  run_bins(BLOCK<T_IDX>{col.data_ptr<T_IDX>(), val.data_ptr<float>(), codes.data_ptr<int8_t>(), F, (int)k0,       \
-                        (int)nl, tb, sc}, crow.data_ptr<T_IDX>(), N, F, nl, out.data_ptr<float>())
-  const bool i32 = crow.scalar_type() == torch::kInt32;
-  if (isa == 2) {
-    if (i32) SPIKEGCN_RUN(Block512, int32_t); else SPIKEGCN_RUN(Block512, int64_t);
-  } else {
-    if (i32) SPIKEGCN_RUN(Block256, int32_t); else SPIKEGCN_RUN(Block256, int64_t);
-  }
-#undef SPIKEGCN_RUN
+  const CodeTables t(table, scale, T_in, F);
+  dispatch_blocks(isa, crow, col, val, codes, F, (int)k0, (int)nl, t, [&](const auto& block, const auto* rows) {
+    run_bins(block, rows, N, F, nl, out.data_ptr<float>());
+  });
 #endif
   return out;
 }
