@@ -57,7 +57,8 @@ def late_spikes(x: PhaseSpikes | BinarySpikes, lo: int, offset: int, dtype: torc
         rows = nchw.view(nchw.shape[0], nchw.shape[1], nchw.shape[2] * nchw.shape[3])
         s = sign.view(rows.shape) if sign is not None else torch.empty(0, dtype=torch.int8, device=rows.device)
         if isinstance(x, PhaseSpikes) and rows.dtype == torch.int8:
-            return tuple(mod.late_list(rows, s, x.code.values(dtype).contiguous(), lo, offset))
+            return tuple(mod.late_list(rows, s, x.code.values(dtype).contiguous(), lo, offset,
+                                        fused_cpu._ISA[fused_cpu.max_isa()]))
         if isinstance(x, BinarySpikes) and rows.dtype in (torch.int32, torch.int64) and 0 <= lo < x.T:
             like = torch.empty(0, dtype=dtype, device=rows.device)
             return tuple(mod.late_list_bits(rows, s, x.T, lo, offset, like))

@@ -7,13 +7,17 @@
 // spikes (virtual phase r > k0) are listed per input position; for each kernel offset the row reads the late spikes
 // at the input position under it and adds value x weight[ky][kx][c][:] (a C-wide axpy) into the bin of their phase.
 // The neurons then add the bins phase by phase and fire at the first threshold crossing (the rule of
-// spikegcn.neuron.one_spike_fire with wait max_d over T_v virtual phases), all C channels of the row in lockstep.
-// Cost: the dense convolution plus late spikes x fan-out.
+// spikegcn.neuron.one_spike_fire with wait max_d over T_v virtual phases), the C channels of a tile of rows in
+// lockstep. Cost: the dense convolution plus late spikes x fan-out.
 #include <torch/extension.h>
 
 #include <algorithm>
 #include <cmath>
 #include <vector>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -47,18 +51,9 @@ __attribute__((always_inline)) inline void add_bin(const Layer& L, const scalar_
   }
 }
 
-// One output row: the late contributions into its phase bins (bins[(r - k0 - 1) * C + k]), then its C neurons in
-// lockstep (the same additions in the same order as one neuron at a time; local int32 phases so that the compiler
-// sees no aliasing and vectorises over the channels); a bin is divided by L.div first where given, as the graph
-// event path does, so the floats are the same. Signed neurons fire on |potential| and write their sign to sg.
-// Adds to *sat / *bad.
-// CC > 0: the channel count as a compile-time constant (16, 32, 64, 128, 256: loops unrolled, no remainders);
-// 0: L.C.
+// The late contributions of output row m into its phase bins (bins[(r - k0 - 1) * C + k]).
 template <typename scalar_t, int CC>
-__attribute__((always_inline)) inline void row_body(const Layer& L, int64_t m, const scalar_t* first,
-                                                    const scalar_t* thr, scalar_t* __restrict bins,
-                                                    scalar_t* __restrict p, int32_t* __restrict fz, int8_t* out,
-                                                    int8_t* sg, int64_t* sat, int64_t* bad) {
+__attribute__((always_inline)) inline void late_bins(const Layer& L, int64_t m, scalar_t* __restrict bins) {
   const int64_t C = CC > 0 ? CC : L.C, k0 = L.k0, n = m / (L.Ho * L.Wo), oy = (m / L.Wo) % L.Ho, ox = m % L.Wo;
   const int64_t nbc = (L.T_v - k0) * C;
   for (int64_t q = 0; q < nbc; ++q) bins[q] = scalar_t(0);
@@ -84,87 +79,124 @@ __attribute__((always_inline)) inline void row_body(const Layer& L, int64_t m, c
       }
     }
   }
-  // first and out are NCHW: channel k of the row at base + k * HWo (no transposed copies around the kernel)
-  const int64_t HWo = L.Ho * L.Wo, base = n * C * HWo + oy * L.Wo + ox;
-  int64_t nbad = 0;
-  for (int64_t k = 0; k < C; ++k) {
-    const scalar_t f = first[base + k * HWo];
-    p[k] = f;
-    fz[k] = 0;
-    nbad += !(f - f == scalar_t(0));  // NaN or inf
-  }
-  const scalar_t* __restrict dv = static_cast<const scalar_t*>(L.div);
+}
+
+// The C neurons of each of the R rows of a tile from their early potentials P ([R, C], then the final potentials):
+// add each row's bins (BINS [R, T_v - k0, C]) phase by phase and fire at the first threshold crossing (signed
+// neurons on |potential|). FZ gets the fire phases, negative for a signed neuron firing on a negative potential, 0
+// for none. Every phase's test runs over the whole tile, R x C independent lanes: a row alone would be one short
+// chain of dependent vector ops per phase. The "not fired yet" and threshold tests are combined with a
+// non-short-circuit &, so that the potential's load does not depend on the first. Each neuron sees the same
+// additions in the same order as it would alone. Returns how many final |potential|s exceed 1.
+template <typename scalar_t, int CC, bool SIGNED>
+__attribute__((always_inline)) inline int64_t neurons(const Layer& L, int64_t R, const scalar_t* __restrict BINS,
+                                                      const scalar_t* __restrict dv, const scalar_t* __restrict thr,
+                                                      scalar_t* __restrict P, int32_t* __restrict FZ) {
+  const int64_t C = CC > 0 ? CC : L.C, k0 = L.k0, nbc = (L.T_v - k0) * C, RC = R * C;
+  for (int64_t i = 0; i < RC; ++i) FZ[i] = 0;
   int64_t r = k0;  // virtual phases added so far
   for (int64_t t = 1; t <= L.T; ++t) {
     for (const int64_t upto = std::min(t + L.max_d, L.T_v); r < upto; ++r)
-      add_bin<scalar_t, CC>(L, bins + (r - k0) * C, dv, p);
+      for (int64_t m = 0; m < R; ++m) add_bin<scalar_t, CC>(L, BINS + m * nbc + (r - k0) * C, dv, P + m * C);
     const scalar_t th = thr[t - 1];
     const int32_t tt = (int32_t)t;
-    if (L.is_signed) {
-      for (int64_t k = 0; k < C; ++k) {
-        if (fz[k] == 0 && std::abs(p[k]) >= th) {
-          fz[k] = tt;
-          sg[base + k * HWo] = p[k] > scalar_t(0) ? 1 : -1;
-        }
-      }
+    if (SIGNED) {
+#pragma omp simd
+      for (int64_t i = 0; i < RC; ++i)
+        FZ[i] = ((FZ[i] == 0) & (std::abs(P[i]) >= th)) ? (P[i] > scalar_t(0) ? tt : -tt) : FZ[i];
     } else {
 #pragma omp simd
-      for (int64_t k = 0; k < C; ++k) fz[k] = (fz[k] == 0 && p[k] >= th) ? tt : fz[k];
+      for (int64_t i = 0; i < RC; ++i) FZ[i] = ((FZ[i] == 0) & (P[i] >= th)) ? tt : FZ[i];
     }
   }
-  // p is now the final potential: input phases past T + max_d reach no output phase (the phase-by-phase path stops
+  // P is now the final potential: input phases past T + max_d reach no output phase (the phase-by-phase path stops
   // there too), so the bins after them are not added
   int64_t nsat = 0;
-  if (L.is_signed) {
-    for (int64_t k = 0; k < C; ++k) nsat += std::abs(p[k]) > scalar_t(1);
-  } else {
 #pragma omp simd reduction(+ : nsat)
-    for (int64_t k = 0; k < C; ++k) nsat += p[k] > scalar_t(1);
+  for (int64_t i = 0; i < RC; ++i) nsat += (SIGNED ? std::abs(P[i]) : P[i]) > scalar_t(1);
+  return nsat;
+}
+
+// A tile of R consecutive output rows m0 .. m0 + R - 1, positions of one sample (or with HWo = 1 R samples):
+// `first` and `out` are NCHW, so channel k of the tile is R contiguous elements at base + k * HWo (or, HWo = 1,
+// a row's C channels are contiguous). The tile is gathered into P (row-major [R, C]) and scattered back from FZ
+// with contiguous accesses: one row at a time would touch C elements HWo apart, which for HWo a multiple of 1024
+// floats all fall into one L1 set and evict each other. Adds to *sat / *bad.
+// CC > 0: the channel count as a compile-time constant (16, 32, 64, 128, 256: loops unrolled, no remainders);
+// 0: L.C.
+constexpr int64_t TILE_LANES = 256;  // R x C: 16 AVX-512 vectors of float per phase test; tile bins stay in L1
+constexpr int64_t TILE_ROWS = 16;
+
+template <typename scalar_t, int CC>
+__attribute__((always_inline)) inline void tile_body(const Layer& L, int64_t m0, int64_t R, const scalar_t* first,
+                                                     const scalar_t* thr, scalar_t* __restrict BINS,
+                                                     scalar_t* __restrict P, int32_t* __restrict FZ, int8_t* out,
+                                                     int8_t* sg, int64_t* sat, int64_t* bad) {
+  const int64_t C = CC > 0 ? CC : L.C, HWo = L.Ho * L.Wo, nbc = (L.T_v - L.k0) * C;
+  // element (r, k) at base + k * HWo + r (positions of one sample) or base + r * C + k (HWo = 1)
+  const int64_t base = (m0 / HWo) * C * HWo + m0 % HWo, ks = HWo == 1 ? 1 : HWo, rs = HWo == 1 ? C : 1;
+  int64_t nbad = 0;
+  for (int64_t k = 0; k < C; ++k) {
+    for (int64_t r = 0; r < R; ++r) {
+      const scalar_t f = first[base + k * ks + r * rs];
+      P[r * C + k] = f;
+      nbad += !(f - f == scalar_t(0));  // NaN or inf
+    }
   }
-  for (int64_t k = 0; k < C; ++k) out[base + k * HWo] = (int8_t)fz[k];
-  *sat += nsat;
+  for (int64_t r = 0; r < R; ++r) late_bins<scalar_t, CC>(L, m0 + r, BINS + r * nbc);
+  const scalar_t* __restrict dv = static_cast<const scalar_t*>(L.div);
+  *sat += L.is_signed ? neurons<scalar_t, CC, true>(L, R, BINS, dv, thr, P, FZ)
+                      : neurons<scalar_t, CC, false>(L, R, BINS, dv, thr, P, FZ);
+  for (int64_t k = 0; k < C; ++k) {
+    for (int64_t r = 0; r < R; ++r) {
+      const int32_t f = FZ[r * C + k];
+      const int64_t e = base + k * ks + r * rs;
+      out[e] = (int8_t)std::abs(f);
+      if (L.is_signed) sg[e] = f > 0 ? int8_t(1) : f < 0 ? int8_t(-1) : int8_t(0);
+    }
+  }
   *bad += nbad;
 }
 
 template <typename scalar_t>
-using RowFn = void (*)(const Layer&, int64_t, const scalar_t*, const scalar_t*, scalar_t*, scalar_t*, int32_t*,
-                       int8_t*, int8_t*, int64_t*, int64_t*);
+using TileFn = void (*)(const Layer&, int64_t, int64_t, const scalar_t*, const scalar_t*, scalar_t*, scalar_t*,
+                       int32_t*, int8_t*, int8_t*, int64_t*, int64_t*);
+
+#define SPIKEGCN_TILE_ARGS                                                                                           \
+  const Layer &L, int64_t m0, int64_t R, const scalar_t *first, const scalar_t *thr, scalar_t *bins, scalar_t *P,   \
+      int32_t *FZ, int8_t *out, int8_t *sg, int64_t *sat, int64_t *bad
+#define SPIKEGCN_TILE_CALL tile_body<scalar_t, CC>(L, m0, R, first, thr, bins, P, FZ, out, sg, sat, bad)
 
 template <typename scalar_t, int CC>
-void row_portable(const Layer& L, int64_t m, const scalar_t* first, const scalar_t* thr, scalar_t* bins, scalar_t* p,
-                  int32_t* fz, int8_t* out, int8_t* sg, int64_t* sat, int64_t* bad) {
-  row_body<scalar_t, CC>(L, m, first, thr, bins, p, fz, out, sg, sat, bad);
+void tile_portable(SPIKEGCN_TILE_ARGS) {
+  SPIKEGCN_TILE_CALL;
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define SPIKEGCN_CONV_X86 1
 // The same code compiled for wider vectors (no FMA: -ffp-contract=off keeps products and sums separate).
 template <typename scalar_t, int CC>
-__attribute__((target("avx2"))) void row_avx2(const Layer& L, int64_t m, const scalar_t* first, const scalar_t* thr,
-                                              scalar_t* bins, scalar_t* p, int32_t* fz, int8_t* out, int8_t* sg,
-                                              int64_t* sat, int64_t* bad) {
-  row_body<scalar_t, CC>(L, m, first, thr, bins, p, fz, out, sg, sat, bad);
+__attribute__((target("avx2"))) void tile_avx2(SPIKEGCN_TILE_ARGS) {
+  SPIKEGCN_TILE_CALL;
 }
 
 template <typename scalar_t, int CC>
-__attribute__((target("avx512f"))) void row_avx512(const Layer& L, int64_t m, const scalar_t* first,
-                                                   const scalar_t* thr, scalar_t* bins, scalar_t* p, int32_t* fz,
-                                                   int8_t* out, int8_t* sg, int64_t* sat, int64_t* bad) {
-  row_body<scalar_t, CC>(L, m, first, thr, bins, p, fz, out, sg, sat, bad);
+__attribute__((target("avx512f"))) void tile_avx512(SPIKEGCN_TILE_ARGS) {
+  SPIKEGCN_TILE_CALL;
 }
 #endif
 
 template <typename scalar_t, int CC>
-RowFn<scalar_t> pick_isa(int64_t isa) {
+TileFn<scalar_t> pick_isa(int64_t isa) {
 #ifdef SPIKEGCN_CONV_X86
-  if (isa >= 2 && __builtin_cpu_supports("avx512f")) return row_avx512<scalar_t, CC>;
-  if (isa >= 1 && __builtin_cpu_supports("avx2")) return row_avx2<scalar_t, CC>;
+  if (isa >= 2 && __builtin_cpu_supports("avx512f")) return tile_avx512<scalar_t, CC>;
+  if (isa >= 1 && __builtin_cpu_supports("avx2")) return tile_avx2<scalar_t, CC>;
 #endif
-  return row_portable<scalar_t, CC>;
+  return tile_portable<scalar_t, CC>;
 }
 
 template <typename scalar_t>
-RowFn<scalar_t> pick_row(int64_t isa, int64_t C) {
+TileFn<scalar_t> pick_tile(int64_t isa, int64_t C) {
   switch (C) {
     case 16: return pick_isa<scalar_t, 16>(isa);
     case 32: return pick_isa<scalar_t, 32>(isa);
@@ -180,15 +212,22 @@ void run(const scalar_t* first, const std::vector<ConvInput>& ins, int64_t N, in
          const scalar_t* thr, int64_t T, int64_t k0, int64_t T_v, int64_t max_d, const scalar_t* div, bool is_signed,
          int64_t isa, int8_t* out, int8_t* sg, int64_t* sat_out, int64_t* bad_out) {
   const Layer L{ins.data(), (int64_t)ins.size(), Ho, Wo, C, T, k0, T_v, max_d, div, is_signed};
-  const int64_t R = N * Ho * Wo;
-  const RowFn<scalar_t> row = pick_row<scalar_t>(isa, C);
+  // rows per tile; tiles per sample (HWo = 1: the samples are the rows, one "sample" of N rows)
+  const int64_t tr = std::max<int64_t>(1, std::min<int64_t>(TILE_ROWS, TILE_LANES / std::max<int64_t>(C, 1)));
+  const int64_t HWo = Ho * Wo, span = HWo == 1 ? N : HWo, n_spans = HWo == 1 ? 1 : N, per = (span + tr - 1) / tr;
+  const int64_t chunk = std::max<int64_t>(1, 64 / tr);  // about 64 rows per scheduled chunk
+  const TileFn<scalar_t> row = pick_tile<scalar_t>(isa, C);
   int64_t sat = 0, bad = 0;
 #pragma omp parallel reduction(+ : sat, bad)
   {
-    std::vector<scalar_t> bins(std::max<int64_t>(T_v - k0, 1) * C + 16), P(C + 16);
-    std::vector<int32_t> fz(C + 16);
-#pragma omp for schedule(dynamic, 64)
-    for (int64_t m = 0; m < R; ++m) row(L, m, first, thr, bins.data(), P.data(), fz.data(), out, sg, &sat, &bad);
+    std::vector<scalar_t> bins(tr * std::max<int64_t>(T_v - k0, 1) * C + 16), P(tr * C + 16);
+    std::vector<int32_t> FZ(tr * C + 16);
+#pragma omp for schedule(dynamic, chunk)
+    for (int64_t b = 0; b < n_spans * per; ++b) {
+      const int64_t q0 = (b % per) * tr;
+      row(L, (b / per) * span + q0, std::min(tr, span - q0), first, thr, bins.data(), P.data(), FZ.data(), out, sg,
+          &sat, &bad);
+    }
   }
   *sat_out = sat;
   *bad_out = bad;
@@ -233,6 +272,68 @@ void fill_lists(const elem_t* data, const int8_t* sign, int64_t N, int64_t C, in
   }
 }
 
+// Bit b of the mask: x[b] > lo, for the n <= 64 int8 elements at x. The vector variants compare 64 (32) bytes at
+// once; the positions of the late spikes then come from the set bits, so that the fill costs per late spike and
+// not per element.
+using LateMaskFn = uint64_t (*)(const int8_t*, int64_t, int8_t);
+uint64_t late_mask_base(const int8_t* x, int64_t n, int8_t lo) {
+  uint64_t m = 0;
+  for (int64_t b = 0; b < n; ++b) m |= (uint64_t)(x[b] > lo) << b;
+  return m;
+}
+#ifdef SPIKEGCN_CONV_X86
+__attribute__((target("avx2"))) uint64_t late_mask_256(const int8_t* x, int64_t n, int8_t lo) {
+  if (n < 64) return late_mask_base(x, n, lo);
+  const __m256i l = _mm256_set1_epi8(lo);
+  const uint32_t a = (uint32_t)_mm256_movemask_epi8(_mm256_cmpgt_epi8(_mm256_loadu_si256((const __m256i*)x), l));
+  const uint32_t b =
+      (uint32_t)_mm256_movemask_epi8(_mm256_cmpgt_epi8(_mm256_loadu_si256((const __m256i*)(x + 32)), l));
+  return (uint64_t)a | ((uint64_t)b << 32);
+}
+__attribute__((target("avx512f,avx512bw"))) uint64_t late_mask_512(const int8_t* x, int64_t n, int8_t lo) {
+  const __mmask64 in = n >= 64 ? ~__mmask64(0) : ((__mmask64(1) << n) - 1);
+  return _mm512_mask_cmpgt_epi8_mask(in, _mm512_maskz_loadu_epi8(in, x), _mm512_set1_epi8(lo));
+}
+#endif
+
+LateMaskFn pick_late_mask(int64_t isa) {
+#ifdef SPIKEGCN_CONV_X86
+  if (isa >= 2 && __builtin_cpu_supports("avx512bw")) return late_mask_512;
+  if (isa >= 1 && __builtin_cpu_supports("avx2")) return late_mask_256;
+#endif
+  return late_mask_base;
+}
+
+// The late lists of int8 spikes [N, C, HW] in the order position, channel: each run of up to 64 contiguous elements
+// (a channel's positions, or with HW = 1 a position's channels) is compared at once and its late spikes appended at
+// their position's cursor (positions in the outer loop of the HW = 1 layout, channels in the other: either way a
+// position's spikes come in channel order).
+template <typename scalar_t>
+void fill_late(const int8_t* ph, const int8_t* sg, int64_t N, int64_t C, int64_t HW, int8_t lo, int64_t offset,
+               const scalar_t* tb, LateMaskFn mask, const int64_t* ptr, int32_t* ch, int16_t* bin, scalar_t* val) {
+  const int64_t run = HW == 1 ? C : HW;  // contiguous elements of one position (HW = 1) or one channel
+#pragma omp parallel
+  {
+    std::vector<int64_t> cur(HW);
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t q = 0; q < HW; ++q) cur[q] = ptr[n * HW + q];
+      for (int64_t c = 0; c < (HW == 1 ? 1 : C); ++c) {
+        const int64_t r0 = (n * C + c) * HW;  // first element of the run
+        for (int64_t e0 = 0; e0 < run; e0 += 64) {
+          for (uint64_t m = mask(ph + r0 + e0, std::min<int64_t>(64, run - e0), lo); m; m &= m - 1) {
+            const int64_t e = e0 + __builtin_ctzll(m), r = r0 + e;
+            const int64_t j = cur[HW == 1 ? 0 : e]++;
+            ch[j] = (int32_t)(HW == 1 ? e : c);
+            bin[j] = (int16_t)(ph[r] + offset);
+            val[j] = tb[ph[r]] * (sg ? (scalar_t)sg[r] : scalar_t(1));
+          }
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 
 static void check_lists_input(const torch::Tensor& data, const torch::Tensor& sign, const char* what) {
@@ -246,35 +347,23 @@ static void check_lists_input(const torch::Tensor& data, const torch::Tensor& si
 // flattened; `sign` the same or empty) as per-position lists: ptr [N P + 1], channel, virtual phase
 // (phase + offset) and value table[phase] (x sign).
 std::vector<torch::Tensor> late_list(torch::Tensor phase, torch::Tensor sign, torch::Tensor table, int64_t lo,
-                                     int64_t offset) {
+                                     int64_t offset, int64_t isa) {
   check_lists_input(phase, sign, "late_list");
   TORCH_CHECK(phase.scalar_type() == torch::kInt8, "late_list: phases must be int8");
   TORCH_CHECK(table.dim() == 1 && table.is_contiguous(), "late_list: table must be a contiguous vector");
   const int64_t N = phase.size(0), C = phase.size(1), HW = phase.size(2);
   const int8_t* ph = phase.data_ptr<int8_t>();
+  const int8_t lo8 = (int8_t)std::max<int64_t>(-128, std::min<int64_t>(lo, 127));  // int8 phases: > 127 is none
   auto ptr = torch::zeros({N * HW + 1}, torch::kInt64);
-  const int64_t L = count_late(ph, N, C, HW, [lo](int8_t p) { return (int32_t)(p > lo); }, ptr.data_ptr<int64_t>());
+  const int64_t L = count_late(ph, N, C, HW, [lo8](int8_t p) { return (int32_t)(p > lo8); }, ptr.data_ptr<int64_t>());
   auto ch = torch::empty({L}, torch::kInt32);
   auto bin = torch::empty({L}, torch::kInt16);
   auto val = torch::empty({L}, table.options());
   const int8_t* sg = sign.numel() ? sign.data_ptr<int8_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "late_list", [&] {
-    const scalar_t* tb = table.data_ptr<scalar_t>();
-    auto emit = [tb, lo, offset](int8_t p, scalar_t s, int32_t c, int64_t& j, int64_t end, int32_t* ch,
-                                 int16_t* bin, scalar_t* val) {
-      // branch-free: every channel is written at the cursor (a position's last slot taken: a scratch slot), the
-      // cursor moves on for late spikes only
-      int32_t sch;
-      int16_t sbin;
-      scalar_t sval;
-      const bool room = j < end;
-      *(room ? ch + j : &sch) = c;
-      *(room ? bin + j : &sbin) = (int16_t)(p + offset);
-      *(room ? val + j : &sval) = tb[p > lo ? p : 0] * s;  // phases 0..T (checked by the early decode)
-      j += p > lo;
-    };
-    fill_lists<scalar_t>(ph, sg, N, C, HW, ptr.data_ptr<int64_t>(), emit, ch.data_ptr<int32_t>(),
-                         bin.data_ptr<int16_t>(), val.data_ptr<scalar_t>());
+    fill_late<scalar_t>(ph, sg, N, C, HW, lo8, offset, table.data_ptr<scalar_t>(), pick_late_mask(isa),
+                        ptr.data_ptr<int64_t>(), ch.data_ptr<int32_t>(), bin.data_ptr<int16_t>(),
+                        val.data_ptr<scalar_t>());
   });
   return {ptr, ch, bin, val};
 }
