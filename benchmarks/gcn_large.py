@@ -443,6 +443,11 @@ def to_markdown(rec: dict) -> str:
                       f"{'not run' if s['dist_equals_layerwise'] is None else s['dist_equals_layerwise']}); "
                       f"per-process peak RSS {peaks} MB; "
                       f"int8 code bytes exchanged per stage: {s['bytes_per_layer']}."]
+            for label, d in (("1 process", runs["dist1"]), ("2 processes", d2)):
+                if all("compute_s" in x for r in d["ranks"] for x in r["layers"]):  # records before 2026-12-02: none
+                    per = "; ".join(f"rank {r['rank']}: " + ", ".join(
+                        f"{x['exchange_s']:.1f} + {x['compute_s']:.1f}" for x in r["layers"]) for r in d["ranks"])
+                    lines.append(f"Seconds per stage, exchange + rows, {label}: {per}.")
         for k in ("limited-snn-functional", "limited-ann"):
             if k in runs:
                 r = runs[k]

@@ -280,7 +280,7 @@ def _check_phases(phase: Tensor, T: int) -> None:
 def decode(phase: Tensor, code: PhaseCode, sign: Tensor | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
     """Normalised value :math:`\\pm Q^{-(t-1)}` (0 for silent neurons) of fire phases ``0..T`` (others raise)."""
     if phase.numel() >= _FAST_MIN and dtype == torch.float32:
-        v = _decode_fast(phase, code, sign, torch.ones(1, device=phase.device))  # checks the phases first
+        v = _decode_fast(phase, code, sign, torch.ones(1, device=phase.device))  # checks the phases
         if v is not None:
             return v
     else:
@@ -292,11 +292,13 @@ def decode(phase: Tensor, code: PhaseCode, sign: Tensor | None = None, dtype: to
 
 
 def _decode_fast(phase: Tensor, code: PhaseCode, sign: Tensor | None, scale: Tensor) -> Tensor | None:
+    """The compiled decoder (it checks the phases in its pass), or ``None`` after checking them here."""
     from .kernels import fused_cpu
 
-    _check_phases(phase, code.T)
-
-    return fused_cpu.decode_phase(phase, code.values(torch.float32), sign, scale)
+    v = fused_cpu.decode_phase(phase, code.values(torch.float32), sign, scale)
+    if v is None:
+        _check_phases(phase, code.T)
+    return v
 
 
 def saturated_count(a: Tensor, signed: bool = False) -> int:

@@ -180,7 +180,8 @@ def inference(snn: nn.Module, x: Tensor, edge_index: Tensor | None, edge_weight:
         bounds: node range of every rank (:func:`partition` by default).
         group: the process group (default: the world).
         storage: a directory for memory-mapped codes (see :func:`spikegcn.inference.layerwise`).
-        record: if given, filled with ``"layers"``: per stage the halo size and the bytes exchanged.
+        record: if given, filled with ``"layers"``: per stage the halo size, the bytes exchanged and the seconds
+            spent on the exchange (``exchange_s``) and on the stage's rows (``compute_s``).
         chain: this rank's operators from :func:`rank_chain` (built with the same ``bounds``), to build them once
             for several runs; by default they are built here.
     """
@@ -203,17 +204,22 @@ def inference(snn: nn.Module, x: Tensor, edge_index: Tensor | None, edge_weight:
         raise ValueError(f"chain was built for nodes {chain.lo}..{chain.hi - 1}, not this rank's range under "
                          f"bounds: build it with the same bounds and group")
     layers: list[dict] = []
+    clock = [time.perf_counter()]  # when the previous stage's compute began
 
     def halo_exchange(k: int, stage: list, source):
+        t0 = time.perf_counter()
+        if layers:  # the previous stage's rows are done: its compute time
+            layers[-1]["compute_s"] = t0 - clock[0]
         info = {"stage": [s.name for s in stage], "halo_nodes": 0, "channels": 0, "code_bytes_sent": 0,
-                "code_bytes_received": 0, "index_bytes_sent": 0}
+                "code_bytes_received": 0, "index_bytes_sent": 0, "exchange_s": 0.0}
         layers.append(info)
-        if k == 0 or stage[0].row_local or world == 1:  # layer 1 reads the features every rank holds; no peers
-            return source
-        need = sources(stage[0].op, lo, hi)
-        halo = HaloSource(source, need[(need < lo) | (need >= hi)], bounds, group)
-        info.update(halo.info)
-        return halo
+        if not (k == 0 or stage[0].row_local or world == 1):  # layer 1 reads the features every rank holds
+            need = sources(stage[0].op, lo, hi)
+            source = HaloSource(source, need[(need < lo) | (need >= hi)], bounds, group)
+            info.update(source.info)
+        clock[0] = time.perf_counter()
+        info["exchange_s"] = clock[0] - t0  # the halo's ids, the exchange and the buffer behind this rank's codes
+        return source
 
     bar = _progress(len(chain.stages) * len(list(chunks(lo, hi, chunk_size))), progress and rank == 0,
                     f"rank {rank} inference")
@@ -223,6 +229,8 @@ def inference(snn: nn.Module, x: Tensor, edge_index: Tensor | None, edge_weight:
     finally:
         if bar is not None:
             bar.close()
+    if layers:
+        layers[-1]["compute_s"] = time.perf_counter() - clock[0]
     if record is not None:
         record.update(rank=rank, world_size=world, lo=lo, hi=hi, layers=layers)
     return torch.arange(lo, hi, device=result.device), result

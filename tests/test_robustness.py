@@ -28,6 +28,7 @@ from spikegcn.fileio import (
     write_json,
     write_text,
 )
+from spikegcn.nn import SpikingConv2d
 from spikegcn.nn.encoder import PhaseEncoder
 from spikegcn.simulate import DenseOp, run_layer
 from spikegcn.spikes import PhaseSpikes
@@ -338,18 +339,23 @@ def test_T_beyond_the_phase_dtype_is_refused():
 
 
 # ------------------------------------------------------------------------------------------ 5. phases to decode
-@pytest.mark.parametrize("n", [10, 70_000])  # torch path and compiled (>= 65,536 elements) path
+@pytest.mark.parametrize("n", [10, 70_010])  # torch path and compiled (>= 65,536 elements; a 10-element tail) path
 @pytest.mark.parametrize("bad", [17, 100, -1])
-def test_decode_refuses_phases_outside_the_window(n, bad):
+@pytest.mark.parametrize("at", ["middle", "last"])  # the compiled decoder's vector body and its scalar tail
+def test_decode_refuses_phases_outside_the_window(n, bad, at):
     code = PhaseCode(16, 1.3)
     phase = torch.randint(0, 17, (n,), dtype=torch.int8)
-    phase[n // 2] = bad
+    i = n // 2 if at == "middle" else n - 1
+    phase[i] = bad
     with pytest.raises(ValueError, match=r"decode: 1 fire phase\(s\) outside 0..T = 0..16"):
         decode(phase, code)
     spikes = PhaseSpikes(phase=phase.view(-1, 10), code=code, scale=torch.ones(10))
     with pytest.raises(ValueError, match="outside 0..T"):
         spikes.values()
-    phase[n // 2] = 16
+    conv = SpikingConv2d(10, 2, 1, code=code)  # a CNN layer's input decode (one compiled pass, checked in it)
+    with pytest.raises(ValueError, match="outside 0..T"):
+        conv(PhaseSpikes(phase=phase.view(-1, 10, 1, 1), code=code))
+    phase[i] = 16
     assert torch.equal(decode(phase, code), code.values()[phase.long()])
 
 

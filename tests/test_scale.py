@@ -204,6 +204,8 @@ def test_two_gloo_processes_equal_one(graph, tmp_path):
                 # one byte per neuron: GCN sends its messages X W (32 or 4 channels), SAGE its layer outputs
                 assert info["channels"] in (32, 4)
                 assert info["code_bytes_received"] == info["halo_nodes"] * info["channels"]
+            # every stage's seconds: the exchange (0-ish for layer 1) and its rows
+            assert all(info["exchange_s"] >= 0 and info["compute_s"] > 0 for info in layers)
 
 
 def _worker3(rank, world, port, data, path):

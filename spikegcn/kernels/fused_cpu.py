@@ -304,7 +304,9 @@ def count_per_position(x: Tensor) -> Tensor | None:
 
 
 def decode_phase(phase: Tensor, table: Tensor, sign: Tensor | None, scale: Tensor) -> Tensor | None:
-    """One-pass CPU decoder to float32 (``sign * scale[channel] * table[phase]``); ``None`` if unavailable."""
+    """One-pass CPU decoder to float32 (``sign * scale[channel] * table[phase]``); ``None`` if unavailable. The same
+    pass finds the largest phase: one past the table (``0..T`` for T + 1 entries), or negative, raises the torch
+    path's error (``spikegcn.coding._check_phases``) instead of returning values."""
     if phase.device.type != "cpu" or phase.dtype != torch.int8 or table.dtype != torch.float32:
         return None
     last = phase.shape[-1] if phase.dim() else 1
@@ -317,4 +319,11 @@ def decode_phase(phase: Tensor, table: Tensor, sign: Tensor | None, scale: Tenso
     if mod is None:
         return None
     s = sign.contiguous() if sign is not None else torch.empty(0, dtype=torch.int8, device=phase.device)
-    return mod.decode_phase(phase.contiguous(), s, table.contiguous(), scale.to(torch.float32).reshape(-1).contiguous())
+    out, top = mod.decode_phase(phase.contiguous(), s, table.contiguous(),
+                                scale.to(torch.float32).reshape(-1).contiguous())
+    if top >= table.numel():  # as an unsigned byte: a negative phase counts as >= 128
+        from ..coding import _check_phases
+
+        _check_phases(phase, table.numel() - 1)  # raises, naming the phases found
+        raise ValueError(f"decode: fire phases outside 0..{table.numel() - 1}")
+    return out

@@ -43,29 +43,43 @@ static inline void encode_block(const float* x, int64_t len, const float* th, in
 }
 
 // Decoding of one run of phases: value = sign * scale * table[phase], the scale per element of the run or one.
+// Returns the largest phase seen as an unsigned byte (a negative phase reads as >= 128): the caller refuses the
+// result when it is past the table (nt entries), whose index is clamped to 0 meanwhile (no read outside it).
 __attribute__((always_inline))
-static inline void decode_run(const int8_t* p, const int8_t* s, const float* tb, const float* sc, bool per_elem,
-                              int64_t len, float* o) {
+static inline uint8_t decode_run(const int8_t* p, const int8_t* s, const float* tb, int64_t nt, const float* sc,
+                                 bool per_elem, int64_t len, float* o) {
+  uint8_t mx = 0;
+  for (int64_t j = 0; j < len; ++j) mx = std::max(mx, (uint8_t)p[j]);
+  const auto at = [tb, nt](int8_t q) { return tb[(uint8_t)q < nt ? (uint8_t)q : 0]; };
   if (per_elem) {
-    for (int64_t j = 0; j < len; ++j) o[j] = tb[p[j]] * sc[j];
+    for (int64_t j = 0; j < len; ++j) o[j] = at(p[j]) * sc[j];
   } else {
     const float c = sc[0];
-    for (int64_t j = 0; j < len; ++j) o[j] = tb[p[j]] * c;
+    for (int64_t j = 0; j < len; ++j) o[j] = at(p[j]) * c;
   }
   if (s)
     for (int64_t j = 0; j < len; ++j) o[j] *= (float)s[j];
+  return mx;
 }
 
 using EncodeFn = void (*)(const float*, int64_t, const float*, int64_t, bool, int8_t*, int8_t*, CodecCounts&);
 // tb32: the value table zero-padded to 32 entries (64-byte aligned) when it has at most 32, else nullptr
-using DecodeFn = void (*)(const int8_t*, const int8_t*, const float*, const float*, const float*, bool, int64_t,
-                          float*);
+using DecodeFn = uint8_t (*)(const int8_t*, const int8_t*, const float*, int64_t, const float*, const float*, bool,
+                             int64_t, float*);
 static void encode_base(const float* x, int64_t n, const float* th, int64_t T, bool sg, int8_t* pp, int8_t* sp,
                         CodecCounts& c) { encode_block(x, n, th, T, sg, pp, sp, c); }
-static void decode_base(const int8_t* p, const int8_t* s, const float* tb, const float*, const float* sc, bool pe,
-                        int64_t n, float* o) { decode_run(p, s, tb, sc, pe, n, o); }
+static uint8_t decode_base(const int8_t* p, const int8_t* s, const float* tb, int64_t nt, const float*,
+                           const float* sc, bool pe, int64_t n, float* o) {
+  return decode_run(p, s, tb, nt, sc, pe, n, o);
+}
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
+// The largest of the 16 unsigned bytes of m.
+static inline uint8_t max_epu8(__m128i m) {
+  alignas(16) uint8_t b[16];
+  _mm_store_si128((__m128i*)b, m);
+  return *std::max_element(b, b + 16);
+}
 // The encoder with each vector's 16 (8) counters held in a register across the threshold loop: one compare and
 // one masked add per threshold; the counts come from the compare masks. Block tails: encode_block.
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
@@ -130,14 +144,17 @@ static void encode_256(const float* x, int64_t n, const float* th, int64_t T, bo
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
-static void decode_512(const int8_t* p, const int8_t* s, const float* tb, const float* tb32, const float* sc,
-                       bool pe, int64_t n, float* o) {
+static uint8_t decode_512(const int8_t* p, const int8_t* s, const float* tb, int64_t nt, const float* tb32,
+                          const float* sc, bool pe, int64_t n, float* o) {
   // the table in two registers: one two-source permute per 16 phases instead of 16 gathered loads
   int64_t j = 0;
+  __m128i mx = _mm_setzero_si128();
   if (tb32) {
     const __m512 lo = _mm512_load_ps(tb32), hi = _mm512_load_ps(tb32 + 16), c = _mm512_set1_ps(sc[0]);
     for (; j + 16 <= n; j += 16) {
-      const __m512i idx = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(p + j)));
+      const __m128i b = _mm_loadu_si128((const __m128i*)(p + j));
+      mx = _mm_max_epu8(mx, b);
+      const __m512i idx = _mm512_cvtepi8_epi32(b);
       __m512 v = _mm512_mul_ps(_mm512_permutex2var_ps(lo, idx, hi), pe ? _mm512_loadu_ps(sc + j) : c);
       if (s) {
         const __m512i si = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(s + j)));
@@ -146,18 +163,21 @@ static void decode_512(const int8_t* p, const int8_t* s, const float* tb, const 
       _mm512_storeu_ps(o + j, v);
     }
   }
-  decode_run(p + j, s ? s + j : nullptr, tb, sc + (pe ? j : 0), pe, n - j, o + j);
+  return std::max(max_epu8(mx), decode_run(p + j, s ? s + j : nullptr, tb, nt, sc + (pe ? j : 0), pe, n - j, o + j));
 }
 __attribute__((target("avx2")))
-static void decode_256(const int8_t* p, const int8_t* s, const float* tb, const float* tb32, const float* sc,
-                       bool pe, int64_t n, float* o) {
+static uint8_t decode_256(const int8_t* p, const int8_t* s, const float* tb, int64_t nt, const float* tb32,
+                          const float* sc, bool pe, int64_t n, float* o) {
   // four 8-entry permutes blended on bits 3 and 4 of the phase (as the graph kernel's weighted8)
   int64_t j = 0;
+  __m128i mx = _mm_setzero_si128();
   if (tb32) {
     const __m256 t0 = _mm256_load_ps(tb32), t1 = _mm256_load_ps(tb32 + 8), t2 = _mm256_load_ps(tb32 + 16);
     const __m256 t3 = _mm256_load_ps(tb32 + 24), c = _mm256_set1_ps(sc[0]);
     for (; j + 8 <= n; j += 8) {
-      const __m256i a = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(p + j)));
+      const __m128i b = _mm_loadl_epi64((const __m128i*)(p + j));
+      mx = _mm_max_epu8(mx, b);
+      const __m256i a = _mm256_cvtepi8_epi32(b);
       const __m256 b3 = _mm256_castsi256_ps(_mm256_slli_epi32(a, 28));
       const __m256 b4 = _mm256_castsi256_ps(_mm256_slli_epi32(a, 27));
       const __m256 lo = _mm256_blendv_ps(_mm256_permutevar8x32_ps(t0, a), _mm256_permutevar8x32_ps(t1, a), b3);
@@ -167,7 +187,7 @@ static void decode_256(const int8_t* p, const int8_t* s, const float* tb, const 
       _mm256_storeu_ps(o + j, v);
     }
   }
-  decode_run(p + j, s ? s + j : nullptr, tb, sc + (pe ? j : 0), pe, n - j, o + j);
+  return std::max(max_epu8(mx), decode_run(p + j, s ? s + j : nullptr, tb, nt, sc + (pe ? j : 0), pe, n - j, o + j));
 }
 #endif
 
@@ -207,8 +227,10 @@ std::vector<torch::Tensor> encode_phase(torch::Tensor x, torch::Tensor thr_asc, 
 }
 
 // Decoding: value = sign * scale[channel] * table[phase], channels in the last dimension (scale may be 1 entry,
-// then the tensor is decoded in runs of 4096 whatever its shape).
-torch::Tensor decode_phase(torch::Tensor phase, torch::Tensor sign, torch::Tensor table, torch::Tensor scale) {
+// then the tensor is decoded in runs of 4096 whatever its shape). Also returns the largest phase as an unsigned
+// byte (the range check in the same pass: the caller refuses the values when it exceeds T).
+std::tuple<torch::Tensor, int64_t> decode_phase(torch::Tensor phase, torch::Tensor sign, torch::Tensor table,
+                                                torch::Tensor scale) {
   static const DecodeFn dec = SPIKEGCN_WIDEST(decode);
   alignas(64) float tb32[32] = {0};
   const bool small = table.numel() <= 32;
@@ -221,13 +243,15 @@ torch::Tensor decode_phase(torch::Tensor phase, torch::Tensor sign, torch::Tenso
   const float* tb = table.data_ptr<float>();
   const float* sc = scale.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  const int64_t runs = (n + last - 1) / last;
-  #pragma omp parallel for schedule(static)
+  const int64_t runs = (n + last - 1) / last, nt = table.numel();
+  int64_t mx = 0;
+  #pragma omp parallel for schedule(static) reduction(max : mx)
   for (int64_t r = 0; r < runs; ++r) {
     const int64_t j0 = r * last;
-    dec(pp + j0, sp ? sp + j0 : nullptr, tb, small ? tb32 : nullptr, sc, C != 1, std::min(last, n - j0), op + j0);
+    mx = std::max<int64_t>(mx, dec(pp + j0, sp ? sp + j0 : nullptr, tb, nt, small ? tb32 : nullptr, sc, C != 1,
+                                   std::min(last, n - j0), op + j0));
   }
-  return out;
+  return {out, mx};
 }
 
 // Spikes per input position, summed over R = batch x channels rows of an [R, P] tensor in one pass (per-thread
