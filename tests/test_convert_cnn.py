@@ -331,8 +331,10 @@ def test_first_layer_binary_input_exact_timing(tw):
 # ------------------------------------------------------------------------------------------ max pool, unsupported
 @pytest.mark.parametrize("kw", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),
                                 dict(kernel_size=3, stride=2, ceil_mode=True)])
-def test_maxpool_gate_equals_max_of_encoded_values(kw):
-    code = PhaseCode(16, 1.3)
+@pytest.mark.parametrize("T, Q", [(16, 1.3), (126, 1.02), (127, 1.02), (300, 1.01)])  # int8 phases (T + 1 at
+# the edge of int8: pooled in int32), int16 phases
+def test_maxpool_gate_equals_max_of_encoded_values(kw, T, Q):
+    code = PhaseCode(T, Q)
     a = torch.rand(4, 3, 9, 9) * 1.2
     a[a < 0.3] = 0
     phase, _ = encode(a, code)

@@ -68,12 +68,16 @@ class SpikingMaxPool2d(nn.Module):
             raise TypeError("SpikingMaxPool2d gates unsigned one-spike (ReLU) spikes; the earliest spike is the "
                             f"largest value only for those, got {type(x).__name__}"
                             + (" with signs" if isinstance(x, PhaseSpikes) else ""))
-        T = x.code.T
-        # priority T + 1 - phase: the earliest spike wins, silent neurons (0) lose to any spike
-        prio = torch.where(x.phase > 0, T + 1 - x.phase.to(torch.int32), 0).to(torch.float32)
-        m = F.max_pool2d(prio, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
-        m = m.to(torch.int32)
-        phase = torch.where(m > 0, T + 1 - m, 0).to(x.phase.dtype)
+        args = (self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
+        if x.phase.dtype == torch.int8:
+            # -phase read as a byte is a priority: silent 0 -> 0, phase k (1..127) -> 256 - k, so the earliest
+            # spike wins and any spike beats silence; one negation each way around the pooling
+            m = F.max_pool2d(torch.neg(x.phase).view(torch.uint8), *args)
+            phase = torch.neg(m.view(torch.int8))
+        else:  # longer codes (int16 phases): priority T + 1 - phase, 0 for silent neurons
+            T, p = x.code.T, x.phase.to(torch.int32)
+            m = F.max_pool2d(torch.where(p > 0, T + 1 - p, 0), *args)
+            phase = torch.where(m > 0, T + 1 - m, 0).to(x.phase.dtype)
         return PhaseSpikes(phase=phase, code=x.code, scale=x.scale, sign=None, start=x.start)
 
     def __repr__(self) -> str:
