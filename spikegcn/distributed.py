@@ -181,7 +181,8 @@ def inference(snn: nn.Module, x: Tensor, edge_index: Tensor | None, edge_weight:
         group: the process group (default: the world).
         storage: a directory for memory-mapped codes (see :func:`spikegcn.inference.layerwise`).
         record: if given, filled with ``"layers"``: per stage the halo size, the bytes exchanged and the seconds
-            spent on the exchange (``exchange_s``) and on the stage's rows (``compute_s``).
+            spent on the exchange (``exchange_s``, including waits for a slower peer) and on the stage's rows
+            (``compute_s``).
         chain: this rank's operators from :func:`rank_chain` (built with the same ``bounds``), to build them once
             for several runs; by default they are built here.
     """
@@ -218,7 +219,8 @@ def inference(snn: nn.Module, x: Tensor, edge_index: Tensor | None, edge_weight:
             source = HaloSource(source, need[(need < lo) | (need >= hi)], bounds, group)
             info.update(source.info)
         clock[0] = time.perf_counter()
-        info["exchange_s"] = clock[0] - t0  # the halo's ids, the exchange and the buffer behind this rank's codes
+        # the halo's ids, the exchange (with any wait for a slower peer at its collectives) and the halo buffer
+        info["exchange_s"] = clock[0] - t0
         return source
 
     bar = _progress(len(chain.stages) * len(list(chunks(lo, hi, chunk_size))), progress and rank == 0,

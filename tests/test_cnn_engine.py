@@ -228,6 +228,18 @@ def test_compiled_late_lists_equal_torch_reference(kind, flat, isa, monkeypatch)
             assert a.dtype == b.dtype and torch.equal(a, b)
 
 
+@kernel
+@pytest.mark.parametrize("bad", [13, 100, -3])
+def test_compiled_late_lists_refuse_phases_past_the_table(bad):
+    """A late fire phase past the code's value table (or a negative one below a negative bound) is refused by name,
+    not read outside the table."""
+    code = PhaseCode(12, 1.3)
+    phase = torch.randint(0, 13, (2, 3, 9, 10), dtype=torch.int8)
+    phase[1, 2, 4, 5] = bad
+    with pytest.raises(RuntimeError, match="late_list: 1 late fire phase"):
+        conv_cpu.late_spikes(PhaseSpikes(phase=phase, code=code), -5 if bad < 0 else 4, 0, torch.float32)
+
+
 @pytest.mark.parametrize("tw", [16, 4])
 def test_empty_batch_gives_empty_logits(tw):
     torch.manual_seed(0)

@@ -72,7 +72,7 @@ def _late_spikes_torch(x: PhaseSpikes | BinarySpikes, nchw: Tensor, sign_nchw: T
     sign = sign_nchw.permute(0, 2, 3, 1).reshape(-1) if sign_nchw is not None else None
     if isinstance(x, PhaseSpikes):
         flat_ph = nhwc.reshape(-1)
-        sel = (flat_ph > lo).nonzero().squeeze(1)
+        sel = (flat_ph > max(-128, min(lo, 127))).nonzero().squeeze(1)  # a bound int8 holds (as the kernel)
         phase = flat_ph[sel].to(torch.int64)
         value = x.code.values(dtype, flat_ph.device)[phase]
         pos_c = sel

@@ -69,14 +69,16 @@ class SpikingMaxPool2d(nn.Module):
                             f"largest value only for those, got {type(x).__name__}"
                             + (" with signs" if isinstance(x, PhaseSpikes) else ""))
         args = (self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
-        if x.phase.dtype == torch.int8:
+        if x.phase.dtype == torch.int8 and x.phase.device.type in ("cpu", "meta"):
             # -phase read as a byte is a priority: silent 0 -> 0, phase k (1..127) -> 256 - k, so the earliest
             # spike wins and any spike beats silence; one negation each way around the pooling
             m = F.max_pool2d(torch.neg(x.phase).view(torch.uint8), *args)
             phase = torch.neg(m.view(torch.int8))
-        else:  # longer codes (int16 phases): priority T + 1 - phase, 0 for silent neurons
-            T, p = x.code.T, x.phase.to(torch.int32)
-            m = F.max_pool2d(torch.where(p > 0, T + 1 - p, 0), *args)
+        else:  # int16 phases, or a GPU (its max_pool2d takes floats only): priority T + 1 - phase, 0 when silent
+            T = x.code.T
+            dt = torch.int32 if x.phase.device.type == "cpu" else torch.float32  # exact: priorities <= MAX_T + 1
+            p = x.phase.to(dt)
+            m = F.max_pool2d(torch.where(p > 0, T + 1 - p, 0).to(dt), *args)
             phase = torch.where(m > 0, T + 1 - m, 0).to(x.phase.dtype)
         return PhaseSpikes(phase=phase, code=x.code, scale=x.scale, sign=None, start=x.start)
 

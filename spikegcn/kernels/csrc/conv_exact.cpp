@@ -124,7 +124,7 @@ __attribute__((always_inline)) inline int64_t neurons(const Layer& L, int64_t R,
 // floats all fall into one L1 set and evict each other. Adds to *sat / *bad.
 // CC > 0: the channel count as a compile-time constant (16, 32, 64, 128, 256: loops unrolled, no remainders);
 // 0: L.C.
-constexpr int64_t TILE_LANES = 256;  // R x C: 16 AVX-512 vectors of float per phase test; tile bins stay in L1
+constexpr int64_t TILE_LANES = 256;  // R x C: 16 AVX-512 vectors of float per phase test (bins 1 KiB/phase)
 constexpr int64_t TILE_ROWS = 16;
 
 template <typename scalar_t, int CC>
@@ -307,12 +307,15 @@ LateMaskFn pick_late_mask(int64_t isa) {
 // The late lists of int8 spikes [N, C, HW] in the order position, channel: each run of up to 64 contiguous elements
 // (a channel's positions, or with HW = 1 a position's channels) is compared at once and its late spikes appended at
 // their position's cursor (positions in the outer loop of the HW = 1 layout, channels in the other: either way a
-// position's spikes come in channel order).
+// position's spikes come in channel order). Returns how many late phases lie past the value table (nt entries):
+// their index is clamped meanwhile, and the caller refuses the lists.
 template <typename scalar_t>
-void fill_late(const int8_t* ph, const int8_t* sg, int64_t N, int64_t C, int64_t HW, int8_t lo, int64_t offset,
-               const scalar_t* tb, LateMaskFn mask, const int64_t* ptr, int32_t* ch, int16_t* bin, scalar_t* val) {
+int64_t fill_late(const int8_t* ph, const int8_t* sg, int64_t N, int64_t C, int64_t HW, int8_t lo, int64_t offset,
+                  const scalar_t* tb, int64_t nt, LateMaskFn mask, const int64_t* ptr, int32_t* ch, int16_t* bin,
+                  scalar_t* val) {
   const int64_t run = HW == 1 ? C : HW;  // contiguous elements of one position (HW = 1) or one channel
-#pragma omp parallel
+  int64_t bad = 0;
+#pragma omp parallel reduction(+ : bad)
   {
     std::vector<int64_t> cur(HW);
 #pragma omp for schedule(static)
@@ -326,12 +329,15 @@ void fill_late(const int8_t* ph, const int8_t* sg, int64_t N, int64_t C, int64_t
             const int64_t j = cur[HW == 1 ? 0 : e]++;
             ch[j] = (int32_t)(HW == 1 ? e : c);
             bin[j] = (int16_t)(ph[r] + offset);
-            val[j] = tb[ph[r]] * (sg ? (scalar_t)sg[r] : scalar_t(1));
+            const uint8_t u = (uint8_t)ph[r];  // a negative phase reads as >= 128
+            bad += u >= nt;
+            val[j] = tb[u < nt ? u : 0] * (sg ? (scalar_t)sg[r] : scalar_t(1));
           }
         }
       }
     }
   }
+  return bad;
 }
 
 }  // namespace
@@ -360,11 +366,14 @@ std::vector<torch::Tensor> late_list(torch::Tensor phase, torch::Tensor sign, to
   auto bin = torch::empty({L}, torch::kInt16);
   auto val = torch::empty({L}, table.options());
   const int8_t* sg = sign.numel() ? sign.data_ptr<int8_t>() : nullptr;
+  int64_t bad = 0;
   AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "late_list", [&] {
-    fill_late<scalar_t>(ph, sg, N, C, HW, lo8, offset, table.data_ptr<scalar_t>(), pick_late_mask(isa),
-                        ptr.data_ptr<int64_t>(), ch.data_ptr<int32_t>(), bin.data_ptr<int16_t>(),
-                        val.data_ptr<scalar_t>());
+    bad = fill_late<scalar_t>(ph, sg, N, C, HW, lo8, offset, table.data_ptr<scalar_t>(), table.numel(),
+                              pick_late_mask(isa), ptr.data_ptr<int64_t>(), ch.data_ptr<int32_t>(),
+                              bin.data_ptr<int16_t>(), val.data_ptr<scalar_t>());
   });
+  TORCH_CHECK(bad == 0, "late_list: ", bad, " late fire phase(s) outside 0..", table.numel() - 1,
+              " (the value table); phases must come from the encoder with the same code");
   return {ptr, ch, bin, val};
 }
 
