@@ -332,7 +332,7 @@ def test_first_layer_binary_input_exact_timing(tw):
 @pytest.mark.parametrize("kw", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),
                                 dict(kernel_size=3, stride=2, ceil_mode=True)])
 @pytest.mark.parametrize("T, Q", [(16, 1.3), (126, 1.02), (127, 1.02), (300, 1.01)])  # int8 phases (pooled as
-# bytes, up to the longest int8 code), int16 phases (pooled as int32)
+# bytes, up to the longest int8 code), int16 phases (pooled as float32 priorities)
 def test_maxpool_gate_equals_max_of_encoded_values(kw, T, Q):
     code = PhaseCode(T, Q)
     a = torch.rand(4, 3, 9, 9) * 1.2

@@ -74,11 +74,10 @@ class SpikingMaxPool2d(nn.Module):
             # spike wins and any spike beats silence; one negation each way around the pooling
             m = F.max_pool2d(torch.neg(x.phase).view(torch.uint8), *args)
             phase = torch.neg(m.view(torch.int8))
-        else:  # int16 phases, or a GPU (its max_pool2d takes floats only): priority T + 1 - phase, 0 when silent
-            T = x.code.T
-            dt = torch.int32 if x.phase.device.type == "cpu" else torch.float32  # exact: priorities <= MAX_T + 1
-            p = x.phase.to(dt)
-            m = F.max_pool2d(torch.where(p > 0, T + 1 - p, 0).to(dt), *args)
+        else:  # int16 phases, or a GPU (its max_pool2d takes floats only): priority T + 1 - phase, 0 when silent,
+            # as float32 (exact: priorities <= MAX_T + 1)
+            T, p = x.code.T, x.phase.to(torch.float32)
+            m = F.max_pool2d(torch.where(p > 0, T + 1 - p, 0), *args)
             phase = torch.where(m > 0, T + 1 - m, 0).to(x.phase.dtype)
         return PhaseSpikes(phase=phase, code=x.code, scale=x.scale, sign=None, start=x.start)
 
