@@ -232,6 +232,11 @@ def encode(x: Tensor, code: PhaseCode, signed: bool = False, check: bool = True)
     return phase, sign
 
 
+def nonfinite_error(count: int) -> ValueError:
+    """The encoder's error for ``count`` NaN/inf inputs (the compiled passes count them)."""
+    return ValueError(f"encode input contains {count} NaN/inf value(s); one-spike coding needs finite activations")
+
+
 def encode_counted(x: Tensor, code: PhaseCode, signed: bool = False, check: bool = True, count: bool = True
                    ) -> tuple[Tensor, Tensor | None, int | None, int | None]:
     """:func:`encode` plus the number of saturated neurons (:func:`saturated_count`) and of fired neurons, taken in
@@ -246,8 +251,7 @@ def encode_counted(x: Tensor, code: PhaseCode, signed: bool = False, check: bool
         fast = fused_cpu.encode_phase(x, thr_asc, signed)
         if fast is not None:
             if check and fast[2]:
-                raise ValueError(f"encode input contains {fast[2]} NaN/inf value(s); one-spike coding needs "
-                                 f"finite activations")
+                raise nonfinite_error(fast[2])
             return fast[0], fast[1], (fast[3] if count else None), (fast[4] if count else None)
     if check:
         _check_finite(x, "encode input")

@@ -47,10 +47,29 @@ class PhaseSpikes:
     scale: Tensor = field(default_factory=lambda: torch.tensor(1.0))
     sign: Tensor | None = None
     start: int = 0
+    # the normalised values, when the producing layer decoded them in its firing pass (a CNN layer in closed
+    # form), with the version counters of phase and sign then: an in-place change of either voids them
+    _decoded: tuple[Tensor, int, int] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def keep_decoded(self, values: Tensor) -> "PhaseSpikes":
+        """Remember ``values`` as :meth:`normalized`'s result (the caller guarantees it is), for the next layer.
+        Not under ``torch.inference_mode`` (its tensors keep no version counter to guard the values with)."""
+        if not self.phase.is_inference():
+            self._decoded = (values, self.phase._version, -1 if self.sign is None else self.sign._version)
+        return self
+
+    def kept_decoded(self, dtype: torch.dtype) -> Tensor | None:
+        """The values of :meth:`keep_decoded` if they are of ``dtype`` and phase and sign are unchanged since (the
+        caller must not change them in place)."""
+        d = self._decoded
+        if d is None or d[0].dtype != dtype or d[1] != self.phase._version:
+            return None
+        return d[0] if d[2] == (-1 if self.sign is None else self.sign._version) else None
 
     def normalized(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """Decoded values in normalised units (without lambda)."""
-        return decode(self.phase, self.code, self.sign, dtype=dtype)
+        kept = self.kept_decoded(dtype)
+        return kept.clone() if kept is not None else decode(self.phase, self.code, self.sign, dtype=dtype)
 
     def values(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """Decoded values in ANN units."""

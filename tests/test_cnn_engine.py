@@ -247,3 +247,111 @@ def test_empty_batch_gives_empty_logits(tw):
     snn = convert(model, torch.randn(16, 2, 8, 8), PhaseCode(16, 1.3, Tw=tw), mode="exact")
     out = snn(torch.randn(0, 2, 8, 8))
     assert out.shape == (0, 5)
+
+
+def _encode_join_reference(z, thr, signed, bias, shortcut, table):
+    """The torch path's order of operations: z + shortcut values x weight, + bias, encoded, decoded."""
+    from spikegcn.coding import encode_counted
+
+    z = z.clone()
+    if shortcut is not None:
+        sv, w, front, (sh, sw) = shortcut
+        sub = sv[:, :, ::sh, ::sw]
+        sub = torch.nn.functional.pad(sub, (0, 0, 0, 0, front, z.shape[1] - front - sv.shape[1]))
+        z.add_(sub * w.view(-1, 1, 1))
+    if bias is not None:
+        z.add_(bias.view(-1, *([1] * (z.dim() - 2))))
+    fin = torch.isfinite(z)
+    code = PhaseCode(thr.numel(), 1.3)
+    phase, sign, sat, fired = encode_counted(torch.where(fin, z, torch.zeros(())), code, signed=signed, check=False)
+    values = table[phase.long()] * (sign.float() if sign is not None else 1.0)
+    return phase, sign, int((~fin).sum()), sat, fired, values
+
+
+@pytest.mark.skipif(fused_cpu.load() is None or not hasattr(fused_cpu.load(), "encode_join"),
+                    reason="compiled CPU kernels not built (spikegcn build-kernels)")
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("case", ["plain", "bias", "identity", "option_a", "2d"])
+def test_encode_join_equals_torch_order_of_operations(case, signed):
+    """The fused closed-form pass (shortcut x weight, + bias, encode, decode in place) gives the torch path's
+    phases, signs, counts and values bit for bit: rows longer and shorter than its 256-element blocks, a strided
+    option-A shortcut with channels padded on both sides, and [N, F] outputs."""
+    code = PhaseCode(16, 1.3)
+    thr, table = code.thresholds(torch.float32).flip(0), code.values(torch.float32)
+    g = torch.Generator().manual_seed(3)
+    shape = {"2d": (37, 300), "option_a": (3, 8, 5, 9)}.get(case, (3, 6, 19, 23))
+    z = torch.randn(*shape, generator=g) * 0.6
+    z.view(-1)[5] = float("nan")
+    bias = torch.randn(shape[1], generator=g) * 0.2 if case != "plain" else None
+    shortcut = None
+    if case == "identity":
+        shortcut = (torch.rand(*shape, generator=g), torch.randn(shape[1], generator=g), 0, (1, 1))
+    elif case == "option_a":  # 3 input channels into 8 (2 in front), 10 x 17 subsampled by 2 -> 5 x 9
+        shortcut = (torch.rand(3, 3, 10, 17, generator=g), torch.randn(8, generator=g), 2, (2, 2))
+    ref = _encode_join_reference(z, thr, signed, bias, shortcut, table)
+    zz = z.clone()
+    phase, sign, bad, sat, fired = fused_cpu.encode_join(zz, thr, signed, bias=bias, shortcut=shortcut, table=table)
+    assert torch.equal(phase, ref[0]) and (sign is None) == (not signed)
+    assert sign is None or torch.equal(sign, ref[1])
+    assert (bad, sat, fired) == (1, ref[3], ref[4])
+    assert torch.equal(zz, ref[5])  # the output's decoded values, written over the potential
+    untouched = z.clone()
+    fused_cpu.encode_join(untouched, thr, signed, bias=bias, shortcut=shortcut)  # no table: z is kept
+    assert torch.equal(untouched.nan_to_num(), z.nan_to_num())
+
+
+def _closed_form_spy(monkeypatch, enabled: bool) -> list[bool]:
+    from spikegcn.nn.conv import LayerSynapses
+
+    served, real = [], LayerSynapses.fire_closed_form
+
+    def spy(self, *args):
+        out = real(self, *args) if enabled else None
+        served.append(out is not None)
+        return out
+
+    monkeypatch.setattr(LayerSynapses, "fire_closed_form", spy)
+    return served
+
+
+@kernel
+@pytest.mark.parametrize("mode,tw", [("functional", 16), ("exact", 16), ("exact", 6)])
+@pytest.mark.parametrize("name", list(NETS))
+def test_fused_closed_form_equals_torch_path(name, mode, tw, monkeypatch):
+    """The CNN layers' fused closed-form pass (the residual join's shortcut and the bias added in the encoder's
+    pass, the output decoded there for the next layer) gives the torch path's logits and statistics bit for bit,
+    and serves every hidden layer of functional mode."""
+    torch.manual_seed(0)
+    model = _randomize_bn(NETS[name]())
+    calib, x = torch.randn(64, 2, 8, 8), torch.randn(16, 2, 8, 8)
+    snn = convert(model, calib, PhaseCode(16, 1.3, Tw=tw), mode=mode)
+    runs = {}
+    for enabled in (True, False):
+        with monkeypatch.context() as m:
+            served = _closed_form_spy(m, enabled)
+            out = snn(x)
+        runs[enabled] = (out, [s.as_dict() for s in snn.layer_stats()], served)
+    assert torch.equal(runs[True][0], runs[False][0]) and runs[True][1] == runs[False][1]
+    if tw == 16:
+        assert runs[True][2] and all(runs[True][2])
+
+
+@kernel
+def test_kept_values_follow_the_phases():
+    """A CNN layer's output keeps its decoded values for the next layer only while its phases are unchanged, and
+    not under inference mode; the next layer's result is the same either way."""
+    code = PhaseCode(16, 1.3)
+    torch.manual_seed(0)
+    first, second = (SpikingConv2d(c_in, c_out, 3, padding=1, code=code, mode="functional")
+                     for c_in, c_out in ((3, 6), (6, 4)))
+    x = _random_phase_spikes((4, 3, 9, 9), code, start=0, seed=2)
+    h = first(x)
+    kept = h.kept_decoded(torch.float32)
+    assert kept is not None and torch.equal(kept, PhaseSpikes(h.phase, h.code, h.scale).normalized())
+    assert h.kept_decoded(torch.float64) is None
+    ref = second(PhaseSpikes(h.phase.clone(), h.code, h.scale, start=h.start))  # decoded from its phases
+    assert torch.equal(second(h).phase, ref.phase)
+    h.phase[0, 0, 0, 0] = 0 if h.phase[0, 0, 0, 0] else 3  # in place: the kept values no longer hold
+    assert h.kept_decoded(torch.float32) is None
+    with torch.inference_mode():
+        assert first(x).kept_decoded(torch.float32) is None

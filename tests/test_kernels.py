@@ -299,7 +299,7 @@ def test_count_per_position_equals_torch():
 @_compiled
 def test_encoder_decoder_variants_agree():
     """The portable, AVX2 and AVX-512 encoder and decoder variants (SPIKEGCN_CPU_ISA caps the choice, each run in
-    a fresh process) give the same phases, signs, counts and values."""
+    a fresh process) give the same phases, signs, counts and values, alone and in the fused closed-form pass."""
     import subprocess
     import sys
 
@@ -317,6 +317,10 @@ def test_encoder_decoder_variants_agree():
         "    out += [ph.numpy().tobytes(), (sg.numpy().tobytes() if sg is not None else b''), v.numpy().tobytes(),\n"
         "            w.numpy().tobytes(),\n"
         "            str((bad, sat, fired)).encode()]\n"
+        "    z = x.clone(); sc = (torch.rand(3, 3, 74, 81, generator=g), torch.randn(5, generator=g), 1, (2, 2))\n"
+        "    j = fused_cpu.encode_join(z, code.thresholds(torch.float32).flip(0), signed, bias=torch.randn(5, "
+        "generator=g), shortcut=sc, table=code.values(torch.float32))\n"
+        "    out += [j[0].numpy().tobytes(), z.numpy().tobytes(), str(j[2:]).encode()]\n"
         "print(hashlib.sha256(b''.join(out)).hexdigest())\n")
     digests = set()
     for isa in ("portable", "avx2", "avx512"):

@@ -290,6 +290,37 @@ def encode_phase(x: Tensor, thresholds_asc: Tensor, signed: bool
     return ph, (sg if signed else None), bad, sat, fired
 
 
+def encode_join(z: Tensor, thresholds_asc: Tensor, signed: bool, bias: Tensor | None = None,
+                shortcut: tuple[Tensor, Tensor, int, tuple[int, int]] | None = None, table: Tensor | None = None
+                ) -> tuple[Tensor, Tensor | None, int, int, int] | None:
+    """Closed-form firing fused after a convolution, in one compiled pass: ``z`` (the convolution's float32
+    ``[N, C, ...]`` output) plus an optional diagonal ``shortcut = (values [N, Cin, H, W], weight [C], pad_front,
+    (sh, sw))`` (output channel ``c`` adds ``values[:, c - pad_front, ::sh, ::sw] * weight[c]``) plus an optional
+    per-channel ``bias``, summed in that order as the torch path sums them, then encoded as :func:`encode_phase`.
+    With a value ``table`` the pass also overwrites ``z`` with the output's decoded values (``sign x table[phase]``,
+    the next layer's input). ``(phase, sign, non-finite count, saturated count, fired count)``, or ``None`` when
+    the kernel is unavailable or the tensors do not fit it (the caller takes the torch path)."""
+    if z.device.type != "cpu" or z.dtype != torch.float32 or not z.is_contiguous() or z.dim() < 2:
+        return None
+    if thresholds_asc.numel() > 127 or (table is not None and table.numel() > 32):
+        return None
+    parts = [t for t in (bias, table, thresholds_asc) if t is not None]
+    if shortcut is not None:
+        parts += list(shortcut[:2])
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in parts):
+        return None
+    mod = _module if _tried else load()
+    if mod is None or not hasattr(mod, "encode_join"):
+        return None
+    none = z.new_empty(0)
+    sv, sw, front, (sh, sww) = shortcut if shortcut is not None else (none, none, 0, (1, 1))
+    ph, sg, counts = mod.encode_join(z, none if bias is None else bias.contiguous(), sv.contiguous(),
+                                     sw.contiguous(), int(front), int(sh), int(sww), thresholds_asc.contiguous(),
+                                     bool(signed), none if table is None else table.contiguous())
+    bad, sat, fired = counts.tolist()
+    return ph, (sg if signed else None), bad, sat, fired
+
+
 def count_per_position(x: Tensor) -> Tensor | None:
     """Spikes of ``[N, C, *positions]`` spike data per position (summed over ``N`` and ``C``) as int64, in one
     compiled pass: the non-zeros of int8 fire phases, or the set bits of int32 / int64 binary codes; ``None`` when

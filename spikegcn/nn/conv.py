@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..coding import _FAST_MIN, PhaseCode, decode, decode_binary
+from ..coding import _FAST_MIN, PhaseCode, decode, decode_binary, nonfinite_error
 from ..energy import LayerStats
 from ..kernels import conv_cpu, fused_cpu
 from ..operators import Streams, ValueOp
@@ -74,6 +74,9 @@ def spike_values(x: CNNSpikes, lo: int = 0, hi: int | None = None, dtype: torch.
     T = x.T_in
     hi = T if hi is None else min(hi, T)
     if isinstance(x, PhaseSpikes):
+        kept = x.kept_decoded(dtype) if lo <= 0 and hi >= T else None
+        if kept is not None:  # decoded by the producing layer's firing pass; the caller does not change it
+            return kept
         if dtype == torch.float32 and x.phase.numel() >= _FAST_MIN:  # one compiled pass: a table zero outside (lo, hi]
             table = x.code.values(dtype, x.phase.device)
             if lo > 0 or hi < T:
@@ -162,6 +165,36 @@ class LayerSynapses(ValueOp):
             z.add_(self.layer._channel_view(self.layer.bias, z.dim()))
         return z
 
+    def fire_closed_form(self, inp: Streams, code: PhaseCode, signed: bool, dtype: torch.dtype
+                         ) -> tuple[Tensor, Tensor | None, int, int, Tensor] | None:
+        """Closed-form firing in one compiled pass after the convolutions (``fused_cpu.encode_join``): a diagonal
+        last synapse (a residual join's identity or option-A shortcut) and the bias are added there, in the order
+        :meth:`apply` adds them, and the output's decoded values are written over the potential for the next
+        layer. ``(phase, sign, saturated, fired, values)``, or ``None`` where the kernel does not serve (float32
+        on the CPU only)."""
+        layer, k, last = self.layer, inp.T_in, len(inp.items) - 1
+        if dtype != torch.float32 or fused_cpu.load() is None or layer.scale.device.type != "cpu":
+            return None
+        diag = layer.diagonal_synapse(last) if last > 0 else None
+        z = None
+        for i, (x, o) in enumerate(zip(inp.items, inp.offsets)):
+            if i == last and diag is not None:
+                break
+            c = layer.synapse(i, spike_values(x, 0, k - o, dtype=dtype))
+            z = c if z is None else z.add_(c)
+        assert z is not None
+        shortcut = None
+        if diag is not None:
+            shortcut = (spike_values(inp.items[last], 0, k - inp.offsets[last], dtype=dtype), *diag)
+        fast = fused_cpu.encode_join(z.contiguous(), code.thresholds(dtype, z.device).flip(0), signed,
+                                     bias=layer.bias, shortcut=shortcut, table=code.values(dtype, z.device))
+        if fast is None:
+            return None
+        phase, sign, bad, saturated, fired = fast
+        if bad:
+            raise nonfinite_error(bad)
+        return phase, sign, saturated, fired, z
+
     def delta(self, inp: Streams, r: int, dtype: torch.dtype, cache: dict | None = None) -> Tensor | None:
         # one spike plane per input: nothing to decode twice, so no cache
         acc = None
@@ -235,6 +268,12 @@ class OneSpikeLayer(nn.Module, SpikingMixin):
 
     def weight_tensors(self) -> list[Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def diagonal_synapse(self, i: int) -> tuple[Tensor, int, tuple[int, int]] | None:
+        """Input ``i``'s synapses as ``(weight [C_out], first output channel, (sh, sw))`` when output channel ``c``
+        takes input channel ``c - first`` at every ``(sh, sw)``-th position times ``weight[c]`` (a residual join's
+        shortcut), for the compiled closed-form pass; else ``None``."""
+        return None
 
     def conv_form(self, i: int) -> conv_cpu.ConvForm | None:
         """Input ``i``'s synapses as a convolution (weight ``[kh, kw, C_in, C_out]``, stride, padding, dilation)

@@ -184,6 +184,11 @@ class SpikingResidual(OneSpikeLayer):
             x = F.pad(x[:, :, :: s[0], :: s[1]], (0, 0, 0, 0, self.pad_front, self.pad_back))
         return x * self.shortcut_weight.view(-1, 1, 1)
 
+    def diagonal_synapse(self, i: int) -> tuple[Tensor, int, tuple[int, int]] | None:
+        if i == 0 or self.shortcut == "conv":
+            return None
+        return self.shortcut_weight, (self.pad_front if self.shortcut == "option_a" else 0), self.shortcut_stride
+
     def conv_form(self, i: int) -> ConvForm | None:
         if i == 0:
             return self.main.conv_form(0)

@@ -254,6 +254,79 @@ std::tuple<torch::Tensor, int64_t> decode_phase(torch::Tensor phase, torch::Tens
   return {out, mx};
 }
 
+// Closed-form firing of a CNN layer, fused after its convolution: the potential z ([N, C, positions], the
+// convolution's output) plus an optional diagonal shortcut (value sv[n, c - pad_front, h * sh, w * sw] times
+// weight[c] for 0 <= c - pad_front < Cin: identity or option-A residual joins), plus an optional bias[c], added
+// in that order in float32, exactly as the torch path does (z.add_(sv * w); z.add_(bias): one product and two
+// rounded sums, no FMA), then encoded as encode_phase does, in blocks of one row. With a value table, z is
+// overwritten with the output's decoded values (sign * table[phase], as decode_phase with scale 1): the next
+// layer's input, with no decode pass. -> {phase, sign (undefined unless signed), int64 [non-finite, saturated,
+// fired]}.
+std::vector<torch::Tensor> encode_join(torch::Tensor z, torch::Tensor bias, torch::Tensor sv, torch::Tensor sw,
+                                       int64_t pad_front, int64_t sh, int64_t sww, torch::Tensor thr_asc,
+                                       bool is_signed, torch::Tensor table) {
+  static const EncodeFn enc = SPIKEGCN_WIDEST(encode);
+  static const DecodeFn dec = SPIKEGCN_WIDEST(decode);
+  TORCH_CHECK(z.dim() >= 2 && z.scalar_type() == torch::kFloat32 && z.is_contiguous(),
+              "encode_join: z must be a contiguous float32 [N, C, ...] tensor");
+  const int64_t C = z.size(1), R = z.size(0) * C, P = R ? z.numel() / R : 0, T = thr_asc.numel();
+  TORCH_CHECK(!bias.numel() || bias.numel() == C, "encode_join: bias needs one entry per channel");
+  const bool has_sc = sv.numel() > 0;
+  int64_t Cin = 0, Hin = 0, Win = 0, W = 1;
+  if (has_sc) {
+    TORCH_CHECK(z.dim() == 4 && sv.dim() == 4 && sv.size(0) == z.size(0) && sw.numel() == C && sv.is_contiguous(),
+                "encode_join: the shortcut needs [N, Cin, H, W] values and one weight per output channel");
+    Cin = sv.size(1); Hin = sv.size(2); Win = sv.size(3); W = z.size(3);
+    TORCH_CHECK(pad_front >= 0 && pad_front + Cin <= C && (z.size(2) - 1) * sh < Hin && (W - 1) * sww < Win,
+                "encode_join: the shortcut's channels or positions do not fit the output");
+  }
+  auto phase = torch::empty_like(z, torch::kInt8);
+  auto sign = is_signed ? torch::empty_like(z, torch::kInt8) : torch::Tensor();
+  alignas(64) float tb32[32] = {0};
+  const int64_t nt = table.numel();
+  if (nt) {
+    TORCH_CHECK(nt <= 32, "encode_join: the value table has at most 32 entries");
+    std::copy(table.data_ptr<float>(), table.data_ptr<float>() + nt, tb32);
+  }
+  float* zp = z.data_ptr<float>();
+  const float* bp = bias.numel() ? bias.data_ptr<float>() : nullptr;
+  const float* svp = has_sc ? sv.data_ptr<float>() : nullptr;
+  const float* swp = has_sc ? sw.data_ptr<float>() : nullptr;
+  const float* th = thr_asc.data_ptr<float>();
+  int8_t* pp = phase.data_ptr<int8_t>();
+  int8_t* sp = is_signed ? sign.data_ptr<int8_t>() : nullptr;
+  const bool dense_sc = has_sc && sh == 1 && sww == 1 && Win == W;  // the shortcut row is contiguous
+  const float one = 1.f;
+  int64_t bad = 0, sat = 0, fired = 0;
+  #pragma omp parallel for schedule(static) reduction(+:bad, sat, fired)
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t c = r % C, ci = c - pad_front;
+    const float* srow = (has_sc && ci >= 0 && ci < Cin) ? svp + ((r / C) * Cin + ci) * Hin * Win : nullptr;
+    const float wc = srow ? swp[c] : 0.f, bc = bp ? bp[c] : 0.f;
+    float* zr = zp + r * P;
+    CodecCounts cnt;
+    alignas(64) float v[256];
+    for (int64_t j = 0; j < P; j += 256) {
+      const int64_t len = std::min<int64_t>(256, P - j);
+      for (int64_t k = 0; k < len; ++k) v[k] = zr[j + k];
+      if (srow && dense_sc) {
+        for (int64_t k = 0; k < len; ++k) v[k] = v[k] + srow[j + k] * wc;
+      } else if (srow) {
+        for (int64_t k = 0; k < len; ++k) {
+          const int64_t q = j + k;
+          v[k] = v[k] + srow[(q / W) * sh * Win + (q % W) * sww] * wc;
+        }
+      }
+      if (bp)
+        for (int64_t k = 0; k < len; ++k) v[k] = v[k] + bc;
+      enc(v, len, th, T, is_signed, pp + r * P + j, sp ? sp + r * P + j : nullptr, cnt);
+      if (nt) dec(pp + r * P + j, sp ? sp + r * P + j : nullptr, tb32, nt, tb32, &one, false, len, zr + j);
+    }
+    bad += cnt.bad; sat += cnt.sat; fired += cnt.fired;
+  }
+  return {phase, sign, torch::tensor({bad, sat, fired}, torch::kInt64)};
+}
+
 // Spikes per input position, summed over R = batch x channels rows of an [R, P] tensor in one pass (per-thread
 // 32-bit counters over blocks of rows, then a reduction): the non-zeros of int8 one-spike phases, or the popcount
 // of int32 / int64 binary codes (one spike per set bit). A convolution's exact addition count is
@@ -307,6 +380,8 @@ torch::Tensor count_per_position(torch::Tensor x) {
 void register_codec(pybind11::module_& m) {
   m.def("encode_phase", &encode_phase, "single-spike encoding of float32 values (+ non-finite, saturated, fired)");
   m.def("decode_phase", &decode_phase, "decoding of int8 fire phases to float32");
+  m.def("encode_join", &encode_join,
+        "closed-form firing after a convolution: + diagonal shortcut + bias, encoded (optionally decoded in place)");
   m.def("count_per_position", &count_per_position,
         "spikes per column of an [R, P] tensor: int8 non-zeros or int32 / int64 popcounts");
 }
