@@ -48,8 +48,9 @@ from torch import Tensor
 
 _NAME = "spikegcn_fused_cpu"
 SOURCE = Path(__file__).resolve().parent / "csrc" / "fused_cpu.cpp"
-# codec_cpu: encoder / decoder / spike counts; conv_exact: exact-mode CNN layers (kernels/conv_cpu.py)
-SOURCES = (SOURCE, SOURCE.parent / "codec_cpu.cpp", SOURCE.parent / "conv_exact.cpp")
+# codec_cpu: encoder / decoder / spike counts; conv_exact, late_lists: exact-mode CNN layers (kernels/conv_cpu.py)
+SOURCES = (SOURCE, SOURCE.parent / "codec_cpu.cpp", SOURCE.parent / "conv_exact.cpp",
+           SOURCE.parent / "late_lists.cpp")
 CFLAGS = ("-O3", "-fopenmp", "-ffp-contract=off")
 LDFLAGS = ("-fopenmp",)
 log = logging.getLogger(__name__)
