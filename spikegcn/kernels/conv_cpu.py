@@ -51,6 +51,11 @@ def late_spikes(x: PhaseSpikes | BinarySpikes, lo: int, offset: int, dtype: torc
     builders read the NCHW spikes in place; the torch path below is the reference they are tested against."""
     data = x.phase if isinstance(x, PhaseSpikes) else x.bits
     nchw = _as_map(data, flat).contiguous()
+    if lo >= x.T_in:  # nothing fires after the last phase (a shortcut whose spikes all arrived early): no scan
+        n, _, h, w = nchw.shape
+        dev = nchw.device
+        return (torch.zeros(n * h * w + 1, dtype=torch.int64, device=dev), torch.empty(0, dtype=torch.int32, device=dev),
+                torch.empty(0, dtype=torch.int16, device=dev), torch.empty(0, dtype=dtype, device=dev))
     sign = _as_map(x.sign, flat).contiguous() if x.sign is not None else None
     mod = fused_cpu.load()
     if mod is not None and hasattr(mod, "late_list_bits") and nchw.device.type == "cpu":
@@ -95,9 +100,10 @@ def _late_spikes_torch(x: PhaseSpikes | BinarySpikes, nchw: Tensor, sign_nchw: T
 
 def fire_late(first: Tensor, inputs: list, forms: list, offsets: list[int], k0: int, T_v: int, max_d: int,
               thresholds: Tensor, in_scales: list | None = None, div: Tensor | None = None, signed: bool = False
-              ) -> tuple[Tensor, Tensor | None, int] | None:
-    """Fire phases (``first``'s shape, int8), their signs (``signed`` neurons, else ``None``) and the number of
-    neurons whose final |potential| exceeds 1 (a non-finite early potential raises), for the early potential
+              ) -> tuple[Tensor, Tensor | None, int, int] | None:
+    """Fire phases (``first``'s shape, int8), their signs (``signed`` neurons, else ``None``), the number of
+    neurons whose final |potential| exceeds 1 (a non-finite early potential raises) and of those that fired, for
+    the early potential
     ``first`` (``[N, C, Ho, Wo]`` or ``[N, C]``, bias included) and the late spikes of ``inputs`` (input ``i`` is
     seen ``offsets[i]`` virtual phases late, through the convolution ``forms[i]``); ``None`` when the compiled
     kernel cannot run this layer. The graph engine's dense layers keep the late bins in ANN units: ``in_scales[i]``
@@ -127,9 +133,9 @@ def fire_late(first: Tensor, inputs: list, forms: list, offsets: list[int], k0: 
         geom += [H, W, *stride, *padding, *dilation]
     d = (torch.empty(0, dtype=first.dtype) if div is None else
          div.to(first.dtype).expand(rows.shape[1]).contiguous())
-    phase, sign, sat, bad = mod.conv_exact(rows, ptrs, chs, bins, vals, weights, geom,
-                                           thresholds.to(first.dtype).contiguous(), k0, T_v, max_d, d, signed,
-                                           fused_cpu._ISA[fused_cpu.max_isa()])
+    phase, sign, sat, bad, fired = mod.conv_exact(rows, ptrs, chs, bins, vals, weights, geom,
+                                                  thresholds.to(first.dtype).contiguous(), k0, T_v, max_d, d, signed,
+                                                  fused_cpu._ISA[fused_cpu.max_isa()])
     if int(bad):
         _check_finite(first, "neuron input")
-    return phase.reshape(first.shape), sign.reshape(first.shape) if signed else None, int(sat)
+    return phase.reshape(first.shape), sign.reshape(first.shape) if signed else None, int(sat), int(fired)

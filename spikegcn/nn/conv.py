@@ -211,7 +211,7 @@ class LayerSynapses(ValueOp):
         return sum(st.macs for st in counted), sum(st.additions for st in counted)
 
     def exact_kernel(self, inp: Streams, code: PhaseCode, bias, scale_t, signed: bool, dtype: torch.dtype,
-                     backend: str, early) -> tuple[Tensor, None, float] | None:
+                     backend: str, early) -> tuple[Tensor, None, float, int] | None:
         """One convolution + late spikes x fan-out (kernels/conv_cpu.py), or ``None`` where it cannot run."""
         forms = [self.layer.conv_form(i) for i in range(len(inp.items))]
         if not fused_cpu.available(backend):
@@ -221,7 +221,7 @@ class LayerSynapses(ValueOp):
         first = early()
         fast = conv_cpu.fire_late(first, list(inp.items), forms, list(inp.offsets), early.k0, inp.T_in, code.Tw,
                                   code.thresholds(dtype, first.device))
-        return None if fast is None else (fast[0], None, float(fast[2]))
+        return None if fast is None else (fast[0], None, float(fast[2]), fast[3])
 
 
 # ------------------------------------------------------------------------------------------------ neuron core

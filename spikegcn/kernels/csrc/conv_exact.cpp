@@ -11,6 +11,8 @@
 // lockstep. Cost: the dense convolution plus late spikes x fan-out.
 #include <torch/extension.h>
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -224,7 +226,7 @@ __attribute__((always_inline)) inline int64_t neurons64(const Layer& L, int64_t 
 // `first` and `out` are NCHW, so channel k of the tile is R contiguous elements at base + k * HWo (or, HWo = 1,
 // a row's C channels are contiguous). The tile is gathered into P (row-major [R, C]) and scattered back from FZ
 // with contiguous accesses: one row at a time would touch C elements HWo apart, which for HWo a multiple of 1024
-// floats all fall into one L1 set and evict each other. Adds to *sat / *bad.
+// floats all fall into one L1 set and evict each other. Adds to cnt: saturated, non-finite, fired neurons.
 // CC > 0: the channel count as a compile-time constant (16, 32, 64, 128, 256: loops unrolled, no remainders);
 // 0: L.C.
 constexpr int64_t TILE_LANES = 256;  // R x C: 16 AVX-512 vectors of float per phase test (bins 1 KiB/phase)
@@ -238,7 +240,7 @@ template <typename scalar_t, int CC>
 __attribute__((always_inline)) inline void tile_body(const Layer& L, int64_t m0, int64_t R, const scalar_t* first,
                                                      const scalar_t* thr, scalar_t* __restrict BINS,
                                                      scalar_t* __restrict P, int32_t* __restrict FZ, int8_t* out,
-                                                     int8_t* sg, int64_t* sat, int64_t* bad) {
+                                                     int8_t* sg, int64_t* cnt) {
   const int64_t C = CC > 0 ? CC : L.C, HWo = L.Ho * L.Wo, nbc = (L.T_v - L.k0) * C;
   // element (r, k) at base + k * HWo + r (positions of one sample) or base + r * C + k (HWo = 1)
   const int64_t base = (m0 / HWo) * C * HWo + m0 % HWo, ks = HWo == 1 ? 1 : HWo, rs = HWo == 1 ? C : 1;
@@ -254,31 +256,34 @@ __attribute__((always_inline)) inline void tile_body(const Layer& L, int64_t m0,
   const scalar_t* __restrict dv = static_cast<const scalar_t*>(L.div);
   if constexpr (CC > 0) {
     const int64_t rows = tile_rows(CC);  // the buffers' rows
-    *sat += L.is_signed ? neurons64<scalar_t, CC, true>(L, R, rows, BINS, dv, thr, P, FZ)
-                        : neurons64<scalar_t, CC, false>(L, R, rows, BINS, dv, thr, P, FZ);
+    cnt[0] += L.is_signed ? neurons64<scalar_t, CC, true>(L, R, rows, BINS, dv, thr, P, FZ)
+                          : neurons64<scalar_t, CC, false>(L, R, rows, BINS, dv, thr, P, FZ);
   } else {
-    *sat += L.is_signed ? neurons<scalar_t, CC, true>(L, R, BINS, dv, thr, P, FZ)
-                        : neurons<scalar_t, CC, false>(L, R, BINS, dv, thr, P, FZ);
+    cnt[0] += L.is_signed ? neurons<scalar_t, CC, true>(L, R, BINS, dv, thr, P, FZ)
+                          : neurons<scalar_t, CC, false>(L, R, BINS, dv, thr, P, FZ);
   }
+  int64_t nfired = 0;
   for (int64_t k = 0; k < C; ++k) {
     for (int64_t r = 0; r < R; ++r) {
       const int32_t f = FZ[r * C + k];
       const int64_t e = base + k * ks + r * rs;
       out[e] = (int8_t)std::abs(f);
+      nfired += f != 0;
       if (L.is_signed) sg[e] = f > 0 ? int8_t(1) : f < 0 ? int8_t(-1) : int8_t(0);
     }
   }
-  *bad += nbad;
+  cnt[1] += nbad;
+  cnt[2] += nfired;
 }
 
 template <typename scalar_t>
 using TileFn = void (*)(const Layer&, int64_t, int64_t, const scalar_t*, const scalar_t*, scalar_t*, scalar_t*,
-                       int32_t*, int8_t*, int8_t*, int64_t*, int64_t*);
+                       int32_t*, int8_t*, int8_t*, int64_t*);
 
 #define SPIKEGCN_TILE_ARGS                                                                                           \
   const Layer &L, int64_t m0, int64_t R, const scalar_t *first, const scalar_t *thr, scalar_t *bins, scalar_t *P,   \
-      int32_t *FZ, int8_t *out, int8_t *sg, int64_t *sat, int64_t *bad
-#define SPIKEGCN_TILE_CALL tile_body<scalar_t, CC>(L, m0, R, first, thr, bins, P, FZ, out, sg, sat, bad)
+      int32_t *FZ, int8_t *out, int8_t *sg, int64_t *cnt
+#define SPIKEGCN_TILE_CALL tile_body<scalar_t, CC>(L, m0, R, first, thr, bins, P, FZ, out, sg, cnt)
 
 template <typename scalar_t, int CC>
 void tile_portable(SPIKEGCN_TILE_ARGS) {
@@ -323,36 +328,57 @@ TileFn<scalar_t> pick_tile(int64_t isa, int64_t C) {
 template <typename scalar_t>
 void run(const scalar_t* first, const std::vector<ConvInput>& ins, int64_t N, int64_t Ho, int64_t Wo, int64_t C,
          const scalar_t* thr, int64_t T, int64_t k0, int64_t T_v, int64_t max_d, const scalar_t* div, bool is_signed,
-         int64_t isa, int8_t* out, int8_t* sg, int64_t* sat_out, int64_t* bad_out) {
+         int64_t isa, int8_t* out, int8_t* sg, int64_t* counts) {
   const Layer L{ins.data(), (int64_t)ins.size(), Ho, Wo, C, T, k0, T_v, max_d, div, is_signed};
   // rows per tile; tiles per sample (HWo = 1: the samples are the rows, one "sample" of N rows)
   const int64_t tr = tile_rows(C);
   const int64_t HWo = Ho * Wo, span = HWo == 1 ? N : HWo, n_spans = HWo == 1 ? 1 : N, per = (span + tr - 1) / tr;
   const int64_t chunk = std::max<int64_t>(1, 64 / tr);  // about 64 rows per scheduled chunk
   const TileFn<scalar_t> row = pick_tile<scalar_t>(isa, C);
-  int64_t sat = 0, bad = 0;
-#pragma omp parallel reduction(+ : sat, bad)
+  int64_t sat = 0, bad = 0, fired = 0;
+#pragma omp parallel reduction(+ : sat, bad, fired)
   {
+    int64_t cnt[3] = {0, 0, 0};
     std::vector<scalar_t> bins(tr * std::max<int64_t>(T_v - k0, 1) * C + 16), P(tr * C + 16);
     std::vector<int32_t> FZ(tr * C + 16);
 #pragma omp for schedule(dynamic, chunk)
     for (int64_t b = 0; b < n_spans * per; ++b) {
       const int64_t q0 = (b % per) * tr;
       row(L, (b / per) * span + q0, std::min(tr, span - q0), first, thr, bins.data(), P.data(), FZ.data(), out, sg,
-          &sat, &bad);
+          cnt);
     }
+    sat += cnt[0];
+    bad += cnt[1];
+    fired += cnt[2];
   }
-  *sat_out = sat;
-  *bad_out = bad;
+  counts[0] = sat;
+  counts[1] = bad;
+  counts[2] = fired;
 }
 
-// The input position of every late spike from the per-position offsets ptr [P + 1] (L spikes).
-std::vector<int32_t> spike_positions(const int64_t* ptr, int64_t P, int64_t L) {
-  std::vector<int32_t> pos(L);
-#pragma omp parallel for schedule(static)
-  for (int64_t p = 0; p < P; ++p)
-    for (int64_t j = ptr[p]; j < ptr[p + 1]; ++j) pos[j] = (int32_t)p;
-  return pos;
+// The input position of every late spike from the per-position offsets ptr [P + 1] (L spikes) into pos (L + 16
+// entries): each thread fills its share of the positions with one 16-wide store per position (more only past 16
+// spikes) instead of a loop whose exit the branch predictor misses; what a store writes past a position's spikes
+// the next position overwrites (near the end of the share, an exact loop).
+void spike_positions(const int64_t* ptr, int64_t P, int32_t* pos) {
+#pragma omp parallel
+  {
+    const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t p0 = P * t / nt, p1 = P * (t + 1) / nt, end = ptr[p1];
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t a = ptr[p], b = ptr[p + 1];
+      if (b + 16 <= end) {
+        int64_t j = a;
+        do {
+#pragma omp simd
+          for (int64_t k = 0; k < 16; ++k) pos[j + k] = (int32_t)p;
+          j += 16;
+        } while (j < b);
+      } else {
+        for (int64_t j = a; j < b; ++j) pos[j] = (int32_t)p;
+      }
+    }
+  }
 }
 
 }  // namespace
@@ -362,7 +388,8 @@ std::vector<int32_t> spike_positions(const int64_t* ptr, int64_t P, int64_t L) {
 // div: [C] divisor of every bin (the graph engine keeps bins in ANN units and divides by lambda as its event path
 // does), or an empty tensor. is_signed: signed neurons (fire on |potential|). isa: 2 AVX-512, 1 AVX2, 0 portable
 // (capped by what the CPU has). Returns the fire phases [N, C, Ho, Wo] (int8), their signs (int8, empty unless
-// is_signed), the number of neurons whose final |potential| exceeds 1 and the number of non-finite early potentials.
+// is_signed), the number of neurons whose final |potential| exceeds 1, the number of non-finite early potentials
+// and the number of neurons that fired.
 std::vector<torch::Tensor> conv_exact(torch::Tensor first, std::vector<torch::Tensor> late_ptr,
                                       std::vector<torch::Tensor> late_ch, std::vector<torch::Tensor> late_bin,
                                       std::vector<torch::Tensor> late_val, std::vector<torch::Tensor> weight,
@@ -378,7 +405,7 @@ std::vector<torch::Tensor> conv_exact(torch::Tensor first, std::vector<torch::Te
   TORCH_CHECK(thr.scalar_type() == first.scalar_type() && thr.is_contiguous(),
               "conv_exact: thresholds and potentials differ in dtype");
   std::vector<ConvInput> ins;
-  std::vector<std::vector<int32_t>> positions(n_in);
+  std::vector<torch::Tensor> positions(n_in);
   for (size_t i = 0; i < n_in; ++i) {
     const auto& w = weight[i];
     TORCH_CHECK(w.dim() == 4 && w.size(3) == C && w.is_contiguous() && w.scalar_type() == first.scalar_type(),
@@ -391,24 +418,25 @@ std::vector<torch::Tensor> conv_exact(torch::Tensor first, std::vector<torch::Te
                     late_bin[i].scalar_type() == torch::kInt16 && late_val[i].scalar_type() == first.scalar_type(),
                 "conv_exact: late spike lists ", i, " disagree in length or dtype");
     TORCH_CHECK(N * g[0] * g[1] < (int64_t(1) << 31), "conv_exact: more than 2^31 input positions");
-    positions[i] = spike_positions(late_ptr[i].data_ptr<int64_t>(), N * g[0] * g[1], L);
+    positions[i] = torch::empty({L + 16}, torch::kInt32);
+    spike_positions(late_ptr[i].data_ptr<int64_t>(), N * g[0] * g[1], positions[i].data_ptr<int32_t>());
     ins.push_back(ConvInput{late_ptr[i].data_ptr<int64_t>(), late_ch[i].data_ptr<int32_t>(),
-                            late_bin[i].data_ptr<int16_t>(), positions[i].data(), late_val[i].data_ptr(),
+                            late_bin[i].data_ptr<int16_t>(), positions[i].data_ptr<int32_t>(), late_val[i].data_ptr(),
                             w.data_ptr(), g[0], g[1], w.size(2), w.size(0), w.size(1), g[2], g[3], g[4], g[5], g[6],
                             g[7]});
   }
   const bool has_div = div.numel() > 0;
   TORCH_CHECK(!has_div || (div.numel() == C && div.is_contiguous() && div.scalar_type() == first.scalar_type()),
               "conv_exact: div must be a contiguous [C] of the potentials' dtype, or empty");
-  auto out = torch::zeros({N, C, Ho, Wo}, torch::kInt8);
-  auto sg = is_signed ? torch::zeros({N, C, Ho, Wo}, torch::kInt8) : torch::empty({0}, torch::kInt8);
-  int64_t sat = 0, bad = 0;
+  auto out = torch::empty({N, C, Ho, Wo}, torch::kInt8);  // every element written by its tile
+  auto sg = is_signed ? torch::empty({N, C, Ho, Wo}, torch::kInt8) : torch::empty({0}, torch::kInt8);
+  int64_t counts[3] = {0, 0, 0};
   AT_DISPATCH_FLOATING_TYPES(first.scalar_type(), "conv_exact", [&] {
     run<scalar_t>(first.data_ptr<scalar_t>(), ins, N, Ho, Wo, C, thr.data_ptr<scalar_t>(), T, k0, T_v, max_d,
                   has_div ? div.data_ptr<scalar_t>() : nullptr, is_signed, isa, out.data_ptr<int8_t>(),
-                  is_signed ? sg.data_ptr<int8_t>() : nullptr, &sat, &bad);
+                  is_signed ? sg.data_ptr<int8_t>() : nullptr, counts);
   });
-  return {out, sg, torch::tensor(sat), torch::tensor(bad)};
+  return {out, sg, torch::tensor(counts[0]), torch::tensor(counts[1]), torch::tensor(counts[2])};
 }
 
 void register_conv_exact(pybind11::module_& m) {
