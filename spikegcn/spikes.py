@@ -48,23 +48,30 @@ class PhaseSpikes:
     sign: Tensor | None = None
     start: int = 0
     # the normalised values, when the producing layer decoded them in its firing pass (a CNN layer in closed
-    # form), with the version counters of phase and sign then: an in-place change of either voids them
-    _decoded: tuple[Tensor, int, int] | None = field(default=None, init=False, repr=False, compare=False)
+    # form), with what they were decoded from: replacing phase, sign or code, or changing any of the three tensors
+    # in place (their version counters), voids them. They live as long as this object (float32: 4x the phases).
+    _decoded: tuple | None = field(default=None, init=False, repr=False, compare=False)
+
+    def _decoded_key(self) -> tuple:
+        sign = self.sign
+        return (self.phase, self.phase._version, sign, -1 if sign is None else sign._version, self.code)
 
     def keep_decoded(self, values: Tensor) -> "PhaseSpikes":
         """Remember ``values`` as :meth:`normalized`'s result (the caller guarantees it is), for the next layer.
         Not under ``torch.inference_mode`` (its tensors keep no version counter to guard the values with)."""
-        if not self.phase.is_inference():
-            self._decoded = (values, self.phase._version, -1 if self.sign is None else self.sign._version)
+        if not (self.phase.is_inference() or values.is_inference()):
+            self._decoded = (values, values._version, self._decoded_key())
         return self
 
     def kept_decoded(self, dtype: torch.dtype) -> Tensor | None:
-        """The values of :meth:`keep_decoded` if they are of ``dtype`` and phase and sign are unchanged since (the
-        caller must not change them in place)."""
+        """The values of :meth:`keep_decoded` if they are of ``dtype`` and nothing they came from has changed since;
+        shared, not copied: the caller must not change them."""
         d = self._decoded
-        if d is None or d[0].dtype != dtype or d[1] != self.phase._version:
+        if d is None or d[0].dtype != dtype or d[0]._version != d[1]:
             return None
-        return d[0] if d[2] == (-1 if self.sign is None else self.sign._version) else None
+        key, now = d[2], self._decoded_key()
+        same = key[0] is now[0] and key[2] is now[2] and key[1] == now[1] and key[3] == now[3] and key[4] == now[4]
+        return d[0] if same else None
 
     def normalized(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """Decoded values in normalised units (without lambda)."""

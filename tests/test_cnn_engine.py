@@ -271,7 +271,7 @@ def _encode_join_reference(z, thr, signed, bias, shortcut, table):
 @pytest.mark.skipif(fused_cpu.load() is None or not hasattr(fused_cpu.load(), "encode_join"),
                     reason="compiled CPU kernels not built (spikegcn build-kernels)")
 @pytest.mark.parametrize("signed", [False, True])
-@pytest.mark.parametrize("case", ["plain", "bias", "identity", "option_a", "2d"])
+@pytest.mark.parametrize("case", ["plain", "bias", "identity", "option_a", "2d", "short_rows"])
 def test_encode_join_equals_torch_order_of_operations(case, signed):
     """The fused closed-form pass (shortcut x weight, + bias, encode, decode in place) gives the torch path's
     phases, signs, counts and values bit for bit: rows longer and shorter than its 256-element blocks, a strided
@@ -279,7 +279,7 @@ def test_encode_join_equals_torch_order_of_operations(case, signed):
     code = PhaseCode(16, 1.3)
     thr, table = code.thresholds(torch.float32).flip(0), code.values(torch.float32)
     g = torch.Generator().manual_seed(3)
-    shape = {"2d": (37, 300), "option_a": (3, 8, 5, 9)}.get(case, (3, 6, 19, 23))
+    shape = {"2d": (37, 300), "option_a": (3, 8, 5, 9), "short_rows": (5, 7, 5, 7)}.get(case, (3, 6, 19, 23))
     z = torch.randn(*shape, generator=g) * 0.6
     z.view(-1)[5] = float("nan")
     bias = torch.randn(shape[1], generator=g) * 0.2 if case != "plain" else None
@@ -353,5 +353,27 @@ def test_kept_values_follow_the_phases():
     assert torch.equal(second(h).phase, ref.phase)
     h.phase[0, 0, 0, 0] = 0 if h.phase[0, 0, 0, 0] else 3  # in place: the kept values no longer hold
     assert h.kept_decoded(torch.float32) is None
+    for change in ("replace phase", "change values", "replace code"):
+        g = first(x)
+        assert g.kept_decoded(torch.float32) is not None
+        if change == "replace phase":
+            g.phase = g.phase.clone()
+        elif change == "change values":
+            g.kept_decoded(torch.float32).mul_(2)
+        else:
+            g.code = PhaseCode(16, 1.5)
+        assert g.kept_decoded(torch.float32) is None, change
     with torch.inference_mode():
         assert first(x).kept_decoded(torch.float32) is None
+
+
+@kernel
+@pytest.mark.parametrize("mode,tw", [("functional", 16), ("exact", 6)])
+def test_channels_last_input_equals_contiguous(mode, tw):
+    """A channels-last batch (and so channels-last convolution outputs) gives the contiguous batch's logits: the
+    closed-form pass keeps the tensor it wrote the next layer's values into."""
+    torch.manual_seed(0)
+    model = _randomize_bn(NETS["resnet_option_a"]())
+    snn = convert(model, torch.randn(64, 2, 8, 8), PhaseCode(16, 1.3, Tw=tw), mode=mode)
+    x = torch.randn(16, 2, 8, 8)
+    assert torch.equal(snn(x.to(memory_format=torch.channels_last)), snn(x))

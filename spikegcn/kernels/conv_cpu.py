@@ -5,11 +5,12 @@ A layer's inputs are ordered by a common virtual phase :math:`r` (:class:`spikeg
 virtual phases) has arrived before output phase 1: its potential (the bias plus one dense convolution per input) is
 computed by :func:`spikegcn.simulate.run_layer` with torch. The late spikes (:math:`r > k_0`: small values; a third
 to a half of the spikes of a ResNet-20 layer at :math:`T_w = 8`, see ``results/cnn_speed.md``) are listed per input
-position (sorted, with a CSR-style pointer) and handed with the early potential to the compiled kernel
-``conv_exact`` (``csrc/conv_exact.cpp``). It walks the output positions like im2col rows: for every kernel tap it
-adds value x weight column of the late spikes under it into the bin of their phase, then runs the neurons' phase
-loop (the rule of :func:`~spikegcn.neuron.one_spike_fire`) over the bins. The cost is the dense convolution plus
-late spikes x fan-out, instead of one convolution per late phase.
+position (sorted, with a CSR-style pointer; built by ``csrc/late_lists.cpp``) and handed with the early potential
+to the compiled kernel ``conv_exact`` (``csrc/conv_exact.cpp``). It walks the output positions like im2col rows, in
+tiles: for every kernel tap the tile's rows on one output line take the late spikes under them (one contiguous run
+of the lists) and add value x weight column into the bin of their phase, then the neurons run their phase loop (the
+rule of :func:`~spikegcn.neuron.one_spike_fire`) over the bins. The cost is the dense convolution plus late spikes x
+fan-out, instead of one convolution per late phase.
 
 The graph engine's dense layers (``x W^T``, :meth:`spikegcn.simulate.DenseOp.exact_kernel`) run on the same kernel
 as a 1 x 1 convolution of a 1 x 1 map, with signed neurons where the layer has them and their late bins kept in ANN

@@ -300,7 +300,8 @@ def encode_join(z: Tensor, thresholds_asc: Tensor, signed: bool, bias: Tensor | 
     per-channel ``bias``, summed in that order as the torch path sums them, then encoded as :func:`encode_phase`.
     With a value ``table`` the pass also overwrites ``z`` with the output's decoded values (``sign x table[phase]``,
     the next layer's input). ``(phase, sign, non-finite count, saturated count, fired count)``, or ``None`` when
-    the kernel is unavailable or the tensors do not fit it (the caller takes the torch path)."""
+    the kernel is unavailable or the tensors are not CPU float32, contiguous, with T <= 31 (the caller takes the
+    torch path); a shortcut whose channels or subsampled positions do not match ``z`` raises."""
     if z.device.type != "cpu" or z.dtype != torch.float32 or not z.is_contiguous() or z.dim() < 2:
         return None
     if thresholds_asc.numel() > 127 or (table is not None and table.numel() > 32):

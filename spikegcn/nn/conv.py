@@ -69,7 +69,8 @@ def spike_values(x: CNNSpikes, lo: int = 0, hi: int | None = None, dtype: torch.
     r"""Normalised values (without :math:`\lambda`) of the spikes of ``x`` fired at input phases ``lo < p <= hi``.
 
     One-spike inputs give :math:`\pm Q^{-(p-1)}`, binary inputs :math:`\pm 2^{-p}` per spike (summed over the
-    selected bits). ``lo = 0, hi >= T`` is the full decoded value.
+    selected bits). ``lo = 0, hi >= T`` is the full decoded value; it may be the producing layer's kept values
+    (:meth:`~spikegcn.spikes.PhaseSpikes.keep_decoded`), shared with other consumers: do not change it in place.
     """
     T = x.T_in
     hi = T if hi is None else min(hi, T)
@@ -158,7 +159,8 @@ class LayerSynapses(ValueOp):
 
     def apply(self, inp: Streams, k: int, dtype: torch.dtype) -> Tensor:
         z = None
-        for i, (x, o) in enumerate(zip(inp.items, inp.offsets)):  # in place: the synapse outputs are fresh tensors
+        # in place: the synapse outputs are fresh tensors (a synapse must not return its input or a view of it)
+        for i, (x, o) in enumerate(zip(inp.items, inp.offsets)):
             c = self.layer.synapse(i, spike_values(x, 0, k - o, dtype=dtype))
             z = c if z is None else z.add_(c)
         if self.layer.bias is not None:
@@ -171,9 +173,11 @@ class LayerSynapses(ValueOp):
         last synapse (a residual join's identity or option-A shortcut) and the bias are added there, in the order
         :meth:`apply` adds them, and the output's decoded values are written over the potential for the next
         layer. ``(phase, sign, saturated, fired, values)``, or ``None`` where the kernel does not serve (float32
-        on the CPU only)."""
+        on the CPU, T <= 31), checked before any convolution runs."""
         layer, k, last = self.layer, inp.T_in, len(inp.items) - 1
-        if dtype != torch.float32 or fused_cpu.load() is None or layer.scale.device.type != "cpu":
+        bias = layer.bias
+        if (dtype != torch.float32 or code.T > 31 or fused_cpu.load() is None or layer.scale.device.type != "cpu"
+                or (bias is not None and (bias.dtype != dtype or bias.device.type != "cpu"))):
             return None
         diag = layer.diagonal_synapse(last) if last > 0 else None
         z = None
@@ -183,12 +187,13 @@ class LayerSynapses(ValueOp):
             c = layer.synapse(i, spike_values(x, 0, k - o, dtype=dtype))
             z = c if z is None else z.add_(c)
         assert z is not None
+        z = z.contiguous()  # the kernel writes the output's values into it: the tensor kept must be the one written
         shortcut = None
         if diag is not None:
             shortcut = (spike_values(inp.items[last], 0, k - inp.offsets[last], dtype=dtype), *diag)
-        fast = fused_cpu.encode_join(z.contiguous(), code.thresholds(dtype, z.device).flip(0), signed,
-                                     bias=layer.bias, shortcut=shortcut, table=code.values(dtype, z.device))
-        if fast is None:
+        fast = fused_cpu.encode_join(z, code.thresholds(dtype, z.device).flip(0), signed, bias=bias,
+                                     shortcut=shortcut, table=code.values(dtype, z.device))
+        if fast is None:  # not expected after the checks above; the caller's torch path redoes the convolutions
             return None
         phase, sign, bad, saturated, fired = fast
         if bad:
@@ -258,6 +263,8 @@ class OneSpikeLayer(nn.Module, SpikingMixin):
 
     # ---- subclass interface
     def synapse(self, i: int, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """Input ``i``'s synaptic map of the normalised values ``x``: a fresh tensor (the neuron adds into it in
+        place), never ``x`` or a view of it; ``x`` may be shared with other consumers and must not change."""
         raise NotImplementedError
 
     def fanout(self, i: int, in_shape: torch.Size) -> Tensor:  # pragma: no cover - abstract

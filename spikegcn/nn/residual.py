@@ -187,7 +187,9 @@ class SpikingResidual(OneSpikeLayer):
     def diagonal_synapse(self, i: int) -> tuple[Tensor, int, tuple[int, int]] | None:
         if i == 0 or self.shortcut == "conv":
             return None
-        return self.shortcut_weight, (self.pad_front if self.shortcut == "option_a" else 0), self.shortcut_stride
+        if self.shortcut == "identity":  # synapse() applies no stride to an identity shortcut
+            return self.shortcut_weight, 0, (1, 1)
+        return self.shortcut_weight, self.pad_front, self.shortcut_stride
 
     def conv_form(self, i: int) -> ConvForm | None:
         if i == 0:

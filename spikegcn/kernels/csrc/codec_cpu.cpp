@@ -277,8 +277,9 @@ std::vector<torch::Tensor> encode_join(torch::Tensor z, torch::Tensor bias, torc
     TORCH_CHECK(z.dim() == 4 && sv.dim() == 4 && sv.size(0) == z.size(0) && sw.numel() == C && sv.is_contiguous(),
                 "encode_join: the shortcut needs [N, Cin, H, W] values and one weight per output channel");
     Cin = sv.size(1); Hin = sv.size(2); Win = sv.size(3); W = z.size(3);
-    TORCH_CHECK(pad_front >= 0 && pad_front + Cin <= C && (z.size(2) - 1) * sh < Hin && (W - 1) * sww < Win,
-                "encode_join: the shortcut's channels or positions do not fit the output");
+    TORCH_CHECK(sh >= 1 && sww >= 1 && pad_front >= 0 && pad_front + Cin <= C && (Hin + sh - 1) / sh == z.size(2) &&
+                    (Win + sww - 1) / sww == W,
+                "encode_join: the shortcut's channels or subsampled positions do not match the output");
   }
   auto phase = torch::empty_like(z, torch::kInt8);
   auto sign = is_signed ? torch::empty_like(z, torch::kInt8) : torch::Tensor();
@@ -298,6 +299,20 @@ std::vector<torch::Tensor> encode_join(torch::Tensor z, torch::Tensor bias, torc
   const bool dense_sc = has_sc && sh == 1 && sww == 1 && Win == W;  // the shortcut row is contiguous
   const float one = 1.f;
   int64_t bad = 0, sat = 0, fired = 0;
+  if (!has_sc && P < 256) {  // short rows ([N, F] outputs: one element): flat blocks of 256, bias by element
+    const int64_t n = z.numel(), nb = (n + 255) / 256;
+    #pragma omp parallel for schedule(static) reduction(+:bad, sat, fired)
+    for (int64_t b = 0; b < nb; ++b) {
+      const int64_t i0 = b * 256, len = std::min<int64_t>(256, n - i0);
+      alignas(64) float v[256];
+      for (int64_t k = 0; k < len; ++k) v[k] = bp ? zp[i0 + k] + bp[((i0 + k) / P) % C] : zp[i0 + k];
+      CodecCounts cnt;
+      enc(v, len, th, T, is_signed, pp + i0, sp ? sp + i0 : nullptr, cnt);
+      if (nt) dec(pp + i0, sp ? sp + i0 : nullptr, tb32, nt, tb32, &one, false, len, zp + i0);
+      bad += cnt.bad; sat += cnt.sat; fired += cnt.fired;
+    }
+    return {phase, sign, torch::tensor({bad, sat, fired}, torch::kInt64)};
+  }
   #pragma omp parallel for schedule(static) reduction(+:bad, sat, fired)
   for (int64_t r = 0; r < R; ++r) {
     const int64_t c = r % C, ci = c - pad_front;

@@ -36,6 +36,14 @@ struct Layer {  // what every output row needs
   bool is_signed;   // signed neurons: fire on |potential|, sign written to sg
 };
 
+// A tile: R rows of C output channels, up to TILE_LANES neurons
+constexpr int64_t TILE_LANES = 256;  // R x C: 16 AVX-512 vectors of float per phase test (bins 1 KiB/phase)
+constexpr int64_t TILE_ROWS = 16;
+// rows per tile (the buffers hold this many rows)
+constexpr int64_t tile_rows(int64_t C) {
+  return std::max<int64_t>(1, std::min<int64_t>(TILE_ROWS, TILE_LANES / std::max<int64_t>(C, 1)));
+}
+
 // p += bin (or bin / div, channel by channel)
 template <typename scalar_t, int CC>
 __attribute__((always_inline)) inline void add_bin(const Layer& L, const scalar_t* __restrict b,
@@ -100,7 +108,8 @@ __attribute__((always_inline)) inline void late_bins(const Layer& L, int64_t m0,
   for (int64_t i = 0; i < L.n_in; ++i) {
     const ConvInput& in = L.ins[i];
     const scalar_t* w = static_cast<const scalar_t*>(in.w);
-    if (HWo == 1 && in.H == 1 && in.W == 1 && in.kh == 1 && in.kw == 1) {  // 1 x 1 maps: row r reads position m0 + r
+    if (HWo == 1 && in.H == 1 && in.W == 1 && in.kh == 1 && in.kw == 1 && in.ph == 0 && in.pw == 0) {
+      // 1 x 1 maps, no padding: row r reads position m0 + r
       add_run<scalar_t, CC>(in, m0, R, 1, 0, nbc, k0, w, C, bins);
       continue;
     }
@@ -173,6 +182,7 @@ __attribute__((always_inline)) inline int64_t neurons64(const Layer& L, int64_t 
                                                         const scalar_t* __restrict dv, const scalar_t* __restrict thr,
                                                         scalar_t* __restrict P, int32_t* __restrict FZ) {
   constexpr int64_t GK = CC >= 64 ? 64 : CC, GR = 64 / GK;
+  static_assert(64 % GK == 0 && CC % GK == 0 && tile_rows(CC) % GR == 0, "neurons64: whole groups per tile");
   const int64_t k0 = L.k0, nbc = (L.T_v - k0) * CC;
   int64_t nsat = 0;
   for (int64_t row0 = 0; row0 < rows; row0 += GR) {
@@ -229,12 +239,6 @@ __attribute__((always_inline)) inline int64_t neurons64(const Layer& L, int64_t 
 // floats all fall into one L1 set and evict each other. Adds to cnt: saturated, non-finite, fired neurons.
 // CC > 0: the channel count as a compile-time constant (16, 32, 64, 128, 256: loops unrolled, no remainders);
 // 0: L.C.
-constexpr int64_t TILE_LANES = 256;  // R x C: 16 AVX-512 vectors of float per phase test (bins 1 KiB/phase)
-constexpr int64_t TILE_ROWS = 16;
-// rows per tile (the buffers hold this many rows)
-inline int64_t tile_rows(int64_t C) {
-  return std::max<int64_t>(1, std::min<int64_t>(TILE_ROWS, TILE_LANES / std::max<int64_t>(C, 1)));
-}
 
 template <typename scalar_t, int CC>
 __attribute__((always_inline)) inline void tile_body(const Layer& L, int64_t m0, int64_t R, const scalar_t* first,
@@ -418,6 +422,8 @@ std::vector<torch::Tensor> conv_exact(torch::Tensor first, std::vector<torch::Te
                     late_bin[i].scalar_type() == torch::kInt16 && late_val[i].scalar_type() == first.scalar_type(),
                 "conv_exact: late spike lists ", i, " disagree in length or dtype");
     TORCH_CHECK(N * g[0] * g[1] < (int64_t(1) << 31), "conv_exact: more than 2^31 input positions");
+    const int64_t* pt = late_ptr[i].data_ptr<int64_t>();
+    TORCH_CHECK(pt[0] == 0 && pt[N * g[0] * g[1]] == L, "conv_exact: late_ptr ", i, " does not span its lists");
     positions[i] = torch::empty({L + 16}, torch::kInt32);
     spike_positions(late_ptr[i].data_ptr<int64_t>(), N * g[0] * g[1], positions[i].data_ptr<int32_t>());
     ins.push_back(ConvInput{late_ptr[i].data_ptr<int64_t>(), late_ch[i].data_ptr<int32_t>(),

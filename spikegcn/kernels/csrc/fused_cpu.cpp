@@ -1,5 +1,6 @@
 // Fused CPU kernels of spikegcn: exact-mode graph aggregation (Tw < T) and the CPU feature check; the encoder and
-// decoder are in codec_cpu.cpp, the exact-mode CNN layers in conv_exact.cpp.
+// decoder are in codec_cpu.cpp, the exact-mode CNN layers in conv_exact.cpp (their late-spike lists in
+// late_lists.cpp).
 // Built explicitly (`spikegcn build-kernels`, or `make install`) by spikegcn/kernels/fused_cpu.py into a cache
 // folder keyed by torch, Python, compiler, flags, machine and this file's hash; see that module's docstring.
 #include <torch/extension.h>
