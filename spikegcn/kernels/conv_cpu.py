@@ -55,8 +55,9 @@ def late_spikes(x: PhaseSpikes | BinarySpikes, lo: int, offset: int, dtype: torc
     if lo >= x.T_in:  # nothing fires after the last phase (a shortcut whose spikes all arrived early): no scan
         n, _, h, w = nchw.shape
         dev = nchw.device
-        return (torch.zeros(n * h * w + 1, dtype=torch.int64, device=dev), torch.empty(0, dtype=torch.int32, device=dev),
-                torch.empty(0, dtype=torch.int16, device=dev), torch.empty(0, dtype=dtype, device=dev))
+        return (torch.zeros(n * h * w + 1, dtype=torch.int64, device=dev),
+                torch.empty(0, dtype=torch.int32, device=dev), torch.empty(0, dtype=torch.int16, device=dev),
+                torch.empty(0, dtype=dtype, device=dev))
     sign = _as_map(x.sign, flat).contiguous() if x.sign is not None else None
     mod = fused_cpu.load()
     if mod is not None and hasattr(mod, "late_list_bits") and nchw.device.type == "cpu":
