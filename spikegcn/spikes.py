@@ -52,6 +52,9 @@ class PhaseSpikes:
     # in place (their version counters), voids them. They live as long as this object (float32: 4x the phases).
     _decoded: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
+    def _inference(self, values: Tensor) -> bool:
+        return any(t is not None and t.is_inference() for t in (self.phase, self.sign, values))
+
     def _decoded_key(self) -> tuple:
         sign = self.sign
         return (self.phase, self.phase._version, sign, -1 if sign is None else sign._version, self.code)
@@ -59,7 +62,7 @@ class PhaseSpikes:
     def keep_decoded(self, values: Tensor) -> "PhaseSpikes":
         """Remember ``values`` as :meth:`normalized`'s result (the caller guarantees it is), for the next layer.
         Not under ``torch.inference_mode`` (its tensors keep no version counter to guard the values with)."""
-        if not (self.phase.is_inference() or values.is_inference()):
+        if not self._inference(values):
             self._decoded = (values, values._version, self._decoded_key())
         return self
 
@@ -67,7 +70,7 @@ class PhaseSpikes:
         """The values of :meth:`keep_decoded` if they are of ``dtype`` and nothing they came from has changed since;
         shared, not copied: the caller must not change them."""
         d = self._decoded
-        if d is None or d[0].dtype != dtype or d[0]._version != d[1]:
+        if d is None or d[0].dtype != dtype or self._inference(d[0]) or d[0]._version != d[1]:
             return None
         key, now = d[2], self._decoded_key()
         same = key[0] is now[0] and key[2] is now[2] and key[1] == now[1] and key[3] == now[3] and key[4] == now[4]

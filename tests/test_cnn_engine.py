@@ -365,6 +365,10 @@ def test_kept_values_follow_the_phases():
         assert g.kept_decoded(torch.float32) is None, change
     with torch.inference_mode():
         assert first(x).kept_decoded(torch.float32) is None
+    g2 = first(x)
+    with torch.inference_mode():
+        g2.phase = g2.phase + 0  # an inference tensor (no version counter) replaces the phases
+    assert g2.kept_decoded(torch.float32) is None
 
 
 @kernel
