@@ -157,12 +157,18 @@ class LayerSynapses(ValueOp):
     def __init__(self, layer: "OneSpikeLayer"):
         self.layer = layer
 
-    def apply(self, inp: Streams, k: int, dtype: torch.dtype) -> Tensor:
+    def _synapse_sum(self, inp: Streams, k: int, dtype: torch.dtype, n: int) -> Tensor:
+        """The sum of the first ``n`` inputs' synaptic maps of their phases ``<= k``, in input order."""
         z = None
         # in place: the synapse outputs are fresh tensors (a synapse must not return its input or a view of it)
-        for i, (x, o) in enumerate(zip(inp.items, inp.offsets)):
+        for i, (x, o) in enumerate(zip(inp.items[:n], inp.offsets[:n])):
             c = self.layer.synapse(i, spike_values(x, 0, k - o, dtype=dtype))
             z = c if z is None else z.add_(c)
+        assert z is not None
+        return z
+
+    def apply(self, inp: Streams, k: int, dtype: torch.dtype) -> Tensor:
+        z = self._synapse_sum(inp, k, dtype, len(inp.items))
         if self.layer.bias is not None:
             z.add_(self.layer._channel_view(self.layer.bias, z.dim()))
         return z
@@ -180,14 +186,9 @@ class LayerSynapses(ValueOp):
                 or (bias is not None and (bias.dtype != dtype or bias.device.type != "cpu"))):
             return None
         diag = layer.diagonal_synapse(last) if last > 0 else None
-        z = None
-        for i, (x, o) in enumerate(zip(inp.items, inp.offsets)):
-            if i == last and diag is not None:
-                break
-            c = layer.synapse(i, spike_values(x, 0, k - o, dtype=dtype))
-            z = c if z is None else z.add_(c)
-        assert z is not None
-        z = z.contiguous()  # the kernel writes the output's values into it: the tensor kept must be the one written
+        # the kernel adds the diagonal synapse, and writes the output's values into z: the tensor kept must be the
+        # one written (contiguous)
+        z = self._synapse_sum(inp, k, dtype, last if diag is not None else last + 1).contiguous()
         shortcut = None
         if diag is not None:
             shortcut = (spike_values(inp.items[last], 0, k - inp.offsets[last], dtype=dtype), *diag)

@@ -299,6 +299,11 @@ std::vector<torch::Tensor> encode_join(torch::Tensor z, torch::Tensor bias, torc
   const bool dense_sc = has_sc && sh == 1 && sww == 1 && Win == W;  // the shortcut row is contiguous
   const float one = 1.f;
   int64_t bad = 0, sat = 0, fired = 0;
+  // encode len potentials v into the elements from i0 on (then, with a table, their decoded values into z)
+  const auto fire = [&](const float* v, int64_t i0, int64_t len, CodecCounts& cnt) {
+    enc(v, len, th, T, is_signed, pp + i0, sp ? sp + i0 : nullptr, cnt);
+    if (nt) dec(pp + i0, sp ? sp + i0 : nullptr, tb32, nt, tb32, &one, false, len, zp + i0);
+  };
   if (!has_sc && P < 256) {  // short rows ([N, F] outputs: one element): flat blocks of 256, bias by element
     const int64_t n = z.numel(), nb = (n + 255) / 256;
     #pragma omp parallel for schedule(static) reduction(+:bad, sat, fired)
@@ -307,8 +312,7 @@ std::vector<torch::Tensor> encode_join(torch::Tensor z, torch::Tensor bias, torc
       alignas(64) float v[256];
       for (int64_t k = 0; k < len; ++k) v[k] = bp ? zp[i0 + k] + bp[((i0 + k) / P) % C] : zp[i0 + k];
       CodecCounts cnt;
-      enc(v, len, th, T, is_signed, pp + i0, sp ? sp + i0 : nullptr, cnt);
-      if (nt) dec(pp + i0, sp ? sp + i0 : nullptr, tb32, nt, tb32, &one, false, len, zp + i0);
+      fire(v, i0, len, cnt);
       bad += cnt.bad; sat += cnt.sat; fired += cnt.fired;
     }
     return {phase, sign, torch::tensor({bad, sat, fired}, torch::kInt64)};
@@ -334,8 +338,7 @@ std::vector<torch::Tensor> encode_join(torch::Tensor z, torch::Tensor bias, torc
       }
       if (bp)
         for (int64_t k = 0; k < len; ++k) v[k] = v[k] + bc;
-      enc(v, len, th, T, is_signed, pp + r * P + j, sp ? sp + r * P + j : nullptr, cnt);
-      if (nt) dec(pp + r * P + j, sp ? sp + r * P + j : nullptr, tb32, nt, tb32, &one, false, len, zr + j);
+      fire(v, r * P + j, len, cnt);
     }
     bad += cnt.bad; sat += cnt.sat; fired += cnt.fired;
   }

@@ -65,40 +65,30 @@ __attribute__((always_inline)) inline void add_bin(const Layer& L, const scalar_
 // whose exits the branch predictor misses; strided layers visit their positions one by one (the run would hold
 // sw times the spikes they read). Every row's bins get the same additions in the same order as row by row: tap
 // by tap, a position's spikes in list order.
+// Late spike j into the bins of its row (row_bins): value x weight column of its channel, in the bin of its phase.
 template <typename scalar_t, int CC>
-__attribute__((always_inline)) inline void add_spikes(const ConvInput& in, int64_t j, int64_t e, const scalar_t* wk,
-                                                      int64_t C_, scalar_t* __restrict h0, int64_t k0) {
+__attribute__((always_inline)) inline void add_spike(const ConvInput& in, int64_t j, const scalar_t* wk, int64_t C_,
+                                                     scalar_t* __restrict row_bins, int64_t k0) {
   const int64_t C = CC > 0 ? CC : C_;
-  const scalar_t* val = static_cast<const scalar_t*>(in.val);
-  for (; j < e; ++j) {
-    scalar_t* __restrict h = h0 + (int64_t)(in.bin[j] - k0 - 1) * C;
-    const scalar_t v = val[j];
-    const scalar_t* __restrict wr = wk + (int64_t)in.ch[j] * C;
+  scalar_t* __restrict h = row_bins + (int64_t)(in.bin[j] - k0 - 1) * C;
+  const scalar_t v = static_cast<const scalar_t*>(in.val)[j];
+  const scalar_t* __restrict wr = wk + (int64_t)in.ch[j] * C;
 #pragma omp simd
-    for (int64_t k = 0; k < C; ++k) h[k] += wr[k] * v;
-  }
+  for (int64_t k = 0; k < C; ++k) h[k] += wr[k] * v;
 }
 
 template <typename scalar_t, int CC>
 __attribute__((always_inline)) inline void add_run(const ConvInput& in, int64_t pa, int64_t n_rows, int64_t sw,
                                                    int64_t row0, int64_t nbc, int64_t k0, const scalar_t* wk,
                                                    int64_t C_, scalar_t* __restrict bins) {
-  const int64_t C = CC > 0 ? CC : C_;
   if (sw != 1) {
-    for (int64_t q = 0; q < n_rows; ++q) {
-      const int64_t p = pa + q * sw;
-      add_spikes<scalar_t, CC>(in, in.ptr[p], in.ptr[p + 1], wk, C, bins + (row0 + q) * nbc, k0);
-    }
+    for (int64_t q = 0; q < n_rows; ++q)
+      for (int64_t j = in.ptr[pa + q * sw], e = in.ptr[pa + q * sw + 1]; j < e; ++j)
+        add_spike<scalar_t, CC>(in, j, wk, C_, bins + (row0 + q) * nbc, k0);
     return;
   }
-  const scalar_t* val = static_cast<const scalar_t*>(in.val);
-  for (int64_t j = in.ptr[pa], e = in.ptr[pa + n_rows]; j < e; ++j) {
-    scalar_t* __restrict h = bins + (row0 + in.pos[j] - pa) * nbc + (int64_t)(in.bin[j] - k0 - 1) * C;
-    const scalar_t v = val[j];
-    const scalar_t* __restrict wr = wk + (int64_t)in.ch[j] * C;
-#pragma omp simd
-    for (int64_t k = 0; k < C; ++k) h[k] += wr[k] * v;
-  }
+  for (int64_t j = in.ptr[pa], e = in.ptr[pa + n_rows]; j < e; ++j)
+    add_spike<scalar_t, CC>(in, j, wk, C_, bins + (row0 + in.pos[j] - pa) * nbc, k0);
 }
 
 template <typename scalar_t, int CC>
@@ -135,6 +125,21 @@ __attribute__((always_inline)) inline void late_bins(const Layer& L, int64_t m0,
   }
 }
 
+// One phase's test of a neuron: not fired yet (fz == 0) and the potential p at the threshold th fires it at phase
+// tt (signed neurons on |p|, negative phase for a negative p). A non-short-circuit &: the potential's load does not
+// depend on the first test.
+template <typename scalar_t, bool SIGNED>
+__attribute__((always_inline)) inline int32_t fire_test(int32_t fz, scalar_t p, scalar_t th, int32_t tt) {
+  if (SIGNED) return ((fz == 0) & (std::abs(p) >= th)) ? (p > scalar_t(0) ? tt : -tt) : fz;
+  return ((fz == 0) & (p >= th)) ? tt : fz;
+}
+
+// A final potential past the code's range (|p| > 1: the neuron saturates at phase 1).
+template <typename scalar_t, bool SIGNED>
+__attribute__((always_inline)) inline bool saturates(scalar_t p) {
+  return (SIGNED ? std::abs(p) : p) > scalar_t(1);
+}
+
 // The C neurons of each of the R rows of a tile from their early potentials P ([R, C], then the final potentials):
 // add each row's bins (BINS [R, T_v - k0, C]) phase by phase and fire at the first threshold crossing (signed
 // neurons on |potential|). FZ gets the fire phases, negative for a signed neuron firing on a negative potential, 0
@@ -154,20 +159,14 @@ __attribute__((always_inline)) inline int64_t neurons(const Layer& L, int64_t R,
       for (int64_t m = 0; m < R; ++m) add_bin<scalar_t, CC>(L, BINS + m * nbc + (r - k0) * C, dv, P + m * C);
     const scalar_t th = thr[t - 1];
     const int32_t tt = (int32_t)t;
-    if (SIGNED) {
 #pragma omp simd
-      for (int64_t i = 0; i < RC; ++i)
-        FZ[i] = ((FZ[i] == 0) & (std::abs(P[i]) >= th)) ? (P[i] > scalar_t(0) ? tt : -tt) : FZ[i];
-    } else {
-#pragma omp simd
-      for (int64_t i = 0; i < RC; ++i) FZ[i] = ((FZ[i] == 0) & (P[i] >= th)) ? tt : FZ[i];
-    }
+    for (int64_t i = 0; i < RC; ++i) FZ[i] = fire_test<scalar_t, SIGNED>(FZ[i], P[i], th, tt);
   }
   // P is now the final potential: input phases past T + max_d reach no output phase (the phase-by-phase path stops
   // there too), so the bins after them are not added
   int64_t nsat = 0;
 #pragma omp simd reduction(+ : nsat)
-  for (int64_t i = 0; i < RC; ++i) nsat += (SIGNED ? std::abs(P[i]) : P[i]) > scalar_t(1);
+  for (int64_t i = 0; i < RC; ++i) nsat += saturates<scalar_t, SIGNED>(P[i]);
   return nsat;
 }
 
@@ -211,20 +210,14 @@ __attribute__((always_inline)) inline int64_t neurons64(const Layer& L, int64_t 
         }
         const scalar_t th = thr[t - 1];
         const int32_t tt = (int32_t)t;
-        if (SIGNED) {
 #pragma omp simd
-          for (int64_t q = 0; q < 64; ++q)
-            fz[q] = ((fz[q] == 0) & (std::abs(p[q]) >= th)) ? (p[q] > scalar_t(0) ? tt : -tt) : fz[q];
-        } else {
-#pragma omp simd
-          for (int64_t q = 0; q < 64; ++q) fz[q] = ((fz[q] == 0) & (p[q] >= th)) ? tt : fz[q];
-        }
+        for (int64_t q = 0; q < 64; ++q) fz[q] = fire_test<scalar_t, SIGNED>(fz[q], p[q], th, tt);
       }
       for (int64_t g = 0; g < GR; ++g) {
         const bool counted = row0 + g < R;
         for (int64_t k = 0; k < GK; ++k) {
           FZ[(row0 + g) * CC + kb + k] = fz[g * GK + k];
-          nsat += counted & ((SIGNED ? std::abs(p[g * GK + k]) : p[g * GK + k]) > scalar_t(1));
+          nsat += counted & saturates<scalar_t, SIGNED>(p[g * GK + k]);
         }
       }
     }
