@@ -105,6 +105,50 @@ def test_refit_brings_held_out_outputs_closer(kind, code):
                           rtol=1e-6, atol=1e-8)
 
 
+def _head_rows(prepared, b):
+    """The last map's rows: its input in the functional SNN (refitted weights) and its target (ANN input, ANN
+    weights)."""
+    ann = prepared.__dict__["_ann_parameters"]
+    grab: list = []
+    h = prepared.h2.register_forward_hook(lambda m, a, out: grab.append((a[0], out)))
+    try:
+        with torch.no_grad():
+            _set_observers(prepared, _rounders(prepared, COARSE, True, "binary"))
+            prepared(b.x, b.edge_index, b.batch)
+            _set_observers(prepared, {})
+            torch.func.functional_call(prepared, ann, (b.x, b.edge_index, b.batch))
+    finally:
+        h.remove()
+        _set_observers(prepared, None)
+    return grab[0][0], grab[1][1], torch.cat([ann["h2.weight"], ann["h2.bias"][:, None]], 1)
+
+
+@pytest.mark.parametrize("weighting", ["relative", "uniform"])
+def test_weighting_solves_its_normal_equations(weighting):
+    """The head refitted after an add pool solves its ridge normal equations with the row weights
+    1 / (e_n + mean e) (relative; e_n the mean square target row) or 1 (uniform); the two fits differ."""
+    torch.manual_seed(0)
+    model = AddPoolNet("gin").to(D).eval()
+    graphs = _pool_graphs(40, seed=1)
+    b = next(iter(DataLoader(graphs, batch_size=40)))
+    fits = {}
+    for w in ("relative", "uniform"):
+        prepared = spikegcn.prepare(model, b)
+        spikegcn.reconstruct(prepared, COARSE, b, ridge=1e-3, weighting=w)
+        fits[w] = prepared
+    prepared = fits[weighting]
+    xs, y, wb0 = (t.double() for t in _head_rows(prepared, b))
+    e = y.pow(2).mean(1, keepdim=True)
+    omega = 1.0 / (e + e.mean()) if weighting == "relative" else torch.ones_like(e)
+    x1 = torch.cat([xs, xs.new_ones(xs.shape[0], 1)], 1)
+    alpha = 1e-3 * float((omega * xs * xs).sum()) / xs.shape[1]
+    wb = torch.cat([prepared.h2.weight, prepared.h2.bias[:, None]], 1).double().detach()
+    grad = (omega * (x1 @ wb.t() - y)).t() @ x1 + alpha * (wb - wb0)  # zero at the solution
+    assert float(grad.abs().max()) <= 1e-6 * float(((omega * y).t() @ x1).abs().max())
+    other = fits["uniform" if weighting == "relative" else "relative"]
+    assert not torch.allclose(prepared.h2.weight, other.h2.weight)
+
+
 def test_prepared_flow_equals_one_call_and_user_model_untouched(g):
     torch.manual_seed(0)
     model = GinNet().to(D).eval()
@@ -258,6 +302,8 @@ def test_refusals_before_any_work(g):
             spikegcn.convert(model, g, CODE, reconstruct=bad)
     with pytest.raises(ValueError, match="finite number >= 0"):
         spikegcn.reconstruct(spikegcn.prepare(model, g), CODE, g, ridge=float("nan"))
+    with pytest.raises(ValueError, match="weighting must be 'relative' or 'uniform'"):
+        spikegcn.reconstruct(spikegcn.prepare(model, g), CODE, g, weighting="l1")
     with pytest.raises(ValueError, match="variant='signed' or 'relu_mp'"):
         spikegcn.convert(GCN(8, 16, 2, 4).to(D).eval(), gen, CODE, variant="agg_first", reconstruct=True)
     prepared = spikegcn.prepare(model, g)

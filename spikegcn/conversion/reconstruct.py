@@ -18,7 +18,16 @@ in closed form from normal equations accumulated over the calibration data:
 with :math:`\hat{\mathbf{x}}_n` the map's input in the functional SNN (the prepared model with every neuron site
 rounded by the one-spike code, Eq. 4, and the input features by the input encoder), :math:`\mathbf{x}_n` its input in
 the ANN and :math:`d` its input channels (the bias column left out of the trace). The pull towards the ANN's
-weights (:math:`\alpha`) keeps rarely excited directions where they were. The lambdas are the observed ones
+weights (:math:`\alpha`) keeps rarely excited directions where they were.
+
+With ``weighting="relative"`` (the default) row :math:`n` of the sum counts with the weight
+:math:`\omega_n = 1/(e_n + \bar e)`, :math:`e_n` the mean square of its target row and :math:`\bar e` the mean of
+:math:`e_n` over all the calibration rows of the map (and :math:`\hat{\mathbf{X}}^\top\hat{\mathbf{X}}` in
+:math:`\alpha` is weighted alike). A sum aggregation or an add pool makes a row's scale grow with its node's degree
+or its graph's size, and an unweighted fit then serves the largest graphs while the small ones, whose argmax is
+just as scale-free, keep the residual. With :math:`\omega_n` a row above the mean energy counts by its relative
+error, a row below it by its error at the mean energy (so near-zero rows do not take over).
+``weighting="uniform"`` is the plain least squares. The lambdas are the observed ones
 and stay as they are. The SNN is then built from the refitted copy: ``convert(prepared, code)``. The user's
 model is never touched (``prepared`` is a copy).
 
@@ -49,7 +58,7 @@ __all__ = ["reconstruct"]
 
 def reconstruct(prepared: PreparedGraphModule, code: PhaseCode, data: Any, ridge: float = 1e-4,
                 channel_wise: bool = True, input_coding: str = "binary",
-                max_features: int = 4096) -> PreparedGraphModule:
+                max_features: int = 4096, weighting: str = "relative") -> PreparedGraphModule:
     """Refit ``prepared``'s linear maps, layer by layer, so that its functional SNN at ``code`` matches the ANN's
     pre-activations on ``data`` (see the module docstring). Call after calibration, before ``convert``:
 
@@ -64,6 +73,8 @@ def reconstruct(prepared: PreparedGraphModule, code: PhaseCode, data: Any, ridge
         ridge: the pull towards the ANN's weights, relative to the mean input energy (``>= 0``).
         channel_wise, input_coding: as given to ``convert`` (they set the lambdas and the input rounding).
         max_features: maps with wider inputs are left as they are (their normal equations take ``d^2`` floats).
+        weighting: ``"relative"`` (rows weighted by ``1 / (e_n + mean e)``, see the module docstring) or
+            ``"uniform"`` (plain least squares).
     """
     if not isinstance(prepared, PreparedGraphModule):
         raise TypeError(f"reconstruct() takes the model returned by spikegcn.prepare(), got {type(prepared).__name__}")
@@ -73,6 +84,8 @@ def reconstruct(prepared: PreparedGraphModule, code: PhaseCode, data: Any, ridge
     if not (isinstance(max_features, int) and max_features >= 1):
         raise ValueError(f"max_features must be a positive int, got {max_features!r}")
     check_variant(getattr(prepared, "variant", "signed"))
+    if weighting not in ("relative", "uniform"):
+        raise ValueError(f"weighting must be 'relative' or 'uniform', got {weighting!r}")
     items = _reusable(data)
     rounders = _rounders(prepared, code, channel_wise, input_coding)
     params = dict(prepared.named_parameters())
@@ -85,8 +98,11 @@ def reconstruct(prepared: PreparedGraphModule, code: PhaseCode, data: Any, ridge
     try:
         with torch.no_grad():
             _restore(params, ann)
-            for name, lin in _linear_order(prepared, items, rounders):
-                if not _refit(lin, items, rounders, ann, by_id, ridge, max_features, tied, prepared):
+            order = _linear_order(prepared, items, rounders)
+            energy = _mean_energy(prepared, items, ann, [m for _, m in order]) if weighting == "relative" else {}
+            for name, lin in order:
+                if not _refit(lin, items, rounders, ann, by_id, ridge, max_features, tied, prepared,
+                              energy.get(lin)):
                     skipped.append(name)
     except BaseException:
         with torch.no_grad():
@@ -220,9 +236,32 @@ def _linear_order(prepared: PreparedGraphModule, items: Iterable, rounders: dict
     return order
 
 
+def _mean_energy(prepared: PreparedGraphModule, items: Iterable, ann: dict[str, Tensor],
+                 lins: list[nn.Module]) -> dict[nn.Module, float]:
+    """Each map's mean square target (its ANN output) over all calibration rows: one ANN pass for all maps."""
+    sums: dict[nn.Module, list[float]] = {m: [0.0, 0.0] for m in lins}
+
+    def hook(m, args, out):
+        if isinstance(out, Tensor) and out.numel():
+            y = out.detach().double()
+            sums[m][0] += float((y * y).sum()) / out.shape[-1]
+            sums[m][1] += out.numel() / out.shape[-1]
+    handles = [m.register_forward_hook(hook) for m in lins]
+    try:
+        _set_observers(prepared, {})
+        for item in items:
+            _run(prepared, item, ann)
+    finally:
+        for h in handles:
+            h.remove()
+    return {m: s / n for m, (s, n) in sums.items() if n > 0 and s > 0}  # all-zero targets: unweighted
+
+
 def _refit(lin: nn.Module, items: Iterable, rounders: dict, ann: dict[str, Tensor], by_id: dict[int, Tensor],
-           ridge: float, max_features: int, tied: set[int], prepared: PreparedGraphModule) -> bool:
-    """Accumulate the normal equations of one map over the data (ANN inputs -> targets, SNN inputs), then solve.
+           ridge: float, max_features: int, tied: set[int], prepared: PreparedGraphModule,
+           energy: float | None = None) -> bool:
+    """Accumulate the normal equations of one map over the data (ANN inputs -> targets, SNN inputs), then solve;
+    with ``energy`` (the mean square target) the rows are weighted by ``1 / (e_n + energy)``.
     ``False``: the map is left as it is (see :func:`reconstruct`)."""
     w, b = lin.weight, lin.bias
     own = [id(t) for t in (w, b) if t is not None]
@@ -256,8 +295,9 @@ def _refit(lin: nn.Module, items: Iterable, rounders: dict, ann: dict[str, Tenso
             for xa, xs in zip(clean, grab):
                 y = xa.double() @ w0.double().t() + (b0.double() if b0 is not None else 0.0)
                 xs1 = xs.double() if b0 is None else torch.cat([xs.double(), xs.new_ones(xs.shape[0], 1).double()], 1)
-                xtx += xs1.t() @ xs1
-                xty += xs1.t() @ y
+                xw = xs1 if energy is None else xs1 / ((y * y).mean(1, keepdim=True) + energy)
+                xtx += xw.t() @ xs1
+                xty += xw.t() @ y
                 rows += xs.shape[0]
     finally:
         handle.remove()
