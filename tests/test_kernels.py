@@ -281,6 +281,37 @@ def test_compiled_encoder_counts_equal_torch(signed, shape):
 
 
 @_compiled
+@pytest.mark.parametrize("signed", [False, True])
+def test_encoder_counts_thresholds_exactly_for_every_T(signed):
+    """The compiled encoder gives #(thresholds <= a) exactly, for every T up to 31 and a longer code, with values
+    on, just above and just below every threshold, NaN, infinities, zeros and negatives, and for an unsorted
+    threshold array (not a code's)."""
+    from spikegcn import PhaseCode
+    from spikegcn.kernels import fused_cpu
+
+    g = torch.Generator().manual_seed(3)
+
+    def check(thr):
+        near = torch.cat([thr, torch.nextafter(thr, torch.full_like(thr, 9.0)),
+                          torch.nextafter(thr, torch.full_like(thr, -9.0))])
+        x = torch.cat([near, -near, torch.rand(3001, generator=g) * 1.5 - 0.2, torch.randn(333, generator=g),
+                       torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e-30])])
+        x = x[torch.randperm(x.numel(), generator=g)]
+        a = x.abs() if signed else x
+        n_le = (a[:, None] >= thr[None, :]).sum(1)  # NaN compares false: 0
+        ref = torch.where(n_le > 0, thr.numel() + 1 - n_le, torch.zeros_like(n_le))
+        phase, sign, bad, sat, fired = fused_cpu.encode_phase(x, thr, signed)
+        assert torch.equal(phase.long(), ref), thr.numel()
+        assert fired == int((ref > 0).sum()) and bad == 3
+        if signed:
+            assert torch.equal(sign, (torch.sign(x).nan_to_num(0) * (ref > 0)).to(torch.int8))
+
+    for T in [*range(1, 32), 40]:
+        check(PhaseCode(T, 1.3).thresholds(torch.float32).flip(0).contiguous())
+    check(torch.tensor([0.1, 0.5, 0.3, 0.9, 0.05, 0.7]))  # unsorted
+
+
+@_compiled
 def test_count_per_position_equals_torch():
     from spikegcn.kernels import fused_cpu
 

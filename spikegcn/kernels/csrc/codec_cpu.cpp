@@ -310,7 +310,15 @@ std::vector<torch::Tensor> encode_join(torch::Tensor z, torch::Tensor bias, torc
     for (int64_t b = 0; b < nb; ++b) {
       const int64_t i0 = b * 256, len = std::min<int64_t>(256, n - i0);
       alignas(64) float v[256];
-      for (int64_t k = 0; k < len; ++k) v[k] = bp ? zp[i0 + k] + bp[((i0 + k) / P) % C] : zp[i0 + k];
+      if (bp) {  // the element's channel stepped along (no division per element)
+        int64_t o = i0 % P, c = (i0 / P) % C;
+        for (int64_t k = 0; k < len; ++k) {
+          v[k] = zp[i0 + k] + bp[c];
+          if (++o == P) { o = 0; if (++c == C) c = 0; }
+        }
+      } else {
+        for (int64_t k = 0; k < len; ++k) v[k] = zp[i0 + k];
+      }
       CodecCounts cnt;
       fire(v, i0, len, cnt);
       bad += cnt.bad; sat += cnt.sat; fired += cnt.fired;
@@ -330,10 +338,11 @@ std::vector<torch::Tensor> encode_join(torch::Tensor z, torch::Tensor bias, torc
       for (int64_t k = 0; k < len; ++k) v[k] = zr[j + k];
       if (srow && dense_sc) {
         for (int64_t k = 0; k < len; ++k) v[k] = v[k] + srow[j + k] * wc;
-      } else if (srow) {
+      } else if (srow) {  // strided (option A): the input position stepped along the output row
+        int64_t h = j / W, w = j % W, at = h * sh * Win + w * sww;
         for (int64_t k = 0; k < len; ++k) {
-          const int64_t q = j + k;
-          v[k] = v[k] + srow[(q / W) * sh * Win + (q % W) * sww] * wc;
+          v[k] = v[k] + srow[at] * wc;
+          if (++w == W) { w = 0; at = ++h * sh * Win; } else { at += sww; }
         }
       }
       if (bp)
