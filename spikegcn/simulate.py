@@ -219,23 +219,24 @@ def _potential(inp: SpikeInput, op, k: int, dtype: torch.dtype, bias: Tensor | N
 
 def _fire_closed_form(inp: SpikeInput, op, code: PhaseCode, bias: Tensor | None, scale_t: Tensor, signed: bool,
                       dtype: torch.dtype, stats: LayerStats, collect_stats: bool, normalized: bool
-                      ) -> tuple[Tensor, Tensor | None, int | None, Tensor | None]:
+                      ) -> tuple[Tensor, Tensor | None, int | None, Tensor | None, Tensor | None]:
     """Functional mode (or a full wait): one ANN pass on the decoded input, then the round-off encoder (which also
     counts the saturated and the fired neurons in its pass on the compiled path); an operator with
-    ``fire_closed_form`` (the CNN layers) fuses its last additions, the encoder and the output's decoding into one
-    compiled pass. -> ``(phase, sign, fired, the output's normalised values or None)``."""
+    ``fire_closed_form`` (the CNN layers) fuses its last additions, the encoder, the output's decoding and its
+    spike counts per position into one compiled pass. -> ``(phase, sign, fired, the output's normalised values or
+    None, the spikes per position or None)``."""
     fused = getattr(op, "fire_closed_form", None) if normalized and bias is None else None
-    fast = fused(inp, code, signed, dtype) if fused is not None else None
+    fast = fused(inp, code, signed, dtype, collect_stats) if fused is not None else None
     if fast is not None:
-        phase, sign, saturated, fired, values = fast
+        phase, sign, saturated, fired, values, counts = fast
         stats.saturated_neurons = float(saturated) if collect_stats else None
-        return phase, sign, (fired if collect_stats else None), values
+        return phase, sign, (fired if collect_stats else None), values, counts
     z = _potential(inp, op, inp.T_in, dtype, bias)
     if not normalized:
         z = z / scale_t.to(z.device)
     phase, sign, saturated, fired = encode_counted(z, code, signed=signed, count=collect_stats)
     stats.saturated_neurons = float(saturated) if saturated is not None else None
-    return phase, sign, fired, None
+    return phase, sign, fired, None, None
 
 
 def _fire_kernel(inp: SpikeInput, op, code: PhaseCode, bias: Tensor | None, scale_t: Tensor, signed: bool,
@@ -361,10 +362,10 @@ def run_layer(
 
     wait = code.Tw if wait is None else wait
     if mode == "functional" or (wait + 1 >= inp.T_in and not stepped):
-        phase, sign, fired, values = _fire_closed_form(inp, op, code, bias, scale_t, signed, dtype, stats,
-                                                       collect_stats, normalized)
+        phase, sign, fired, values, counts = _fire_closed_form(inp, op, code, bias, scale_t, signed, dtype, stats,
+                                                               collect_stats, normalized)
     else:
-        fired, values = None, None  # counted from the phases below
+        fired, values, counts = None, None, None  # counted from the phases below
         fire_code = code if wait == code.Tw else code.replace(Tw=wait)
         early = _Early(inp, op, 1 if stepped else min(wait + 1, inp.T_in), dtype, bias, scale_t, normalized)
         from_kernel = _fire_kernel(inp, op, fire_code, bias, scale_t, signed, dtype, backend, stepped, early)
@@ -376,6 +377,8 @@ def run_layer(
     spikes = PhaseSpikes(phase=phase, code=code, scale=scale_t, sign=sign, start=start)
     if values is not None:
         spikes.keep_decoded(values)
+    if counts is not None:
+        spikes.keep_position_counts(counts)
     stats.out_neurons = phase.numel()
     stats.out_spikes = float(spikes.num_spikes() if fired is None else fired)
     return spikes, stats

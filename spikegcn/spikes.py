@@ -51,6 +51,9 @@ class PhaseSpikes:
     # form), with what they were decoded from: replacing phase, sign or code, or changing any of the three tensors
     # in place (their version counters), voids them. They live as long as this object (float32: 4x the phases).
     _decoded: tuple | None = field(default=None, init=False, repr=False, compare=False)
+    # the spikes per position ([N, C, *positions] phases summed over N and C) counted by the producing pass, with
+    # the phase tensor and version they were counted from
+    _counts: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def _inference(self, values: Tensor) -> bool:
         return any(t is not None and t.is_inference() for t in (self.phase, self.sign, values))
@@ -75,6 +78,20 @@ class PhaseSpikes:
         key, now = d[2], self._decoded_key()
         same = key[0] is now[0] and key[2] is now[2] and key[1] == now[1] and key[3] == now[3] and key[4] == now[4]
         return d[0] if same else None
+
+    def keep_position_counts(self, counts: Tensor) -> "PhaseSpikes":
+        """Remember the spikes per position (``phase != 0`` summed over the first two dimensions) that the caller
+        counted; replacing or changing the phases voids them (not kept under ``torch.inference_mode``)."""
+        if not self.phase.is_inference():
+            self._counts = (counts, self.phase, self.phase._version)
+        return self
+
+    def kept_position_counts(self) -> Tensor | None:
+        """The counts of :meth:`keep_position_counts` if the phases are still the ones counted, else ``None``."""
+        c = self._counts
+        if c is None or c[1] is not self.phase or self.phase.is_inference() or c[2] != self.phase._version:
+            return None
+        return c[0]
 
     def normalized(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """Decoded values in normalised units (without lambda)."""

@@ -274,8 +274,8 @@ def _encode_join_reference(z, thr, signed, bias, shortcut, table):
 @pytest.mark.parametrize("case", ["plain", "bias", "identity", "option_a", "2d", "short_rows"])
 def test_encode_join_equals_torch_order_of_operations(case, signed):
     """The fused closed-form pass (shortcut x weight, + bias, encode, decode in place) gives the torch path's
-    phases, signs, counts and values bit for bit: rows longer and shorter than its 256-element blocks, a strided
-    option-A shortcut with channels padded on both sides, and [N, F] outputs."""
+    phases, signs, counts, spikes per position and values bit for bit: rows longer and shorter than its
+    256-element blocks, a strided option-A shortcut with channels padded on both sides, and [N, F] outputs."""
     code = PhaseCode(16, 1.3)
     thr, table = code.thresholds(torch.float32).flip(0), code.values(torch.float32)
     g = torch.Generator().manual_seed(3)
@@ -290,8 +290,13 @@ def test_encode_join_equals_torch_order_of_operations(case, signed):
         shortcut = (torch.rand(3, 3, 10, 17, generator=g), torch.randn(8, generator=g), 2, (2, 2))
     ref = _encode_join_reference(z, thr, signed, bias, shortcut, table)
     zz = z.clone()
-    phase, sign, bad, sat, fired = fused_cpu.encode_join(zz, thr, signed, bias=bias, shortcut=shortcut, table=table)
+    phase, sign, bad, sat, fired, at = fused_cpu.encode_join(zz, thr, signed, bias=bias, shortcut=shortcut,
+                                                             table=table, count_positions=True)
     assert torch.equal(phase, ref[0]) and (sign is None) == (not signed)
+    if z.dim() >= 3:  # the spikes per position, counted in the same pass
+        assert torch.equal(at, (ref[0] != 0).sum((0, 1)))
+    else:
+        assert at is None
     assert sign is None or torch.equal(sign, ref[1])
     assert (bad, sat, fired) == (1, ref[3], ref[4])
     assert torch.equal(zz, ref[5])  # the output's decoded values, written over the potential
@@ -336,15 +341,20 @@ def test_fused_closed_form_equals_torch_path(name, mode, tw, monkeypatch):
         assert runs[True][2] and all(runs[True][2])
 
 
-@kernel
-def test_kept_values_follow_the_phases():
-    """A CNN layer's output keeps its decoded values for the next layer only while its phases are unchanged, and
-    not under inference mode; the next layer's result is the same either way."""
+def _two_functional_layers():
+    """Two functional CNN layers (3 -> 6 -> 4 channels, 3 x 3) and a random one-spike input for the first."""
     code = PhaseCode(16, 1.3)
     torch.manual_seed(0)
     first, second = (SpikingConv2d(c_in, c_out, 3, padding=1, code=code, mode="functional")
                      for c_in, c_out in ((3, 6), (6, 4)))
-    x = _random_phase_spikes((4, 3, 9, 9), code, start=0, seed=2)
+    return first, second, _random_phase_spikes((4, 3, 9, 9), code, start=0, seed=2)
+
+
+@kernel
+def test_kept_values_follow_the_phases():
+    """A CNN layer's output keeps its decoded values for the next layer only while its phases are unchanged, and
+    not under inference mode; the next layer's result is the same either way."""
+    first, second, x = _two_functional_layers()
     h = first(x)
     kept = h.kept_decoded(torch.float32)
     assert kept is not None and torch.equal(kept, PhaseSpikes(h.phase, h.code, h.scale).normalized())
@@ -369,6 +379,30 @@ def test_kept_values_follow_the_phases():
     with torch.inference_mode():
         g2.phase = g2.phase + 0  # an inference tensor (no version counter) replaces the phases
     assert g2.kept_decoded(torch.float32) is None
+
+
+@kernel
+def test_kept_position_counts_follow_the_phases():
+    """A CNN layer's output keeps the spikes per position its firing pass counted (the next layer's addition
+    count) only while its phases are the ones counted, and not under inference mode; the next layer's statistics
+    are the same either way."""
+    first, second, x = _two_functional_layers()
+    h = first(x)
+    kept = h.kept_position_counts()
+    assert kept is not None and torch.equal(kept, (h.phase != 0).sum((0, 1)))
+    second(h)
+    with_kept = second.stats[0].as_dict()
+    second(PhaseSpikes(h.phase.clone(), h.code, h.scale, start=h.start))  # counted from its phases
+    assert second.stats[0].as_dict() == with_kept
+    h.phase[0, 0, 0, 0] = 0 if h.phase[0, 0, 0, 0] else 3  # in place: the counts no longer hold
+    assert h.kept_position_counts() is None
+    second(h)
+    assert second.stats[0].in_spikes == float((h.phase != 0).sum())
+    g = first(x)
+    g.phase = g.phase.clone()
+    assert g.kept_position_counts() is None
+    with torch.inference_mode():
+        assert first(x).kept_position_counts() is None
 
 
 @kernel

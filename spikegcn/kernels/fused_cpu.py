@@ -292,14 +292,16 @@ def encode_phase(x: Tensor, thresholds_asc: Tensor, signed: bool
 
 
 def encode_join(z: Tensor, thresholds_asc: Tensor, signed: bool, bias: Tensor | None = None,
-                shortcut: tuple[Tensor, Tensor, int, tuple[int, int]] | None = None, table: Tensor | None = None
-                ) -> tuple[Tensor, Tensor | None, int, int, int] | None:
+                shortcut: tuple[Tensor, Tensor, int, tuple[int, int]] | None = None, table: Tensor | None = None,
+                count_positions: bool = False) -> tuple[Tensor, Tensor | None, int, int, int, Tensor | None] | None:
     """Closed-form firing fused after a convolution, in one compiled pass: ``z`` (the convolution's float32
     ``[N, C, ...]`` output) plus an optional diagonal ``shortcut = (values [N, Cin, H, W], weight [C], pad_front,
     (sh, sw))`` (output channel ``c`` adds ``values[:, c - pad_front, ::sh, ::sw] * weight[c]``) plus an optional
     per-channel ``bias``, summed in that order as the torch path sums them, then encoded as :func:`encode_phase`.
     With a value ``table`` the pass also overwrites ``z`` with the output's decoded values (``sign x table[phase]``,
-    the next layer's input). ``(phase, sign, non-finite count, saturated count, fired count)``, or ``None`` when
+    the next layer's input). With ``count_positions`` the pass also counts the output's spikes per position (int64
+    ``z.shape[2:]``, summed over ``N`` and ``C``: :func:`count_per_position` of the phases).
+    ``(phase, sign, non-finite count, saturated count, fired count, counts or None)``, or ``None`` when
     the kernel is unavailable or the tensors are not CPU float32, contiguous, with T <= 31 (the caller takes the
     torch path); a shortcut whose channels or subsampled positions do not match ``z`` raises."""
     if z.device.type != "cpu" or z.dtype != torch.float32 or not z.is_contiguous() or z.dim() < 2:
@@ -316,11 +318,12 @@ def encode_join(z: Tensor, thresholds_asc: Tensor, signed: bool, bias: Tensor | 
         return None
     none = z.new_empty(0)
     sv, sw, front, (sh, sww) = shortcut if shortcut is not None else (none, none, 0, (1, 1))
-    ph, sg, counts = mod.encode_join(z, none if bias is None else bias.contiguous(), sv.contiguous(),
-                                     sw.contiguous(), int(front), int(sh), int(sww), thresholds_asc.contiguous(),
-                                     bool(signed), none if table is None else table.contiguous())
+    per_pos = bool(count_positions) and z.dim() >= 3
+    ph, sg, counts, at = mod.encode_join(z, none if bias is None else bias.contiguous(), sv.contiguous(),
+                                         sw.contiguous(), int(front), int(sh), int(sww), thresholds_asc.contiguous(),
+                                         bool(signed), none if table is None else table.contiguous(), per_pos)
     bad, sat, fired = counts.tolist()
-    return ph, (sg if signed else None), bad, sat, fired
+    return ph, (sg if signed else None), bad, sat, fired, (at.view(z.shape[2:]) if per_pos else None)
 
 
 def count_per_position(x: Tensor) -> Tensor | None:

@@ -173,13 +173,14 @@ class LayerSynapses(ValueOp):
             z.add_(self.layer._channel_view(self.layer.bias, z.dim()))
         return z
 
-    def fire_closed_form(self, inp: Streams, code: PhaseCode, signed: bool, dtype: torch.dtype
-                         ) -> tuple[Tensor, Tensor | None, int, int, Tensor] | None:
+    def fire_closed_form(self, inp: Streams, code: PhaseCode, signed: bool, dtype: torch.dtype, count: bool = True
+                         ) -> tuple[Tensor, Tensor | None, int, int, Tensor, Tensor | None] | None:
         """Closed-form firing in one compiled pass after the convolutions (``fused_cpu.encode_join``): a diagonal
         last synapse (a residual join's identity or option-A shortcut) and the bias are added there, in the order
         :meth:`apply` adds them, and the output's decoded values are written over the potential for the next
-        layer. ``(phase, sign, saturated, fired, values)``, or ``None`` where the kernel does not serve (float32
-        on the CPU, T <= 31), checked before any convolution runs."""
+        layer; with ``count``, a feature map's spikes per position are counted in the same pass (the next layer's
+        addition count). ``(phase, sign, saturated, fired, values, counts or None)``, or ``None`` where the kernel
+        does not serve (float32 on the CPU, T <= 31), checked before any convolution runs."""
         layer, k, last = self.layer, inp.T_in, len(inp.items) - 1
         bias = layer.bias
         if (dtype != torch.float32 or code.T > 31 or fused_cpu.load() is None or layer.scale.device.type != "cpu"
@@ -193,13 +194,14 @@ class LayerSynapses(ValueOp):
         if diag is not None:
             shortcut = (spike_values(inp.items[last], 0, k - inp.offsets[last], dtype=dtype), *diag)
         fast = fused_cpu.encode_join(z, code.thresholds(dtype, z.device).flip(0), signed, bias=bias,
-                                     shortcut=shortcut, table=code.values(dtype, z.device))
+                                     shortcut=shortcut, table=code.values(dtype, z.device),
+                                     count_positions=count and z.dim() == 4)
         if fast is None:  # not expected after the checks above; the caller's torch path redoes the convolutions
             return None
-        phase, sign, bad, saturated, fired = fast
+        phase, sign, bad, saturated, fired, counts = fast
         if bad:
             raise nonfinite_error(bad)
-        return phase, sign, saturated, fired, z
+        return phase, sign, saturated, fired, z, counts
 
     def delta(self, inp: Streams, r: int, dtype: torch.dtype, cache: dict | None = None) -> Tensor | None:
         # one spike plane per input: nothing to decode twice, so no cache
@@ -359,19 +361,21 @@ class OneSpikeLayer(nn.Module, SpikingMixin):
 
     def _spikes_and_additions(self, i: int, x: CNNSpikes, fan: Tensor) -> tuple[float, float]:
         """Input spikes and the sum of their fan-outs (exact integers in float64). Feature maps: the per-position
-        spike counts of the compiled kernel (one pass); without it, for one-spike inputs whose fan-out map is
-        constant but for a few (border) positions, the total count times the interior fan-out corrected at those
-        positions only."""
+        spike counts its producer took in its firing pass, or the compiled kernel's (one pass); without it, for
+        one-spike inputs with a fan-out map constant but for a few (border) positions, the total count times the
+        interior fan-out corrected at those positions only."""
         data = x.phase if isinstance(x, PhaseSpikes) else x.bits
         if fan.dim() == 2 and data.dim() == 4:
-            per_pos_c = fused_cpu.count_per_position(data)
+            kept = x.kept_position_counts() if isinstance(x, PhaseSpikes) else None  # counted by its producer
+            per_pos_c = kept if kept is not None else fused_cpu.count_per_position(data)
             if per_pos_c is not None:
                 per_pos = per_pos_c.to(torch.float64)
                 return float(per_pos.sum()), float((per_pos * fan).sum())
         if not isinstance(x, PhaseSpikes):
             per_pos = x.spike_counts().sum(0).to(torch.float64)
             return float(per_pos.sum()), float((per_pos * fan).sum())
-        total = float(torch.count_nonzero(data))
+        kept = x.kept_position_counts()
+        total = float(kept.sum()) if kept is not None else float(torch.count_nonzero(data))
         if fan.numel() == 1:
             return total, total * float(fan)
         if fan.dim() == 2 and data.dim() == 4:

@@ -260,16 +260,118 @@ std::tuple<torch::Tensor, int64_t> decode_phase(torch::Tensor phase, torch::Tens
 // in that order in float32, exactly as the torch path does (z.add_(sv * w); z.add_(bias): one product and two
 // rounded sums, no FMA), then encoded as encode_phase does, in blocks of one row. With a value table, z is
 // overwritten with the output's decoded values (sign * table[phase], as decode_phase with scale 1): the next
-// layer's input, with no decode pass. -> {phase, sign (undefined unless signed), int64 [non-finite, saturated,
-// fired]}.
-std::vector<torch::Tensor> encode_join(torch::Tensor z, torch::Tensor bias, torch::Tensor sv, torch::Tensor sw,
-                                       int64_t pad_front, int64_t sh, int64_t sww, torch::Tensor thr_asc,
-                                       bool is_signed, torch::Tensor table) {
+// layer's input, with no decode pass. With count_positions the same pass counts the output's spikes per position
+// (summed over N and C, as count_per_position does on the phases). -> {phase, sign (undefined unless signed),
+// int64 [non-finite, saturated, fired], int64 [positions] spike counts (empty without count_positions)}.
+struct JoinArgs {
+  float* zp; const float *bp, *svp, *swp, *th; int8_t *pp, *sp; const float* tb32;
+  int64_t C, R, P, T, nt, Cin, Hin, Win, W, pad_front, sh, sww; bool is_signed, dense_sc;
+  int64_t* counts;  // [P] spike counts per position, or nullptr
+};
+
+// Per-thread 32-bit spike counts per position (each row adds at most one per position), merged at the end.
+struct PositionCounts {
+  int64_t* out; std::vector<int32_t> acc;
+  PositionCounts(int64_t* o, int64_t P) : out(o), acc(o ? P : 0, 0) {}
+  void run(const int8_t* ph, int64_t p0, int64_t len) {  // positions p0 .. p0 + len - 1 of one row
+    if (!out) return;
+    int32_t* a = acc.data() + p0;
+    for (int64_t k = 0; k < len; ++k) a[k] += ph[k] != 0;
+  }
+  void merge() {
+    if (!out) return;
+    #pragma omp critical
+    for (size_t p = 0; p < acc.size(); ++p) out[p] += acc[p];
+  }
+};
+
+struct JoinTotals { int64_t bad = 0, sat = 0, fired = 0; };
+
+// encode len potentials v into the elements from i0 on (then, with a table, their decoded values into z)
+static inline void join_fire(const JoinArgs& a, const float* v, int64_t i0, int64_t len, CodecCounts& cnt) {
   static const EncodeFn enc = SPIKEGCN_WIDEST(encode);
   static const DecodeFn dec = SPIKEGCN_WIDEST(decode);
+  static const float one = 1.f;
+  enc(v, len, a.th, a.T, a.is_signed, a.pp + i0, a.sp ? a.sp + i0 : nullptr, cnt);
+  if (a.nt) dec(a.pp + i0, a.sp ? a.sp + i0 : nullptr, a.tb32, a.nt, a.tb32, &one, false, len, a.zp + i0);
+}
+
+// Short rows ([N, F] outputs: one element) without a shortcut: flat blocks of 256, the element's channel and
+// position stepped along (no division per element).
+static JoinTotals join_flat(const JoinArgs& a) {
+  const int64_t n = a.R * a.P, nb = (n + 255) / 256;
+  int64_t bad = 0, sat = 0, fired = 0;
+  #pragma omp parallel reduction(+:bad, sat, fired)
+  {
+    PositionCounts pc(a.counts, a.P);
+    #pragma omp for schedule(static)
+    for (int64_t b = 0; b < nb; ++b) {
+      const int64_t i0 = b * 256, len = std::min<int64_t>(256, n - i0);
+      alignas(64) float v[256];
+      int64_t o = i0 % a.P, c = (i0 / a.P) % a.C;
+      for (int64_t k = 0; k < len; ++k) {
+        v[k] = a.bp ? a.zp[i0 + k] + a.bp[c] : a.zp[i0 + k];
+        if (++o == a.P) { o = 0; if (++c == a.C) c = 0; }
+      }
+      CodecCounts cnt;
+      join_fire(a, v, i0, len, cnt);
+      for (int64_t k = 0, q = i0 % a.P; k < len; k += a.P - q, q = 0)  // the block's runs within rows
+        pc.run(a.pp + i0 + k, q, std::min(len - k, a.P - q));
+      bad += cnt.bad; sat += cnt.sat; fired += cnt.fired;
+    }
+    pc.merge();
+  }
+  return {bad, sat, fired};
+}
+
+// One row (n, c) at a time in runs of 256: potential + shortcut (contiguous, or strided: the input position
+// stepped along the output row) + bias, then fired.
+static JoinTotals join_rows(const JoinArgs& a) {
+  int64_t bad = 0, sat = 0, fired = 0;
+  #pragma omp parallel reduction(+:bad, sat, fired)
+  {
+    PositionCounts pc(a.counts, a.P);
+    #pragma omp for schedule(static)
+    for (int64_t r = 0; r < a.R; ++r) {
+      const int64_t c = r % a.C, ci = c - a.pad_front, P = a.P, W = a.W;
+      const float* srow = (a.svp && ci >= 0 && ci < a.Cin) ? a.svp + ((r / a.C) * a.Cin + ci) * a.Hin * a.Win
+                                                            : nullptr;
+      const float wc = srow ? a.swp[c] : 0.f, bc = a.bp ? a.bp[c] : 0.f;
+      const float* zr = a.zp + r * P;
+      CodecCounts cnt;
+      alignas(64) float v[256];
+      for (int64_t j = 0; j < P; j += 256) {
+        const int64_t len = std::min<int64_t>(256, P - j);
+        for (int64_t k = 0; k < len; ++k) v[k] = zr[j + k];
+        if (srow && a.dense_sc) {
+          for (int64_t k = 0; k < len; ++k) v[k] = v[k] + srow[j + k] * wc;
+        } else if (srow) {
+          int64_t h = j / W, w = j % W, at = h * a.sh * a.Win + w * a.sww;
+          for (int64_t k = 0; k < len; ++k) {
+            v[k] = v[k] + srow[at] * wc;
+            if (++w == W) { w = 0; at = ++h * a.sh * a.Win; } else { at += a.sww; }
+          }
+        }
+        if (a.bp)
+          for (int64_t k = 0; k < len; ++k) v[k] = v[k] + bc;
+        join_fire(a, v, r * P + j, len, cnt);
+        pc.run(a.pp + r * P + j, j, len);
+      }
+      bad += cnt.bad; sat += cnt.sat; fired += cnt.fired;
+    }
+    pc.merge();
+  }
+  return {bad, sat, fired};
+}
+
+std::vector<torch::Tensor> encode_join(torch::Tensor z, torch::Tensor bias, torch::Tensor sv, torch::Tensor sw,
+                                       int64_t pad_front, int64_t sh, int64_t sww, torch::Tensor thr_asc,
+                                       bool is_signed, torch::Tensor table, bool count_positions) {
   TORCH_CHECK(z.dim() >= 2 && z.scalar_type() == torch::kFloat32 && z.is_contiguous(),
               "encode_join: z must be a contiguous float32 [N, C, ...] tensor");
-  const int64_t C = z.size(1), R = z.size(0) * C, P = R ? z.numel() / R : 0, T = thr_asc.numel();
+  const int64_t C = z.size(1), R = z.size(0) * C;
+  int64_t P = 1;  // positions per row (an empty batch keeps them)
+  for (int64_t d = 2; d < z.dim(); ++d) P *= z.size(d);
   TORCH_CHECK(!bias.numel() || bias.numel() == C, "encode_join: bias needs one entry per channel");
   const bool has_sc = sv.numel() > 0;
   int64_t Cin = 0, Hin = 0, Win = 0, W = 1;
@@ -283,75 +385,22 @@ std::vector<torch::Tensor> encode_join(torch::Tensor z, torch::Tensor bias, torc
   }
   auto phase = torch::empty_like(z, torch::kInt8);
   auto sign = is_signed ? torch::empty_like(z, torch::kInt8) : torch::Tensor();
+  auto counts = torch::zeros({count_positions ? P : 0}, torch::kInt64);
   alignas(64) float tb32[32] = {0};
   const int64_t nt = table.numel();
   if (nt) {
     TORCH_CHECK(nt <= 32, "encode_join: the value table has at most 32 entries");
     std::copy(table.data_ptr<float>(), table.data_ptr<float>() + nt, tb32);
   }
-  float* zp = z.data_ptr<float>();
-  const float* bp = bias.numel() ? bias.data_ptr<float>() : nullptr;
-  const float* svp = has_sc ? sv.data_ptr<float>() : nullptr;
-  const float* swp = has_sc ? sw.data_ptr<float>() : nullptr;
-  const float* th = thr_asc.data_ptr<float>();
-  int8_t* pp = phase.data_ptr<int8_t>();
-  int8_t* sp = is_signed ? sign.data_ptr<int8_t>() : nullptr;
-  const bool dense_sc = has_sc && sh == 1 && sww == 1 && Win == W;  // the shortcut row is contiguous
-  const float one = 1.f;
-  int64_t bad = 0, sat = 0, fired = 0;
-  // encode len potentials v into the elements from i0 on (then, with a table, their decoded values into z)
-  const auto fire = [&](const float* v, int64_t i0, int64_t len, CodecCounts& cnt) {
-    enc(v, len, th, T, is_signed, pp + i0, sp ? sp + i0 : nullptr, cnt);
-    if (nt) dec(pp + i0, sp ? sp + i0 : nullptr, tb32, nt, tb32, &one, false, len, zp + i0);
-  };
-  if (!has_sc && P < 256) {  // short rows ([N, F] outputs: one element): flat blocks of 256, bias by element
-    const int64_t n = z.numel(), nb = (n + 255) / 256;
-    #pragma omp parallel for schedule(static) reduction(+:bad, sat, fired)
-    for (int64_t b = 0; b < nb; ++b) {
-      const int64_t i0 = b * 256, len = std::min<int64_t>(256, n - i0);
-      alignas(64) float v[256];
-      if (bp) {  // the element's channel stepped along (no division per element)
-        int64_t o = i0 % P, c = (i0 / P) % C;
-        for (int64_t k = 0; k < len; ++k) {
-          v[k] = zp[i0 + k] + bp[c];
-          if (++o == P) { o = 0; if (++c == C) c = 0; }
-        }
-      } else {
-        for (int64_t k = 0; k < len; ++k) v[k] = zp[i0 + k];
-      }
-      CodecCounts cnt;
-      fire(v, i0, len, cnt);
-      bad += cnt.bad; sat += cnt.sat; fired += cnt.fired;
-    }
-    return {phase, sign, torch::tensor({bad, sat, fired}, torch::kInt64)};
-  }
-  #pragma omp parallel for schedule(static) reduction(+:bad, sat, fired)
-  for (int64_t r = 0; r < R; ++r) {
-    const int64_t c = r % C, ci = c - pad_front;
-    const float* srow = (has_sc && ci >= 0 && ci < Cin) ? svp + ((r / C) * Cin + ci) * Hin * Win : nullptr;
-    const float wc = srow ? swp[c] : 0.f, bc = bp ? bp[c] : 0.f;
-    float* zr = zp + r * P;
-    CodecCounts cnt;
-    alignas(64) float v[256];
-    for (int64_t j = 0; j < P; j += 256) {
-      const int64_t len = std::min<int64_t>(256, P - j);
-      for (int64_t k = 0; k < len; ++k) v[k] = zr[j + k];
-      if (srow && dense_sc) {
-        for (int64_t k = 0; k < len; ++k) v[k] = v[k] + srow[j + k] * wc;
-      } else if (srow) {  // strided (option A): the input position stepped along the output row
-        int64_t h = j / W, w = j % W, at = h * sh * Win + w * sww;
-        for (int64_t k = 0; k < len; ++k) {
-          v[k] = v[k] + srow[at] * wc;
-          if (++w == W) { w = 0; at = ++h * sh * Win; } else { at += sww; }
-        }
-      }
-      if (bp)
-        for (int64_t k = 0; k < len; ++k) v[k] = v[k] + bc;
-      fire(v, r * P + j, len, cnt);
-    }
-    bad += cnt.bad; sat += cnt.sat; fired += cnt.fired;
-  }
-  return {phase, sign, torch::tensor({bad, sat, fired}, torch::kInt64)};
+  const JoinArgs a{z.data_ptr<float>(), bias.numel() ? bias.data_ptr<float>() : nullptr,
+                   has_sc ? sv.data_ptr<float>() : nullptr, has_sc ? sw.data_ptr<float>() : nullptr,
+                   thr_asc.data_ptr<float>(), phase.data_ptr<int8_t>(),
+                   is_signed ? sign.data_ptr<int8_t>() : nullptr, tb32, C, R, P, thr_asc.numel(), nt, Cin, Hin,
+                   Win, W, pad_front, sh, sww, is_signed,
+                   has_sc && sh == 1 && sww == 1 && Win == W,  // the shortcut row is contiguous
+                   count_positions && P > 0 ? counts.data_ptr<int64_t>() : nullptr};
+  const JoinTotals t = (!has_sc && P < 256) ? join_flat(a) : join_rows(a);
+  return {phase, sign, torch::tensor({t.bad, t.sat, t.fired}, torch::kInt64), counts};
 }
 
 // Spikes per input position, summed over R = batch x channels rows of an [R, P] tensor in one pass (per-thread
@@ -408,7 +457,8 @@ void register_codec(pybind11::module_& m) {
   m.def("encode_phase", &encode_phase, "single-spike encoding of float32 values (+ non-finite, saturated, fired)");
   m.def("decode_phase", &decode_phase, "decoding of int8 fire phases to float32");
   m.def("encode_join", &encode_join,
-        "closed-form firing after a convolution: + diagonal shortcut + bias, encoded (optionally decoded in place)");
+        "closed-form firing after a convolution: + diagonal shortcut + bias, encoded (optionally decoded in place, "
+        "optionally counting the spikes per position)");
   m.def("count_per_position", &count_per_position,
         "spikes per column of an [R, P] tensor: int8 non-zeros or int32 / int64 popcounts");
 }
