@@ -91,6 +91,35 @@ __attribute__((always_inline)) inline void add_run(const ConvInput& in, int64_t 
     add_spike<scalar_t, CC>(in, j, wk, C_, bins + (row0 + in.pos[j] - pa) * nbc, k0);
 }
 
+// Stride 1: one walk over the input line y (kernel row ky) under the rows oxa .. oxa + seg - 1 of one output line,
+// each late spike added into every row whose tap kx reads it (ox = x + pw - kx * dw). A spike's phase bin, channel
+// and value are read once for its up to kw taps. A row's bins get the same additions in the same order as tap by
+// tap: for one row, ascending x is ascending kx, and a position's spikes come in list order.
+template <typename scalar_t, int CC>
+__attribute__((always_inline)) inline void add_line(const ConvInput& in, int64_t pl, int64_t oxa, int64_t seg,
+                                                    int64_t row0, int64_t nbc, int64_t k0, const scalar_t* wky,
+                                                    int64_t C_, scalar_t* __restrict bins) {
+  const int64_t C = CC > 0 ? CC : C_, tap = in.Cin * C;
+  const int64_t xlo = std::max<int64_t>(0, oxa - in.pw);
+  const int64_t xhi = std::min<int64_t>(in.W - 1, oxa + seg - 1 - in.pw + (in.kw - 1) * in.dw);
+  if (xlo > xhi) return;
+  const scalar_t* val = static_cast<const scalar_t*>(in.val);
+  for (int64_t j = in.ptr[pl + xlo], e = in.ptr[pl + xhi + 1]; j < e; ++j) {
+    const int64_t ox0 = in.pos[j] - pl + in.pw - oxa;  // the row (from oxa) that tap 0 adds it into
+    scalar_t* __restrict hb = bins + (int64_t)(in.bin[j] - k0 - 1) * C;  // its phase's bin in row 0
+    const scalar_t* __restrict wc = wky + (int64_t)in.ch[j] * C;
+    const scalar_t v = val[j];
+    for (int64_t kx = 0; kx < in.kw; ++kx) {
+      const int64_t o = ox0 - kx * in.dw;
+      if (o < 0 || o >= seg) continue;
+      scalar_t* __restrict h = hb + (row0 + o) * nbc;
+      const scalar_t* __restrict wr = wc + kx * tap;
+#pragma omp simd
+      for (int64_t k = 0; k < C; ++k) h[k] += wr[k] * v;
+    }
+  }
+}
+
 template <typename scalar_t, int CC>
 __attribute__((always_inline)) inline void late_bins(const Layer& L, int64_t m0, int64_t R, scalar_t* __restrict bins) {
   const int64_t C = CC > 0 ? CC : L.C, k0 = L.k0, nbc = (L.T_v - k0) * C, HWo = L.Ho * L.Wo;
@@ -109,6 +138,11 @@ __attribute__((always_inline)) inline void late_bins(const Layer& L, int64_t m0,
       for (int64_t ky = 0; ky < in.kh; ++ky) {
         const int64_t y = oy * in.sh - in.ph + ky * in.dh;
         if (y < 0 || y >= in.H) continue;
+        if (in.sw == 1) {
+          add_line<scalar_t, CC>(in, (n * in.H + y) * in.W, oxa, seg, ra, nbc, k0, w + ky * in.kw * in.Cin * C, C,
+                                 bins);
+          continue;
+        }
         for (int64_t kx = 0; kx < in.kw; ++kx) {
           const int64_t xb = kx * in.dw - in.pw, lim = in.W - 1 - xb;  // x = ox * sw + xb must lie in 0 .. W - 1
           if (lim < 0) continue;
@@ -260,13 +294,21 @@ __attribute__((always_inline)) inline void tile_body(const Layer& L, int64_t m0,
                           : neurons<scalar_t, CC, false>(L, R, BINS, dv, thr, P, FZ);
   }
   int64_t nfired = 0;
+  const bool is_signed = L.is_signed;  // hoisted: the stores below may alias L for the compiler
   for (int64_t k = 0; k < C; ++k) {
+    int8_t* __restrict o = out + base + k * ks;
+#pragma omp simd reduction(+ : nfired)
     for (int64_t r = 0; r < R; ++r) {
       const int32_t f = FZ[r * C + k];
-      const int64_t e = base + k * ks + r * rs;
-      out[e] = (int8_t)std::abs(f);
+      o[r * rs] = (int8_t)(f < 0 ? -f : f);
       nfired += f != 0;
-      if (L.is_signed) sg[e] = f > 0 ? int8_t(1) : f < 0 ? int8_t(-1) : int8_t(0);
+    }
+    if (is_signed) {
+      int8_t* __restrict so = sg + base + k * ks;
+      for (int64_t r = 0; r < R; ++r) {
+        const int32_t f = FZ[r * C + k];
+        so[r * rs] = f > 0 ? int8_t(1) : f < 0 ? int8_t(-1) : int8_t(0);
+      }
     }
   }
   cnt[1] += nbad;
