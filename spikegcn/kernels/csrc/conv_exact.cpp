@@ -275,6 +275,8 @@ __attribute__((always_inline)) inline void tile_body(const Layer& L, int64_t m0,
   const int64_t C = CC > 0 ? CC : L.C, HWo = L.Ho * L.Wo, nbc = (L.T_v - L.k0) * C;
   // element (r, k) at base + k * HWo + r (positions of one sample) or base + r * C + k (HWo = 1)
   const int64_t base = (m0 / HWo) * C * HWo + m0 % HWo, ks = HWo == 1 ? 1 : HWo, rs = HWo == 1 ? C : 1;
+  if (rs == 1 && m0 % HWo + 2 * R <= HWo)  // the next tile's early potentials: C streams 4 HWo bytes apart, more
+    for (int64_t k = 0; k < C; ++k) __builtin_prefetch(first + base + k * ks + R);  // than the prefetcher follows
   int64_t nbad = 0;
   for (int64_t k = 0; k < C; ++k) {
     for (int64_t r = 0; r < R; ++r) {
