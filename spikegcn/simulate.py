@@ -70,7 +70,7 @@ class DenseOp:
         return float(counts.sum()) * self.weight.shape[0]
 
     def exact_kernel(self, inp: SpikeInput, code: PhaseCode, bias: Tensor | None, scale_t: Tensor, signed: bool,
-                     dtype: torch.dtype, backend: str, early) -> tuple[Tensor, Tensor | None, float, int] | None:
+                     dtype: torch.dtype, backend: str, early) -> tuple[Tensor, Tensor | None, float, int, None] | None:
         """Exact mode as one matmul of the early spikes plus late spikes x fan-out on the compiled kernel of the
         CNN layers (``x W^T`` is a 1 x 1 convolution of a 1 x 1 map), where it serves the layer, else ``None``.
         The late bins stay in ANN units and are divided by lambda, as on the event path, so the spikes are the
@@ -92,7 +92,7 @@ class DenseOp:
                                   code.thresholds(dtype, first.device), in_scales=[inp.scale],
                                   div=None if early.normalized else scale_t,
                                   signed=signed)
-        return None if fast is None else (fast[0], fast[1], float(fast[2]), fast[3])
+        return None if fast is None else (fast[0], fast[1], float(fast[2]), fast[3], None)
 
 
 class GraphOp:
@@ -135,7 +135,7 @@ class GraphOp:
         return float(self.adj._nnz() * inp.shape[1])
 
     def exact_kernel(self, inp: SpikeInput, code: PhaseCode, bias: Tensor | None, scale_t: Tensor, signed: bool,
-                     dtype: torch.dtype, backend: str, early) -> tuple[Tensor, Tensor | None, None, None] | None:
+                     dtype: torch.dtype, backend: str, early) -> tuple[Tensor, Tensor | None, None, None, None] | None:
         """Exact mode on the fused CPU or the Triton aggregation kernel where one serves the layer (they form the
         early potential themselves), else ``None``."""
         if _use_fused(inp, self, code, dtype, backend):
@@ -143,14 +143,14 @@ class GraphOp:
 
             phase, sign = fused_cpu.aggregate_exact(self.adj, inp, bias, scale_t, code.thresholds(torch.float32),
                                                     inp.T_in, code.Tw, signed)
-            return phase, sign, None, None  # the kernels never form the full potential: saturation not counted
+            return phase, sign, None, None, None  # the kernels never form the full potential: saturation not counted
         if _use_triton(inp, self, code, dtype, backend):
             from .kernels import triton_exact
 
             adj = self.adj if self.adj.dtype == dtype else self.adj.to(dtype)
             phase, sign = triton_exact.aggregate_exact(adj, inp, bias, scale_t, code.thresholds(dtype, adj.device),
                                                        inp.T_in, code.Tw, signed)
-            return phase, sign, None, None
+            return phase, sign, None, None, None
         return None
 
     def additions(self, counts: Tensor) -> float:
@@ -241,9 +241,9 @@ def _fire_closed_form(inp: SpikeInput, op, code: PhaseCode, bias: Tensor | None,
 
 def _fire_kernel(inp: SpikeInput, op, code: PhaseCode, bias: Tensor | None, scale_t: Tensor, signed: bool,
                  dtype: torch.dtype, backend: str, stepped: bool, early: "_Early"
-                 ) -> tuple[Tensor, Tensor | None, float | None, int | None] | None:
+                 ) -> tuple[Tensor, Tensor | None, float | None, int | None, Tensor | None] | None:
     """Exact mode on a compiled kernel where the operator brings one that serves the layer, else ``None``:
-    ``(phase, sign, saturated neurons or None, fired neurons or None)``."""
+    ``(phase, sign, saturated neurons or None, fired neurons or None, spikes per position or None)``."""
     kernel = getattr(op, "exact_kernel", None)
     if kernel is None or stepped:
         return None
@@ -373,7 +373,7 @@ def run_layer(
             phase, sign = _fire_events(inp, op, fire_code, early, scale_t, signed, dtype, backend, stats,
                                        normalized)
         else:
-            phase, sign, stats.saturated_neurons, fired = from_kernel
+            phase, sign, stats.saturated_neurons, fired, counts = from_kernel
     spikes = PhaseSpikes(phase=phase, code=code, scale=scale_t, sign=sign, start=start)
     if values is not None:
         spikes.keep_decoded(values)

@@ -61,6 +61,8 @@ def test_kernel_equals_brute_force(name, tw, monkeypatch):
     stats = [s.as_dict() for s in layer.stats]
     ref = _brute_force(layer, [x], code)
     assert torch.equal(out.phase.long(), ref.reshape(out.phase.shape))
+    if out.phase.dim() == 4:  # the kernel's spike count per output position, kept for the next layer
+        assert torch.equal(out.kept_position_counts(), (out.phase != 0).sum((0, 1)))
     step = _stepped(layer, x, monkeypatch=monkeypatch)
     assert torch.equal(out.phase, step.phase)
     assert stats == [s.as_dict() for s in layer.stats]  # saturation count included

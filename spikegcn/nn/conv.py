@@ -219,8 +219,9 @@ class LayerSynapses(ValueOp):
         return sum(st.macs for st in counted), sum(st.additions for st in counted)
 
     def exact_kernel(self, inp: Streams, code: PhaseCode, bias, scale_t, signed: bool, dtype: torch.dtype,
-                     backend: str, early) -> tuple[Tensor, None, float, int] | None:
-        """One convolution + late spikes x fan-out (kernels/conv_cpu.py), or ``None`` where it cannot run."""
+                     backend: str, early) -> tuple[Tensor, None, float, int, Tensor | None] | None:
+        """One convolution + late spikes x fan-out (kernels/conv_cpu.py), or ``None`` where it cannot run;
+        ``(phase, None, saturated, fired, spikes per output position)``."""
         forms = [self.layer.conv_form(i) for i in range(len(inp.items))]
         if not fused_cpu.available(backend):
             return None
@@ -228,8 +229,8 @@ class LayerSynapses(ValueOp):
             return None
         first = early()
         fast = conv_cpu.fire_late(first, list(inp.items), forms, list(inp.offsets), early.k0, inp.T_in, code.Tw,
-                                  code.thresholds(dtype, first.device))
-        return None if fast is None else (fast[0], None, float(fast[2]), fast[3])
+                                  code.thresholds(dtype, first.device), count=True)
+        return None if fast is None else (fast[0], None, float(fast[2]), fast[3], fast[4])
 
 
 # ------------------------------------------------------------------------------------------------ neuron core

@@ -11,8 +11,6 @@
 // lockstep. Cost: the dense convolution plus late spikes x fan-out.
 #include <torch/extension.h>
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -271,7 +269,7 @@ template <typename scalar_t, int CC>
 __attribute__((always_inline)) inline void tile_body(const Layer& L, int64_t m0, int64_t R, const scalar_t* first,
                                                      const scalar_t* thr, scalar_t* __restrict BINS,
                                                      scalar_t* __restrict P, int32_t* __restrict FZ, int8_t* out,
-                                                     int8_t* sg, int64_t* cnt) {
+                                                     int8_t* sg, int64_t* cnt, int32_t* __restrict pc) {
   const int64_t C = CC > 0 ? CC : L.C, HWo = L.Ho * L.Wo, nbc = (L.T_v - L.k0) * C;
   // element (r, k) at base + k * HWo + r (positions of one sample) or base + r * C + k (HWo = 1)
   const int64_t base = (m0 / HWo) * C * HWo + m0 % HWo, ks = HWo == 1 ? 1 : HWo, rs = HWo == 1 ? C : 1;
@@ -305,6 +303,8 @@ __attribute__((always_inline)) inline void tile_body(const Layer& L, int64_t m0,
       o[r * rs] = (int8_t)(f < 0 ? -f : f);
       nfired += f != 0;
     }
+    if (pc != nullptr)  // spikes per output position (maps: the tile's rows are positions m0 % HWo on)
+      for (int64_t r = 0; r < R; ++r) pc[m0 % HWo + r] += FZ[r * C + k] != 0;
     if (is_signed) {
       int8_t* __restrict so = sg + base + k * ks;
       for (int64_t r = 0; r < R; ++r) {
@@ -319,12 +319,12 @@ __attribute__((always_inline)) inline void tile_body(const Layer& L, int64_t m0,
 
 template <typename scalar_t>
 using TileFn = void (*)(const Layer&, int64_t, int64_t, const scalar_t*, const scalar_t*, scalar_t*, scalar_t*,
-                       int32_t*, int8_t*, int8_t*, int64_t*);
+                       int32_t*, int8_t*, int8_t*, int64_t*, int32_t*);
 
 #define SPIKEGCN_TILE_ARGS                                                                                           \
   const Layer &L, int64_t m0, int64_t R, const scalar_t *first, const scalar_t *thr, scalar_t *bins, scalar_t *P,   \
-      int32_t *FZ, int8_t *out, int8_t *sg, int64_t *cnt
-#define SPIKEGCN_TILE_CALL tile_body<scalar_t, CC>(L, m0, R, first, thr, bins, P, FZ, out, sg, cnt)
+      int32_t *FZ, int8_t *out, int8_t *sg, int64_t *cnt, int32_t *pc
+#define SPIKEGCN_TILE_CALL tile_body<scalar_t, CC>(L, m0, R, first, thr, bins, P, FZ, out, sg, cnt, pc)
 
 template <typename scalar_t, int CC>
 void tile_portable(SPIKEGCN_TILE_ARGS) {
@@ -369,7 +369,7 @@ TileFn<scalar_t> pick_tile(int64_t isa, int64_t C) {
 template <typename scalar_t>
 void run(const scalar_t* first, const std::vector<ConvInput>& ins, int64_t N, int64_t Ho, int64_t Wo, int64_t C,
          const scalar_t* thr, int64_t T, int64_t k0, int64_t T_v, int64_t max_d, const scalar_t* div, bool is_signed,
-         int64_t isa, int8_t* out, int8_t* sg, int64_t* counts) {
+         int64_t isa, int8_t* out, int8_t* sg, int64_t* counts, int64_t* per_pos) {
   const Layer L{ins.data(), (int64_t)ins.size(), Ho, Wo, C, T, k0, T_v, max_d, div, is_signed};
   // rows per tile; tiles per sample (HWo = 1: the samples are the rows, one "sample" of N rows)
   const int64_t tr = tile_rows(C);
@@ -381,12 +381,16 @@ void run(const scalar_t* first, const std::vector<ConvInput>& ins, int64_t N, in
   {
     int64_t cnt[3] = {0, 0, 0};
     std::vector<scalar_t> bins(tr * std::max<int64_t>(T_v - k0, 1) * C + 16), P(tr * C + 16);
-    std::vector<int32_t> FZ(tr * C + 16);
+    std::vector<int32_t> FZ(tr * C + 16), pc(per_pos != nullptr ? HWo : 0);  // this thread's spikes per position
 #pragma omp for schedule(dynamic, chunk)
     for (int64_t b = 0; b < n_spans * per; ++b) {
       const int64_t q0 = (b % per) * tr;
       row(L, (b / per) * span + q0, std::min(tr, span - q0), first, thr, bins.data(), P.data(), FZ.data(), out, sg,
-          cnt);
+          cnt, per_pos != nullptr ? pc.data() : nullptr);
+    }
+    if (per_pos != nullptr) {
+#pragma omp critical
+      for (int64_t q = 0; q < HWo; ++q) per_pos[q] += pc[q];
     }
     sat += cnt[0];
     bad += cnt[1];
@@ -397,45 +401,24 @@ void run(const scalar_t* first, const std::vector<ConvInput>& ins, int64_t N, in
   counts[2] = fired;
 }
 
-// The input position of every late spike from the per-position offsets ptr [P + 1] (L spikes) into pos (L + 16
-// entries): each thread fills its share of the positions with one 16-wide store per position (more only past 16
-// spikes) instead of a loop whose exit the branch predictor misses; what a store writes past a position's spikes
-// the next position overwrites (near the end of the share, an exact loop).
-void spike_positions(const int64_t* ptr, int64_t P, int32_t* pos) {
-#pragma omp parallel
-  {
-    const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
-    const int64_t p0 = P * t / nt, p1 = P * (t + 1) / nt, end = ptr[p1];
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t a = ptr[p], b = ptr[p + 1];
-      if (b + 16 <= end) {
-        int64_t j = a;
-        do {
-#pragma omp simd
-          for (int64_t k = 0; k < 16; ++k) pos[j + k] = (int32_t)p;
-          j += 16;
-        } while (j < b);
-      } else {
-        for (int64_t j = a; j < b; ++j) pos[j] = (int32_t)p;
-      }
-    }
-  }
-}
-
 }  // namespace
+
+void spike_positions(const int64_t* ptr, int64_t P, int32_t* pos);  // late_lists.cpp
 
 // first: [N, C, Ho, Wo] early potentials; per input i: late_ptr[i], late_ch[i], late_bin[i], late_val[i],
 // weight[i] ([kh, kw, Cin, C]) and geom[8 i .. 8 i + 7] = H, W, stride (2), padding (2), dilation (2).
 // div: [C] divisor of every bin (the graph engine keeps bins in ANN units and divides by lambda as its event path
 // does), or an empty tensor. is_signed: signed neurons (fire on |potential|). isa: 2 AVX-512, 1 AVX2, 0 portable
 // (capped by what the CPU has). Returns the fire phases [N, C, Ho, Wo] (int8), their signs (int8, empty unless
-// is_signed), the number of neurons whose final |potential| exceeds 1, the number of non-finite early potentials
-// and the number of neurons that fired.
+// is_signed), the number of neurons whose final |potential| exceeds 1, the number of non-finite early potentials,
+// the number of neurons that fired and, with count_positions and Ho * Wo > 1, their count per output position
+// (int64 [Ho * Wo], else empty).
 std::vector<torch::Tensor> conv_exact(torch::Tensor first, std::vector<torch::Tensor> late_ptr,
                                       std::vector<torch::Tensor> late_ch, std::vector<torch::Tensor> late_bin,
                                       std::vector<torch::Tensor> late_val, std::vector<torch::Tensor> weight,
                                       std::vector<int64_t> geom, torch::Tensor thr, int64_t k0, int64_t T_v,
-                                      int64_t max_d, torch::Tensor div, bool is_signed, int64_t isa) {
+                                      int64_t max_d, torch::Tensor div, bool is_signed, int64_t isa,
+                                      bool count_positions) {
   TORCH_CHECK(first.dim() == 4 && first.is_contiguous(), "conv_exact: first must be a contiguous [N, C, Ho, Wo]");
   const int64_t N = first.size(0), C = first.size(1), Ho = first.size(2), Wo = first.size(3), T = thr.numel();
   const size_t n_in = weight.size();
@@ -474,12 +457,14 @@ std::vector<torch::Tensor> conv_exact(torch::Tensor first, std::vector<torch::Te
   auto out = torch::empty({N, C, Ho, Wo}, torch::kInt8);  // every element written by its tile
   auto sg = is_signed ? torch::empty({N, C, Ho, Wo}, torch::kInt8) : torch::empty({0}, torch::kInt8);
   int64_t counts[3] = {0, 0, 0};
+  const bool per_pos = count_positions && Ho * Wo > 1;  // [N, C] rows (Ho = Wo = 1) have no positions to count
+  auto at = torch::zeros({per_pos ? Ho * Wo : 0}, torch::kInt64);
   AT_DISPATCH_FLOATING_TYPES(first.scalar_type(), "conv_exact", [&] {
     run<scalar_t>(first.data_ptr<scalar_t>(), ins, N, Ho, Wo, C, thr.data_ptr<scalar_t>(), T, k0, T_v, max_d,
                   has_div ? div.data_ptr<scalar_t>() : nullptr, is_signed, isa, out.data_ptr<int8_t>(),
-                  is_signed ? sg.data_ptr<int8_t>() : nullptr, counts);
+                  is_signed ? sg.data_ptr<int8_t>() : nullptr, counts, per_pos ? at.data_ptr<int64_t>() : nullptr);
   });
-  return {out, sg, torch::tensor(counts[0]), torch::tensor(counts[1]), torch::tensor(counts[2])};
+  return {out, sg, torch::tensor(counts[0]), torch::tensor(counts[1]), torch::tensor(counts[2]), at};
 }
 
 void register_conv_exact(pybind11::module_& m) {

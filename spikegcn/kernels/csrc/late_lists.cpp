@@ -4,6 +4,8 @@
 // fused_cpu.cpp (registered there).
 #include <torch/extension.h>
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -200,6 +202,31 @@ std::vector<torch::Tensor> late_list_bits(torch::Tensor bits, torch::Tensor sign
   return {ptr, ch, bin, val};
 }
 
+
+// The input position of every late spike from the per-position offsets ptr [P + 1] (L spikes) into pos (L + 16
+// entries): each thread fills its share of the positions with one 16-wide store per position (more only past 16
+// spikes) instead of a loop whose exit the branch predictor misses; what a store writes past a position's spikes
+// the next position overwrites (near the end of the share, an exact loop).
+void spike_positions(const int64_t* ptr, int64_t P, int32_t* pos) {
+#pragma omp parallel
+  {
+    const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t p0 = P * t / nt, p1 = P * (t + 1) / nt, end = ptr[p1];
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t a = ptr[p], b = ptr[p + 1];
+      if (b + 16 <= end) {
+        int64_t j = a;
+        do {
+#pragma omp simd
+          for (int64_t k = 0; k < 16; ++k) pos[j + k] = (int32_t)p;
+          j += 16;
+        } while (j < b);
+      } else {
+        for (int64_t j = a; j < b; ++j) pos[j] = (int32_t)p;
+      }
+    }
+  }
+}
 
 void register_late_lists(pybind11::module_& m) {
   m.def("late_list", &late_list, "late spikes of int8 one-spike inputs as per-position lists");
