@@ -69,6 +69,24 @@ def test_kernel_equals_brute_force(name, tw, monkeypatch):
 
 
 @kernel
+def test_kernel_adds_the_bias_and_refuses_a_non_finite_one(monkeypatch):
+    """The compiled kernel adds the bias to the early potentials as it reads them (the torch path adds it in a pass
+    of its own): the same phases as the phase-by-phase path; a NaN bias raises instead of firing silently."""
+    code = PhaseCode(10, 1.3, Tw=3)
+    layer = _layers(code)["conv"]
+    with torch.no_grad():
+        layer.bias.uniform_(-0.3, 0.3)
+    x = _random_phase_spikes((4, 3, 6, 6), code, start=0, seed=4)
+    served = _spy(monkeypatch)
+    out = layer(x)
+    assert served == [True] and torch.equal(out.phase, _stepped(layer, x, monkeypatch=monkeypatch).phase)
+    with torch.no_grad():
+        layer.bias[1] = float("nan")
+    with pytest.raises(ValueError, match="NaN/inf"):
+        layer(x)
+
+
+@kernel
 def test_short_output_code_counts_saturation_as_stepped(monkeypatch):
     """An output code shorter than the input's (T_out + Tw < T_in): input phases past T_out + Tw reach no output
     phase, so neither the fire phases nor the saturation count (the final potential) may include them; the kernel

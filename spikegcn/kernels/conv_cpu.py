@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..coding import _check_finite
+from ..coding import _check_finite, nonfinite_error
 from ..spikes import BinarySpikes, PhaseSpikes
 from . import fused_cpu
 
@@ -102,12 +102,14 @@ def _late_spikes_torch(x: PhaseSpikes | BinarySpikes, nchw: Tensor, sign_nchw: T
 
 def fire_late(first: Tensor, inputs: list, forms: list, offsets: list[int], k0: int, T_v: int, max_d: int,
               thresholds: Tensor, in_scales: list | None = None, div: Tensor | None = None, signed: bool = False,
-              count: bool = False) -> tuple[Tensor, Tensor | None, int, int, Tensor | None] | None:
+              count: bool = False, bias: Tensor | None = None
+              ) -> tuple[Tensor, Tensor | None, int, int, Tensor | None] | None:
     """Fire phases (``first``'s shape, int8), their signs (``signed`` neurons, else ``None``), the number of
     neurons whose final |potential| exceeds 1 (a non-finite early potential raises), of those that fired and, with
     ``count`` and a map output of more than one position, their count per output position (int64 ``[Ho, Wo]``,
     else ``None``), for the early potential
-    ``first`` (``[N, C, Ho, Wo]`` or ``[N, C]``, bias included) and the late spikes of ``inputs`` (input ``i`` is
+    ``first`` (``[N, C, Ho, Wo]`` or ``[N, C]``: bias included, or added per channel by the kernel as it reads
+    ``first``: ``first + bias``, the torch path's order) and the late spikes of ``inputs`` (input ``i`` is
     seen ``offsets[i]`` virtual phases late, through the convolution ``forms[i]``); ``None`` when the compiled
     kernel cannot run this layer. The graph engine's dense layers keep the late bins in ANN units: ``in_scales[i]``
     (input lambda per channel) multiplies each late value and every bin is divided by ``div`` (output lambda), as
@@ -137,10 +139,12 @@ def fire_late(first: Tensor, inputs: list, forms: list, offsets: list[int], k0: 
     d = (torch.empty(0, dtype=first.dtype) if div is None else
          div.to(first.dtype).expand(rows.shape[1]).contiguous())
     per_pos = count and first.dim() == 4 and first.shape[2] * first.shape[3] > 1  # the kernel's condition
+    b = first.new_empty(0) if bias is None else bias.to(first.dtype).reshape(-1).contiguous()
     phase, sign, sat, bad, fired, at = mod.conv_exact(rows, ptrs, chs, bins, vals, weights, geom,
                                                       thresholds.to(first.dtype).contiguous(), k0, T_v, max_d, d,
-                                                      signed, fused_cpu._ISA[fused_cpu.max_isa()], per_pos)
+                                                      signed, fused_cpu._ISA[fused_cpu.max_isa()], per_pos, b)
     if int(bad):
         _check_finite(first, "neuron input")
+        raise nonfinite_error(int(bad))  # finite early potentials: the bias made them non-finite
     return (phase.reshape(first.shape), sign.reshape(first.shape) if signed else None, int(sat), int(fired),
             at.view(first.shape[2:]) if per_pos else None)

@@ -223,13 +223,12 @@ class LayerSynapses(ValueOp):
         """One convolution + late spikes x fan-out (kernels/conv_cpu.py), or ``None`` where it cannot run;
         ``(phase, None, saturated, fired, spikes per output position)``."""
         forms = [self.layer.conv_form(i) for i in range(len(inp.items))]
-        if not fused_cpu.available(backend):
+        if (not fused_cpu.available(backend) or dtype not in (torch.float32, torch.float64) or code.T > 127
+                or signed or any(f is None for f in forms) or self.layer.scale.device.type != "cpu"):
             return None
-        if signed or any(f is None for f in forms):
-            return None
-        first = early()
+        first = self._synapse_sum(inp, early.k0, dtype, len(inp.items))  # no bias: the kernel adds it as it reads
         fast = conv_cpu.fire_late(first, list(inp.items), forms, list(inp.offsets), early.k0, inp.T_in, code.Tw,
-                                  code.thresholds(dtype, first.device), count=True)
+                                  code.thresholds(dtype, first.device), count=True, bias=self.layer.bias)
         return None if fast is None else (fast[0], None, float(fast[2]), fast[3], fast[4])
 
 

@@ -32,6 +32,7 @@ struct Layer {  // what every output row needs
   int64_t n_in, Ho, Wo, C, T, k0, T_v, max_d;
   const void* div;  // [C] divisor of each bin (the graph engine's lambda: bins in ANN units), or nullptr
   bool is_signed;   // signed neurons: fire on |potential|, sign written to sg
+  const void* bias;  // [C] added to the early potentials as they are read (first + bias, as z.add_(bias)), or nullptr
 };
 
 // A tile: R rows of C output channels, up to TILE_LANES neurons
@@ -276,9 +277,10 @@ __attribute__((always_inline)) inline void tile_body(const Layer& L, int64_t m0,
   if (rs == 1 && m0 % HWo + 2 * R <= HWo)  // the next tile's early potentials: C streams 4 HWo bytes apart, more
     for (int64_t k = 0; k < C; ++k) __builtin_prefetch(first + base + k * ks + R);  // than the prefetcher follows
   int64_t nbad = 0;
+  const scalar_t* bv = static_cast<const scalar_t*>(L.bias);
   for (int64_t k = 0; k < C; ++k) {
     for (int64_t r = 0; r < R; ++r) {
-      const scalar_t f = first[base + k * ks + r * rs];
+      const scalar_t f = bv != nullptr ? first[base + k * ks + r * rs] + bv[k] : first[base + k * ks + r * rs];
       P[r * C + k] = f;
       nbad += !(f - f == scalar_t(0));  // NaN or inf
     }
@@ -369,8 +371,8 @@ TileFn<scalar_t> pick_tile(int64_t isa, int64_t C) {
 template <typename scalar_t>
 void run(const scalar_t* first, const std::vector<ConvInput>& ins, int64_t N, int64_t Ho, int64_t Wo, int64_t C,
          const scalar_t* thr, int64_t T, int64_t k0, int64_t T_v, int64_t max_d, const scalar_t* div, bool is_signed,
-         int64_t isa, int8_t* out, int8_t* sg, int64_t* counts, int64_t* per_pos) {
-  const Layer L{ins.data(), (int64_t)ins.size(), Ho, Wo, C, T, k0, T_v, max_d, div, is_signed};
+         const scalar_t* bias, int64_t isa, int8_t* out, int8_t* sg, int64_t* counts, int64_t* per_pos) {
+  const Layer L{ins.data(), (int64_t)ins.size(), Ho, Wo, C, T, k0, T_v, max_d, div, is_signed, bias};
   // rows per tile; tiles per sample (HWo = 1: the samples are the rows, one "sample" of N rows)
   const int64_t tr = tile_rows(C);
   const int64_t HWo = Ho * Wo, span = HWo == 1 ? N : HWo, n_spans = HWo == 1 ? 1 : N, per = (span + tr - 1) / tr;
@@ -408,7 +410,8 @@ void spike_positions(const int64_t* ptr, int64_t P, int32_t* pos);  // late_list
 // first: [N, C, Ho, Wo] early potentials; per input i: late_ptr[i], late_ch[i], late_bin[i], late_val[i],
 // weight[i] ([kh, kw, Cin, C]) and geom[8 i .. 8 i + 7] = H, W, stride (2), padding (2), dilation (2).
 // div: [C] divisor of every bin (the graph engine keeps bins in ANN units and divides by lambda as its event path
-// does), or an empty tensor. is_signed: signed neurons (fire on |potential|). isa: 2 AVX-512, 1 AVX2, 0 portable
+// does), or an empty tensor. bias: [C] added to `first` as it is read (non-finite sums are counted), or empty.
+// is_signed: signed neurons (fire on |potential|). isa: 2 AVX-512, 1 AVX2, 0 portable
 // (capped by what the CPU has). Returns the fire phases [N, C, Ho, Wo] (int8), their signs (int8, empty unless
 // is_signed), the number of neurons whose final |potential| exceeds 1, the number of non-finite early potentials,
 // the number of neurons that fired and, with count_positions and Ho * Wo > 1, their count per output position
@@ -418,7 +421,7 @@ std::vector<torch::Tensor> conv_exact(torch::Tensor first, std::vector<torch::Te
                                       std::vector<torch::Tensor> late_val, std::vector<torch::Tensor> weight,
                                       std::vector<int64_t> geom, torch::Tensor thr, int64_t k0, int64_t T_v,
                                       int64_t max_d, torch::Tensor div, bool is_signed, int64_t isa,
-                                      bool count_positions) {
+                                      bool count_positions, torch::Tensor bias) {
   TORCH_CHECK(first.dim() == 4 && first.is_contiguous(), "conv_exact: first must be a contiguous [N, C, Ho, Wo]");
   const int64_t N = first.size(0), C = first.size(1), Ho = first.size(2), Wo = first.size(3), T = thr.numel();
   const size_t n_in = weight.size();
@@ -454,6 +457,9 @@ std::vector<torch::Tensor> conv_exact(torch::Tensor first, std::vector<torch::Te
   const bool has_div = div.numel() > 0;
   TORCH_CHECK(!has_div || (div.numel() == C && div.is_contiguous() && div.scalar_type() == first.scalar_type()),
               "conv_exact: div must be a contiguous [C] of the potentials' dtype, or empty");
+  TORCH_CHECK(!bias.numel() || (bias.numel() == C && bias.is_contiguous() &&
+                                 bias.scalar_type() == first.scalar_type()),
+              "conv_exact: bias must be a contiguous [C] of the potentials' dtype, or empty");
   auto out = torch::empty({N, C, Ho, Wo}, torch::kInt8);  // every element written by its tile
   auto sg = is_signed ? torch::empty({N, C, Ho, Wo}, torch::kInt8) : torch::empty({0}, torch::kInt8);
   int64_t counts[3] = {0, 0, 0};
@@ -461,7 +467,8 @@ std::vector<torch::Tensor> conv_exact(torch::Tensor first, std::vector<torch::Te
   auto at = torch::zeros({per_pos ? Ho * Wo : 0}, torch::kInt64);
   AT_DISPATCH_FLOATING_TYPES(first.scalar_type(), "conv_exact", [&] {
     run<scalar_t>(first.data_ptr<scalar_t>(), ins, N, Ho, Wo, C, thr.data_ptr<scalar_t>(), T, k0, T_v, max_d,
-                  has_div ? div.data_ptr<scalar_t>() : nullptr, is_signed, isa, out.data_ptr<int8_t>(),
+                  has_div ? div.data_ptr<scalar_t>() : nullptr, is_signed,
+                  bias.numel() ? bias.data_ptr<scalar_t>() : nullptr, isa, out.data_ptr<int8_t>(),
                   is_signed ? sg.data_ptr<int8_t>() : nullptr, counts, per_pos ? at.data_ptr<int64_t>() : nullptr);
   });
   return {out, sg, torch::tensor(counts[0]), torch::tensor(counts[1]), torch::tensor(counts[2]), at};
