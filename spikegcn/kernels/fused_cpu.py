@@ -51,6 +51,7 @@ SOURCE = Path(__file__).resolve().parent / "csrc" / "fused_cpu.cpp"
 # codec_cpu: encoder / decoder / spike counts; conv_exact, late_lists: exact-mode CNN layers (kernels/conv_cpu.py)
 SOURCES = (SOURCE, SOURCE.parent / "codec_cpu.cpp", SOURCE.parent / "conv_exact.cpp",
            SOURCE.parent / "late_lists.cpp")
+HEADERS = (SOURCE.parent / "conv_tile.h",)  # part of the build key: a change rebuilds
 CFLAGS = ("-O3", "-fopenmp", "-ffp-contract=off")
 LDFLAGS = ("-fopenmp",)
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def build_key() -> str:
         "compiler": _compiler(),
         "cflags": CFLAGS,
         "ldflags": LDFLAGS,
-        "source": [hashlib.sha256(s.read_bytes()).hexdigest() for s in SOURCES],
+        "source": [hashlib.sha256(s.read_bytes()).hexdigest() for s in (*SOURCES, *HEADERS)],
     }
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 

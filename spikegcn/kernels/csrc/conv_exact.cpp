@@ -15,148 +15,9 @@
 #include <cmath>
 #include <vector>
 
+#include "conv_tile.h"  // the layer, its inputs, a tile's early potentials and late-spike bins
+
 namespace {
-
-struct ConvInput {  // one synaptic input of the layer, as a convolution
-  const int64_t* ptr;  // [N * H * W + 1] late spikes of input position p: ptr[p] .. ptr[p + 1]
-  const int32_t* ch;   // input channel of each late spike
-  const int16_t* bin;  // virtual fire phase of each late spike (k0 < bin <= T_v)
-  const int32_t* pos;  // input position of each late spike (the p of its ptr range)
-  const void* val;     // normalised value of each late spike
-  const void* w;       // [kh, kw, Cin, C] weights
-  int64_t H, W, Cin, kh, kw, sh, sw, ph, pw, dh, dw;
-};
-
-struct Layer {  // what every output row needs
-  const ConvInput* ins;
-  int64_t n_in, Ho, Wo, C, T, k0, T_v, max_d;
-  const void* div;  // [C] divisor of each bin (the graph engine's lambda: bins in ANN units), or nullptr
-  bool is_signed;   // signed neurons: fire on |potential|, sign written to sg
-  const void* bias;  // [C] added to the early potentials as they are read (first + bias, as z.add_(bias)), or nullptr
-};
-
-// A tile: R rows of C output channels, up to TILE_LANES neurons
-constexpr int64_t TILE_LANES = 256;  // R x C: 16 AVX-512 vectors of float per phase test (bins 1 KiB/phase)
-constexpr int64_t TILE_ROWS = 16;
-// rows per tile (the buffers hold this many rows)
-constexpr int64_t tile_rows(int64_t C) {
-  return std::max<int64_t>(1, std::min<int64_t>(TILE_ROWS, TILE_LANES / std::max<int64_t>(C, 1)));
-}
-
-// p += bin (or bin / div, channel by channel)
-template <typename scalar_t, int CC>
-__attribute__((always_inline)) inline void add_bin(const Layer& L, const scalar_t* __restrict b,
-                                                   const scalar_t* __restrict dv, scalar_t* __restrict p) {
-  const int64_t C = CC > 0 ? CC : L.C;
-  if (dv != nullptr) {
-#pragma omp simd
-    for (int64_t k = 0; k < C; ++k) p[k] += b[k] / dv[k];
-  } else {
-#pragma omp simd
-    for (int64_t k = 0; k < C; ++k) p[k] += b[k];
-  }
-}
-
-// The late contributions of the tile's rows m0 .. m0 + R - 1 into their phase bins (row r's bin of virtual phase
-// b at BINS[r * nbc + (b - k0 - 1) * C]). Rows on one output line (same n and oy, consecutive ox) read, for one
-// kernel tap, the input positions (n, y, x0 + j * sw). With sw = 1 these are one contiguous run of the per-position
-// lists, walked in a single loop (each spike's row from its position) instead of one short loop per row and tap,
-// whose exits the branch predictor misses; strided layers visit their positions one by one (the run would hold
-// sw times the spikes they read). Every row's bins get the same additions in the same order as row by row: tap
-// by tap, a position's spikes in list order.
-// Late spike j into the bins of its row (row_bins): value x weight column of its channel, in the bin of its phase.
-template <typename scalar_t, int CC>
-__attribute__((always_inline)) inline void add_spike(const ConvInput& in, int64_t j, const scalar_t* wk, int64_t C_,
-                                                     scalar_t* __restrict row_bins, int64_t k0) {
-  const int64_t C = CC > 0 ? CC : C_;
-  scalar_t* __restrict h = row_bins + (int64_t)(in.bin[j] - k0 - 1) * C;
-  const scalar_t v = static_cast<const scalar_t*>(in.val)[j];
-  const scalar_t* __restrict wr = wk + (int64_t)in.ch[j] * C;
-#pragma omp simd
-  for (int64_t k = 0; k < C; ++k) h[k] += wr[k] * v;
-}
-
-template <typename scalar_t, int CC>
-__attribute__((always_inline)) inline void add_run(const ConvInput& in, int64_t pa, int64_t n_rows, int64_t sw,
-                                                   int64_t row0, int64_t nbc, int64_t k0, const scalar_t* wk,
-                                                   int64_t C_, scalar_t* __restrict bins) {
-  if (sw != 1) {
-    for (int64_t q = 0; q < n_rows; ++q)
-      for (int64_t j = in.ptr[pa + q * sw], e = in.ptr[pa + q * sw + 1]; j < e; ++j)
-        add_spike<scalar_t, CC>(in, j, wk, C_, bins + (row0 + q) * nbc, k0);
-    return;
-  }
-  for (int64_t j = in.ptr[pa], e = in.ptr[pa + n_rows]; j < e; ++j)
-    add_spike<scalar_t, CC>(in, j, wk, C_, bins + (row0 + in.pos[j] - pa) * nbc, k0);
-}
-
-// Stride 1: one walk over the input line y (kernel row ky) under the rows oxa .. oxa + seg - 1 of one output line,
-// each late spike added into every row whose tap kx reads it (ox = x + pw - kx * dw). A spike's phase bin, channel
-// and value are read once for its up to kw taps. A row's bins get the same additions in the same order as tap by
-// tap: for one row, ascending x is ascending kx, and a position's spikes come in list order.
-template <typename scalar_t, int CC>
-__attribute__((always_inline)) inline void add_line(const ConvInput& in, int64_t pl, int64_t oxa, int64_t seg,
-                                                    int64_t row0, int64_t nbc, int64_t k0, const scalar_t* wky,
-                                                    int64_t C_, scalar_t* __restrict bins) {
-  const int64_t C = CC > 0 ? CC : C_, tap = in.Cin * C;
-  const int64_t xlo = std::max<int64_t>(0, oxa - in.pw);
-  const int64_t xhi = std::min<int64_t>(in.W - 1, oxa + seg - 1 - in.pw + (in.kw - 1) * in.dw);
-  if (xlo > xhi) return;
-  const scalar_t* val = static_cast<const scalar_t*>(in.val);
-  for (int64_t j = in.ptr[pl + xlo], e = in.ptr[pl + xhi + 1]; j < e; ++j) {
-    const int64_t ox0 = in.pos[j] - pl + in.pw - oxa;  // the row (from oxa) that tap 0 adds it into
-    scalar_t* __restrict hb = bins + (int64_t)(in.bin[j] - k0 - 1) * C;  // its phase's bin in row 0
-    const scalar_t* __restrict wc = wky + (int64_t)in.ch[j] * C;
-    const scalar_t v = val[j];
-    for (int64_t kx = 0; kx < in.kw; ++kx) {
-      const int64_t o = ox0 - kx * in.dw;
-      if (o < 0 || o >= seg) continue;
-      scalar_t* __restrict h = hb + (row0 + o) * nbc;
-      const scalar_t* __restrict wr = wc + kx * tap;
-#pragma omp simd
-      for (int64_t k = 0; k < C; ++k) h[k] += wr[k] * v;
-    }
-  }
-}
-
-template <typename scalar_t, int CC>
-__attribute__((always_inline)) inline void late_bins(const Layer& L, int64_t m0, int64_t R, scalar_t* __restrict bins) {
-  const int64_t C = CC > 0 ? CC : L.C, k0 = L.k0, nbc = (L.T_v - k0) * C, HWo = L.Ho * L.Wo;
-  for (int64_t q = 0; q < R * nbc; ++q) bins[q] = scalar_t(0);
-  for (int64_t i = 0; i < L.n_in; ++i) {
-    const ConvInput& in = L.ins[i];
-    const scalar_t* w = static_cast<const scalar_t*>(in.w);
-    if (HWo == 1 && in.H == 1 && in.W == 1 && in.kh == 1 && in.kw == 1 && in.ph == 0 && in.pw == 0) {
-      // 1 x 1 maps, no padding: row r reads position m0 + r
-      add_run<scalar_t, CC>(in, m0, R, 1, 0, nbc, k0, w, C, bins);
-      continue;
-    }
-    for (int64_t ra = 0; ra < R;) {  // a run of rows on one output line
-      const int64_t m = m0 + ra, n = m / HWo, oy = (m / L.Wo) % L.Ho, oxa = m % L.Wo;
-      const int64_t seg = std::min(R - ra, L.Wo - oxa);
-      for (int64_t ky = 0; ky < in.kh; ++ky) {
-        const int64_t y = oy * in.sh - in.ph + ky * in.dh;
-        if (y < 0 || y >= in.H) continue;
-        if (in.sw == 1) {
-          add_line<scalar_t, CC>(in, (n * in.H + y) * in.W, oxa, seg, ra, nbc, k0, w + ky * in.kw * in.Cin * C, C,
-                                 bins);
-          continue;
-        }
-        for (int64_t kx = 0; kx < in.kw; ++kx) {
-          const int64_t xb = kx * in.dw - in.pw, lim = in.W - 1 - xb;  // x = ox * sw + xb must lie in 0 .. W - 1
-          if (lim < 0) continue;
-          const int64_t olo = std::max(oxa, xb < 0 ? (-xb + in.sw - 1) / in.sw : int64_t(0));
-          const int64_t ohi = std::min(oxa + seg, lim / in.sw + 1);
-          if (olo >= ohi) continue;
-          const int64_t pa = (n * in.H + y) * in.W + olo * in.sw + xb;
-          add_run<scalar_t, CC>(in, pa, ohi - olo, in.sw, ra + olo - oxa, nbc, k0,
-                                w + (ky * in.kw + kx) * in.Cin * C, C, bins);
-        }
-      }
-      ra += seg;
-    }
-  }
-}
 
 // One phase's test of a neuron: not fired yet (fz == 0) and the potential p at the threshold th fires it at phase
 // tt (signed neurons on |p|, negative phase for a negative p). A non-short-circuit &: the potential's load does not
@@ -276,15 +137,7 @@ __attribute__((always_inline)) inline void tile_body(const Layer& L, int64_t m0,
   const int64_t base = (m0 / HWo) * C * HWo + m0 % HWo, ks = HWo == 1 ? 1 : HWo, rs = HWo == 1 ? C : 1;
   if (rs == 1 && m0 % HWo + 2 * R <= HWo)  // the next tile's early potentials: C streams 4 HWo bytes apart, more
     for (int64_t k = 0; k < C; ++k) __builtin_prefetch(first + base + k * ks + R);  // than the prefetcher follows
-  int64_t nbad = 0;
-  const scalar_t* bv = static_cast<const scalar_t*>(L.bias);
-  for (int64_t k = 0; k < C; ++k) {
-    for (int64_t r = 0; r < R; ++r) {
-      const scalar_t f = bv != nullptr ? first[base + k * ks + r * rs] + bv[k] : first[base + k * ks + r * rs];
-      P[r * C + k] = f;
-      nbad += !(f - f == scalar_t(0));  // NaN or inf
-    }
-  }
+  const int64_t nbad = gather_early<scalar_t, CC>(L, m0, R, first + base, ks, rs, P);
   late_bins<scalar_t, CC>(L, m0, R, BINS);
   const scalar_t* __restrict dv = static_cast<const scalar_t*>(L.div);
   if constexpr (CC > 0) {
@@ -371,8 +224,9 @@ TileFn<scalar_t> pick_tile(int64_t isa, int64_t C) {
 template <typename scalar_t>
 void run(const scalar_t* first, const std::vector<ConvInput>& ins, int64_t N, int64_t Ho, int64_t Wo, int64_t C,
          const scalar_t* thr, int64_t T, int64_t k0, int64_t T_v, int64_t max_d, const scalar_t* div, bool is_signed,
-         const scalar_t* bias, int64_t isa, int8_t* out, int8_t* sg, int64_t* counts, int64_t* per_pos) {
-  const Layer L{ins.data(), (int64_t)ins.size(), Ho, Wo, C, T, k0, T_v, max_d, div, is_signed, bias};
+         const scalar_t* bias, const Shortcut* sc, int64_t isa, int8_t* out, int8_t* sg, int64_t* counts,
+         int64_t* per_pos) {
+  const Layer L{ins.data(), (int64_t)ins.size(), Ho, Wo, C, T, k0, T_v, max_d, div, is_signed, bias, sc};
   // rows per tile; tiles per sample (HWo = 1: the samples are the rows, one "sample" of N rows)
   const int64_t tr = tile_rows(C);
   const int64_t HWo = Ho * Wo, span = HWo == 1 ? N : HWo, n_spans = HWo == 1 ? 1 : N, per = (span + tr - 1) / tr;
@@ -411,6 +265,7 @@ void spike_positions(const int64_t* ptr, int64_t P, int32_t* pos);  // late_list
 // weight[i] ([kh, kw, Cin, C]) and geom[8 i .. 8 i + 7] = H, W, stride (2), padding (2), dilation (2).
 // div: [C] divisor of every bin (the graph engine keeps bins in ANN units and divides by lambda as its event path
 // does), or an empty tensor. bias: [C] added to `first` as it is read (non-finite sums are counted), or empty.
+// sc / sc_geom: a diagonal shortcut's early spikes added as `first` is read (struct Shortcut), or empty.
 // is_signed: signed neurons (fire on |potential|). isa: 2 AVX-512, 1 AVX2, 0 portable
 // (capped by what the CPU has). Returns the fire phases [N, C, Ho, Wo] (int8), their signs (int8, empty unless
 // is_signed), the number of neurons whose final |potential| exceeds 1, the number of non-finite early potentials,
@@ -421,7 +276,8 @@ std::vector<torch::Tensor> conv_exact(torch::Tensor first, std::vector<torch::Te
                                       std::vector<torch::Tensor> late_val, std::vector<torch::Tensor> weight,
                                       std::vector<int64_t> geom, torch::Tensor thr, int64_t k0, int64_t T_v,
                                       int64_t max_d, torch::Tensor div, bool is_signed, int64_t isa,
-                                      bool count_positions, torch::Tensor bias) {
+                                      bool count_positions, torch::Tensor bias, std::vector<torch::Tensor> sc,
+                                      std::vector<int64_t> sc_geom) {
   TORCH_CHECK(first.dim() == 4 && first.is_contiguous(), "conv_exact: first must be a contiguous [N, C, Ho, Wo]");
   const int64_t N = first.size(0), C = first.size(1), Ho = first.size(2), Wo = first.size(3), T = thr.numel();
   const size_t n_in = weight.size();
@@ -460,6 +316,21 @@ std::vector<torch::Tensor> conv_exact(torch::Tensor first, std::vector<torch::Te
   TORCH_CHECK(!bias.numel() || (bias.numel() == C && bias.is_contiguous() &&
                                  bias.scalar_type() == first.scalar_type()),
               "conv_exact: bias must be a contiguous [C] of the potentials' dtype, or empty");
+  Shortcut shortcut{};
+  if (!sc.empty()) {  // {phase [N, Cin, Hin, Win] int8, sign (same) or empty, table, w [C]}, {pad, sh, sw}
+    TORCH_CHECK(sc.size() == 4 && sc_geom.size() == 3 && sc[0].dim() == 4 && sc[0].size(0) == N &&
+                    sc[0].scalar_type() == torch::kInt8 && sc[0].is_contiguous() &&
+                    (!sc[1].numel() || (sc[1].sizes() == sc[0].sizes() && sc[1].is_contiguous())) &&
+                    sc[2].scalar_type() == first.scalar_type() && sc[2].is_contiguous() && sc[2].numel() <= 128 &&
+                    sc[3].numel() == C && sc[3].scalar_type() == first.scalar_type() && sc[3].is_contiguous(),
+                "conv_exact: the shortcut needs int8 phases [N, Cin, H, W], a value table and one weight per channel");
+    const int64_t Cin = sc[0].size(1), Hin = sc[0].size(2), Win = sc[0].size(3), pad = sc_geom[0];
+    TORCH_CHECK(pad >= 0 && pad + Cin <= C && sc_geom[1] >= 1 && sc_geom[2] >= 1 &&
+                    (Hin + sc_geom[1] - 1) / sc_geom[1] == Ho && (Win + sc_geom[2] - 1) / sc_geom[2] == Wo,
+                "conv_exact: the shortcut's channels or subsampled positions do not match the output");
+    shortcut = Shortcut{sc[0].data_ptr<int8_t>(), sc[1].numel() ? sc[1].data_ptr<int8_t>() : nullptr,
+                        sc[2].data_ptr(), sc[3].data_ptr(), sc[2].numel(), Cin, Hin, Win, pad, sc_geom[1], sc_geom[2]};
+  }
   auto out = torch::empty({N, C, Ho, Wo}, torch::kInt8);  // every element written by its tile
   auto sg = is_signed ? torch::empty({N, C, Ho, Wo}, torch::kInt8) : torch::empty({0}, torch::kInt8);
   int64_t counts[3] = {0, 0, 0};
@@ -468,7 +339,8 @@ std::vector<torch::Tensor> conv_exact(torch::Tensor first, std::vector<torch::Te
   AT_DISPATCH_FLOATING_TYPES(first.scalar_type(), "conv_exact", [&] {
     run<scalar_t>(first.data_ptr<scalar_t>(), ins, N, Ho, Wo, C, thr.data_ptr<scalar_t>(), T, k0, T_v, max_d,
                   has_div ? div.data_ptr<scalar_t>() : nullptr, is_signed,
-                  bias.numel() ? bias.data_ptr<scalar_t>() : nullptr, isa, out.data_ptr<int8_t>(),
+                  bias.numel() ? bias.data_ptr<scalar_t>() : nullptr, sc.empty() ? nullptr : &shortcut, isa,
+                  out.data_ptr<int8_t>(),
                   is_signed ? sg.data_ptr<int8_t>() : nullptr, counts, per_pos ? at.data_ptr<int64_t>() : nullptr);
   });
   return {out, sg, torch::tensor(counts[0]), torch::tensor(counts[1]), torch::tensor(counts[2]), at};

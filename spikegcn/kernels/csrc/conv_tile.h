@@ -1,0 +1,201 @@
+// The data of an exact-mode convolution layer (conv_exact.cpp) and the two passes of a tile of output rows that
+// feed its neurons: the early potentials (with a diagonal shortcut's early spikes and the bias added as they are
+// read) and the late spikes' phase bins. Included by conv_exact.cpp only.
+#pragma once
+
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace {
+
+struct ConvInput {  // one synaptic input of the layer, as a convolution
+  const int64_t* ptr;  // [N * H * W + 1] late spikes of input position p: ptr[p] .. ptr[p + 1]
+  const int32_t* ch;   // input channel of each late spike
+  const int16_t* bin;  // virtual fire phase of each late spike (k0 < bin <= T_v)
+  const int32_t* pos;  // input position of each late spike (the p of its ptr range)
+  const void* val;     // normalised value of each late spike
+  const void* w;       // [kh, kw, Cin, C] weights
+  int64_t H, W, Cin, kh, kw, sh, sw, ph, pw, dh, dw;
+};
+
+struct Shortcut;
+
+struct Layer {  // what every output row needs
+  const ConvInput* ins;
+  int64_t n_in, Ho, Wo, C, T, k0, T_v, max_d;
+  const void* div;  // [C] divisor of each bin (the graph engine's lambda: bins in ANN units), or nullptr
+  bool is_signed;   // signed neurons: fire on |potential|, sign written to sg
+  const void* bias;  // [C] added to the early potentials as they are read (first + bias, as z.add_(bias)), or nullptr
+  const struct Shortcut* sc;  // a diagonal shortcut's early spikes added as they are read, or nullptr
+};
+
+// A residual join's identity or option-A shortcut, early part: output channel k of position (oy, ox) adds
+// table[phase] (x sign) x w[k] of input [n, k - pad, oy * sh, ox * sw] (0 outside the input channels), as the torch
+// path's z.add_(values * w) does; the table is zero past the early window.
+struct Shortcut {
+  const int8_t *ph, *sg;
+  const void *table, *w;
+  int64_t nt, Cin, Hin, Win, pad, sh, sw;
+};
+
+// A tile: R rows of C output channels, up to TILE_LANES neurons
+constexpr int64_t TILE_LANES = 256;  // R x C: 16 AVX-512 vectors of float per phase test (bins 1 KiB/phase)
+constexpr int64_t TILE_ROWS = 16;
+// rows per tile (the buffers hold this many rows)
+constexpr int64_t tile_rows(int64_t C) {
+  return std::max<int64_t>(1, std::min<int64_t>(TILE_ROWS, TILE_LANES / std::max<int64_t>(C, 1)));
+}
+
+// p += bin (or bin / div, channel by channel)
+template <typename scalar_t, int CC>
+__attribute__((always_inline)) inline void add_bin(const Layer& L, const scalar_t* __restrict b,
+                                                   const scalar_t* __restrict dv, scalar_t* __restrict p) {
+  const int64_t C = CC > 0 ? CC : L.C;
+  if (dv != nullptr) {
+#pragma omp simd
+    for (int64_t k = 0; k < C; ++k) p[k] += b[k] / dv[k];
+  } else {
+#pragma omp simd
+    for (int64_t k = 0; k < C; ++k) p[k] += b[k];
+  }
+}
+
+// The late contributions of the tile's rows m0 .. m0 + R - 1 into their phase bins (row r's bin of virtual phase
+// b at BINS[r * nbc + (b - k0 - 1) * C]). Rows on one output line (same n and oy, consecutive ox) read, for one
+// kernel tap, the input positions (n, y, x0 + j * sw). With sw = 1 these are one contiguous run of the per-position
+// lists, walked in a single loop (each spike's row from its position) instead of one short loop per row and tap,
+// whose exits the branch predictor misses; strided layers visit their positions one by one (the run would hold
+// sw times the spikes they read). Every row's bins get the same additions in the same order as row by row: tap
+// by tap, a position's spikes in list order.
+// Late spike j into the bins of its row (row_bins): value x weight column of its channel, in the bin of its phase.
+template <typename scalar_t, int CC>
+__attribute__((always_inline)) inline void add_spike(const ConvInput& in, int64_t j, const scalar_t* wk, int64_t C_,
+                                                     scalar_t* __restrict row_bins, int64_t k0) {
+  const int64_t C = CC > 0 ? CC : C_;
+  scalar_t* __restrict h = row_bins + (int64_t)(in.bin[j] - k0 - 1) * C;
+  const scalar_t v = static_cast<const scalar_t*>(in.val)[j];
+  const scalar_t* __restrict wr = wk + (int64_t)in.ch[j] * C;
+#pragma omp simd
+  for (int64_t k = 0; k < C; ++k) h[k] += wr[k] * v;
+}
+
+template <typename scalar_t, int CC>
+__attribute__((always_inline)) inline void add_run(const ConvInput& in, int64_t pa, int64_t n_rows, int64_t sw,
+                                                   int64_t row0, int64_t nbc, int64_t k0, const scalar_t* wk,
+                                                   int64_t C_, scalar_t* __restrict bins) {
+  if (sw != 1) {
+    for (int64_t q = 0; q < n_rows; ++q)
+      for (int64_t j = in.ptr[pa + q * sw], e = in.ptr[pa + q * sw + 1]; j < e; ++j)
+        add_spike<scalar_t, CC>(in, j, wk, C_, bins + (row0 + q) * nbc, k0);
+    return;
+  }
+  for (int64_t j = in.ptr[pa], e = in.ptr[pa + n_rows]; j < e; ++j)
+    add_spike<scalar_t, CC>(in, j, wk, C_, bins + (row0 + in.pos[j] - pa) * nbc, k0);
+}
+
+// Stride 1: one walk over the input line y (kernel row ky) under the rows oxa .. oxa + seg - 1 of one output line,
+// each late spike added into every row whose tap kx reads it (ox = x + pw - kx * dw). A spike's phase bin, channel
+// and value are read once for its up to kw taps. A row's bins get the same additions in the same order as tap by
+// tap: for one row, ascending x is ascending kx, and a position's spikes come in list order.
+template <typename scalar_t, int CC>
+__attribute__((always_inline)) inline void add_line(const ConvInput& in, int64_t pl, int64_t oxa, int64_t seg,
+                                                    int64_t row0, int64_t nbc, int64_t k0, const scalar_t* wky,
+                                                    int64_t C_, scalar_t* __restrict bins) {
+  const int64_t C = CC > 0 ? CC : C_, tap = in.Cin * C;
+  const int64_t xlo = std::max<int64_t>(0, oxa - in.pw);
+  const int64_t xhi = std::min<int64_t>(in.W - 1, oxa + seg - 1 - in.pw + (in.kw - 1) * in.dw);
+  if (xlo > xhi) return;
+  const scalar_t* val = static_cast<const scalar_t*>(in.val);
+  for (int64_t j = in.ptr[pl + xlo], e = in.ptr[pl + xhi + 1]; j < e; ++j) {
+    const int64_t ox0 = in.pos[j] - pl + in.pw - oxa;  // the row (from oxa) that tap 0 adds it into
+    scalar_t* __restrict hb = bins + (int64_t)(in.bin[j] - k0 - 1) * C;  // its phase's bin in row 0
+    const scalar_t* __restrict wc = wky + (int64_t)in.ch[j] * C;
+    const scalar_t v = val[j];
+    for (int64_t kx = 0; kx < in.kw; ++kx) {
+      const int64_t o = ox0 - kx * in.dw;
+      if (o < 0 || o >= seg) continue;
+      scalar_t* __restrict h = hb + (row0 + o) * nbc;
+      const scalar_t* __restrict wr = wc + kx * tap;
+#pragma omp simd
+      for (int64_t k = 0; k < C; ++k) h[k] += wr[k] * v;
+    }
+  }
+}
+
+template <typename scalar_t, int CC>
+__attribute__((always_inline)) inline void late_bins(const Layer& L, int64_t m0, int64_t R, scalar_t* __restrict bins) {
+  const int64_t C = CC > 0 ? CC : L.C, k0 = L.k0, nbc = (L.T_v - k0) * C, HWo = L.Ho * L.Wo;
+  for (int64_t q = 0; q < R * nbc; ++q) bins[q] = scalar_t(0);
+  for (int64_t i = 0; i < L.n_in; ++i) {
+    const ConvInput& in = L.ins[i];
+    const scalar_t* w = static_cast<const scalar_t*>(in.w);
+    if (HWo == 1 && in.H == 1 && in.W == 1 && in.kh == 1 && in.kw == 1 && in.ph == 0 && in.pw == 0) {
+      // 1 x 1 maps, no padding: row r reads position m0 + r
+      add_run<scalar_t, CC>(in, m0, R, 1, 0, nbc, k0, w, C, bins);
+      continue;
+    }
+    for (int64_t ra = 0; ra < R;) {  // a run of rows on one output line
+      const int64_t m = m0 + ra, n = m / HWo, oy = (m / L.Wo) % L.Ho, oxa = m % L.Wo;
+      const int64_t seg = std::min(R - ra, L.Wo - oxa);
+      for (int64_t ky = 0; ky < in.kh; ++ky) {
+        const int64_t y = oy * in.sh - in.ph + ky * in.dh;
+        if (y < 0 || y >= in.H) continue;
+        if (in.sw == 1) {
+          add_line<scalar_t, CC>(in, (n * in.H + y) * in.W, oxa, seg, ra, nbc, k0, w + ky * in.kw * in.Cin * C, C,
+                                 bins);
+          continue;
+        }
+        for (int64_t kx = 0; kx < in.kw; ++kx) {
+          const int64_t xb = kx * in.dw - in.pw, lim = in.W - 1 - xb;  // x = ox * sw + xb must lie in 0 .. W - 1
+          if (lim < 0) continue;
+          const int64_t olo = std::max(oxa, xb < 0 ? (-xb + in.sw - 1) / in.sw : int64_t(0));
+          const int64_t ohi = std::min(oxa + seg, lim / in.sw + 1);
+          if (olo >= ohi) continue;
+          const int64_t pa = (n * in.H + y) * in.W + olo * in.sw + xb;
+          add_run<scalar_t, CC>(in, pa, ohi - olo, in.sw, ra + olo - oxa, nbc, k0,
+                                w + (ky * in.kw + kx) * in.Cin * C, C, bins);
+        }
+      }
+      ra += seg;
+    }
+  }
+}
+
+// The tile's early potentials into P ([R, C]): first (element (r, k) at f0[k * ks + r * rs]) + the shortcut's early
+// value x weight + the bias, in the torch path's order. Returns the non-finite sums, and shortcut phases past its
+// table.
+template <typename scalar_t, int CC>
+__attribute__((always_inline)) inline int64_t gather_early(const Layer& L, int64_t m0, int64_t R, const scalar_t* f0,
+                                                           int64_t ks, int64_t rs, scalar_t* __restrict P) {
+  const int64_t C = CC > 0 ? CC : L.C, HWo = L.Ho * L.Wo, n = m0 / HWo, q0 = m0 % HWo;
+  const scalar_t* bv = static_cast<const scalar_t*>(L.bias);
+  const Shortcut* sc = HWo > 1 ? L.sc : nullptr;
+  int64_t nbad = 0;
+  for (int64_t k = 0; k < C; ++k) {
+    const int64_t ci = sc != nullptr ? k - sc->pad : -1;
+    const bool in_c = sc != nullptr && ci >= 0 && ci < sc->Cin;
+    for (int64_t r = 0; r < R; ++r) {
+      scalar_t f = f0[k * ks + r * rs];
+      if (sc != nullptr) {
+        scalar_t v = 0;
+        if (in_c) {
+          const int64_t q = q0 + r, e = ((n * sc->Cin + ci) * sc->Hin + (q / L.Wo) * sc->sh) * sc->Win +
+                                       (q % L.Wo) * sc->sw;
+          const uint8_t p = (uint8_t)sc->ph[e];
+          nbad += p >= sc->nt;
+          v = static_cast<const scalar_t*>(sc->table)[p < sc->nt ? p : 0];
+          if (sc->sg != nullptr) v *= scalar_t(sc->sg[e]);
+        }
+        f = f + v * static_cast<const scalar_t*>(sc->w)[k];
+      }
+      if (bv != nullptr) f = f + bv[k];
+      P[r * C + k] = f;
+      nbad += !(f - f == scalar_t(0));  // NaN or inf
+    }
+  }
+  return nbad;
+}
+
+}  // namespace
