@@ -100,33 +100,16 @@ def _late_spikes_torch(x: PhaseSpikes | BinarySpikes, nchw: Tensor, sign_nchw: T
     return ptr, ch.to(torch.int32), (phase + offset).to(torch.int16), value
 
 
-def early_shortcut(x, diag: tuple[Tensor, int, tuple[int, int]], hi: int, dtype: torch.dtype) -> tuple | None:
-    """A diagonal shortcut (``diag = (weight [C], first output channel, (sh, sw))``, a residual join's identity or
-    option-A input ``x``) for :func:`fire_late` to add as it reads the early potential: ``(phase, sign or empty,
-    value table zero past phase hi, weight, (first channel, sh, sw))``; ``None`` where the kernel cannot read
-    ``x`` (not int8 one-spike CPU phases), and the caller adds it with torch."""
-    if not isinstance(x, PhaseSpikes) or x.phase.dtype != torch.int8 or x.phase.dim() != 4:
-        return None
-    if x.phase.device.type != "cpu" or (x.sign is not None and x.sign.dtype != torch.int8):
-        return None
-    table = x.code.values(dtype, x.phase.device).clone()
-    table[max(hi, 0) + 1:] = 0  # the spikes after the early window are the kernel's late ones
-    weight, front, stride = diag
-    sign = x.sign.contiguous() if x.sign is not None else x.phase.new_empty(0)
-    return x.phase.contiguous(), sign, table, weight.to(dtype).contiguous(), (int(front), *map(int, stride))
-
-
 def fire_late(first: Tensor, inputs: list, forms: list, offsets: list[int], k0: int, T_v: int, max_d: int,
               thresholds: Tensor, in_scales: list | None = None, div: Tensor | None = None, signed: bool = False,
-              count: bool = False, bias: Tensor | None = None, shortcut: tuple | None = None
+              count: bool = False, bias: Tensor | None = None
               ) -> tuple[Tensor, Tensor | None, int, int, Tensor | None] | None:
     """Fire phases (``first``'s shape, int8), their signs (``signed`` neurons, else ``None``), the number of
     neurons whose final |potential| exceeds 1 (a non-finite early potential raises), of those that fired and, with
     ``count`` and a map output of more than one position, their count per output position (int64 ``[Ho, Wo]``,
     else ``None``), for the early potential
     ``first`` (``[N, C, Ho, Wo]`` or ``[N, C]``: bias included, or added per channel by the kernel as it reads
-    ``first``: ``first + bias``, the torch path's order; likewise a diagonal ``shortcut``'s early spikes, from
-    :func:`early_shortcut`, added before the bias) and the late spikes of ``inputs`` (input ``i`` is
+    ``first``: ``first + bias``, the torch path's order) and the late spikes of ``inputs`` (input ``i`` is
     seen ``offsets[i]`` virtual phases late, through the convolution ``forms[i]``); ``None`` when the compiled
     kernel cannot run this layer. The graph engine's dense layers keep the late bins in ANN units: ``in_scales[i]``
     (input lambda per channel) multiplies each late value and every bin is divided by ``div`` (output lambda), as
@@ -157,16 +140,11 @@ def fire_late(first: Tensor, inputs: list, forms: list, offsets: list[int], k0: 
          div.to(first.dtype).expand(rows.shape[1]).contiguous())
     per_pos = count and first.dim() == 4 and first.shape[2] * first.shape[3] > 1  # the kernel's condition
     b = first.new_empty(0) if bias is None else bias.to(first.dtype).reshape(-1).contiguous()
-    sc, sc_geom = ([t.to(first.dtype) if t.is_floating_point() else t for t in shortcut[:4]], list(shortcut[4])
-                   ) if shortcut is not None else ([], [])
     phase, sign, sat, bad, fired, at = mod.conv_exact(rows, ptrs, chs, bins, vals, weights, geom,
                                                       thresholds.to(first.dtype).contiguous(), k0, T_v, max_d, d,
-                                                      signed, fused_cpu._ISA[fused_cpu.max_isa()], per_pos, b, sc,
-                                                      sc_geom)
+                                                      signed, fused_cpu._ISA[fused_cpu.max_isa()], per_pos, b)
     if int(bad):
         _check_finite(first, "neuron input")
-        if shortcut is not None and int(shortcut[0].max()) >= shortcut[2].numel():
-            raise ValueError(f"shortcut fire phases must lie in 0..{shortcut[2].numel() - 1}")
-        raise nonfinite_error(int(bad))  # finite early potentials: the bias or the shortcut made them non-finite
+        raise nonfinite_error(int(bad))  # finite early potentials: the bias made them non-finite
     return (phase.reshape(first.shape), sign.reshape(first.shape) if signed else None, int(sat), int(fired),
             at.view(first.shape[2:]) if per_pos else None)

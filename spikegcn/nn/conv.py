@@ -221,17 +221,14 @@ class LayerSynapses(ValueOp):
     def exact_kernel(self, inp: Streams, code: PhaseCode, bias, scale_t, signed: bool, dtype: torch.dtype,
                      backend: str, early) -> tuple[Tensor, None, float, int, Tensor | None] | None:
         """One convolution + late spikes x fan-out (kernels/conv_cpu.py), or ``None`` where it cannot run;
-        ``(phase, None, saturated, fired, spikes per output position)``. The bias and a diagonal shortcut's early
-        spikes are added by the kernel as it reads the early potential (no passes of their own)."""
-        forms, last = [self.layer.conv_form(i) for i in range(len(inp.items))], len(inp.items) - 1
+        ``(phase, None, saturated, fired, spikes per output position)``."""
+        forms = [self.layer.conv_form(i) for i in range(len(inp.items))]
         if (not fused_cpu.available(backend) or dtype not in (torch.float32, torch.float64) or code.T > 127
                 or signed or any(f is None for f in forms) or self.layer.scale.device.type != "cpu"):
             return None
-        diag = self.layer.diagonal_synapse(last) if last > 0 else None
-        sc = conv_cpu.early_shortcut(inp.items[last], diag, early.k0 - inp.offsets[last], dtype) if diag else None
-        first = self._synapse_sum(inp, early.k0, dtype, last if sc is not None else last + 1)
+        first = self._synapse_sum(inp, early.k0, dtype, len(inp.items))  # no bias: the kernel adds it as it reads
         fast = conv_cpu.fire_late(first, list(inp.items), forms, list(inp.offsets), early.k0, inp.T_in, code.Tw,
-                                  code.thresholds(dtype, first.device), count=True, bias=self.layer.bias, shortcut=sc)
+                                  code.thresholds(dtype, first.device), count=True, bias=self.layer.bias)
         return None if fast is None else (fast[0], None, float(fast[2]), fast[3], fast[4])
 
 

@@ -137,7 +137,7 @@ __attribute__((always_inline)) inline void tile_body(const Layer& L, int64_t m0,
   const int64_t base = (m0 / HWo) * C * HWo + m0 % HWo, ks = HWo == 1 ? 1 : HWo, rs = HWo == 1 ? C : 1;
   if (rs == 1 && m0 % HWo + 2 * R <= HWo)  // the next tile's early potentials: C streams 4 HWo bytes apart, more
     for (int64_t k = 0; k < C; ++k) __builtin_prefetch(first + base + k * ks + R);  // than the prefetcher follows
-  const int64_t nbad = gather_early<scalar_t, CC>(L, m0, R, first + base, ks, rs, P);
+  const int64_t nbad = gather_early<scalar_t, CC>(L, R, first + base, ks, rs, P);
   late_bins<scalar_t, CC>(L, m0, R, BINS);
   const scalar_t* __restrict dv = static_cast<const scalar_t*>(L.div);
   if constexpr (CC > 0) {
@@ -148,18 +148,16 @@ __attribute__((always_inline)) inline void tile_body(const Layer& L, int64_t m0,
     cnt[0] += L.is_signed ? neurons<scalar_t, CC, true>(L, R, BINS, dv, thr, P, FZ)
                           : neurons<scalar_t, CC, false>(L, R, BINS, dv, thr, P, FZ);
   }
-  int64_t nfired = 0;
+  alignas(64) int32_t fr[TILE_ROWS] = {0};  // fired neurons per row (output position) of the tile
   const bool is_signed = L.is_signed;  // hoisted: the stores below may alias L for the compiler
   for (int64_t k = 0; k < C; ++k) {
     int8_t* __restrict o = out + base + k * ks;
-#pragma omp simd reduction(+ : nfired)
+#pragma omp simd
     for (int64_t r = 0; r < R; ++r) {
       const int32_t f = FZ[r * C + k];
       o[r * rs] = (int8_t)(f < 0 ? -f : f);
-      nfired += f != 0;
+      fr[r] += f != 0;
     }
-    if (pc != nullptr)  // spikes per output position (maps: the tile's rows are positions m0 % HWo on)
-      for (int64_t r = 0; r < R; ++r) pc[m0 % HWo + r] += FZ[r * C + k] != 0;
     if (is_signed) {
       int8_t* __restrict so = sg + base + k * ks;
       for (int64_t r = 0; r < R; ++r) {
@@ -168,6 +166,10 @@ __attribute__((always_inline)) inline void tile_body(const Layer& L, int64_t m0,
       }
     }
   }
+  int64_t nfired = 0;
+  for (int64_t r = 0; r < R; ++r) nfired += fr[r];
+  if (pc != nullptr)  // the spikes per output position (maps: the tile's rows are positions m0 % HWo on)
+    for (int64_t r = 0; r < R; ++r) pc[m0 % HWo + r] += fr[r];
   cnt[1] += nbad;
   cnt[2] += nfired;
 }
@@ -224,9 +226,8 @@ TileFn<scalar_t> pick_tile(int64_t isa, int64_t C) {
 template <typename scalar_t>
 void run(const scalar_t* first, const std::vector<ConvInput>& ins, int64_t N, int64_t Ho, int64_t Wo, int64_t C,
          const scalar_t* thr, int64_t T, int64_t k0, int64_t T_v, int64_t max_d, const scalar_t* div, bool is_signed,
-         const scalar_t* bias, const Shortcut* sc, int64_t isa, int8_t* out, int8_t* sg, int64_t* counts,
-         int64_t* per_pos) {
-  const Layer L{ins.data(), (int64_t)ins.size(), Ho, Wo, C, T, k0, T_v, max_d, div, is_signed, bias, sc};
+         const scalar_t* bias, int64_t isa, int8_t* out, int8_t* sg, int64_t* counts, int64_t* per_pos) {
+  const Layer L{ins.data(), (int64_t)ins.size(), Ho, Wo, C, T, k0, T_v, max_d, div, is_signed, bias};
   // rows per tile; tiles per sample (HWo = 1: the samples are the rows, one "sample" of N rows)
   const int64_t tr = tile_rows(C);
   const int64_t HWo = Ho * Wo, span = HWo == 1 ? N : HWo, n_spans = HWo == 1 ? 1 : N, per = (span + tr - 1) / tr;
@@ -265,7 +266,6 @@ void spike_positions(const int64_t* ptr, int64_t P, int32_t* pos);  // late_list
 // weight[i] ([kh, kw, Cin, C]) and geom[8 i .. 8 i + 7] = H, W, stride (2), padding (2), dilation (2).
 // div: [C] divisor of every bin (the graph engine keeps bins in ANN units and divides by lambda as its event path
 // does), or an empty tensor. bias: [C] added to `first` as it is read (non-finite sums are counted), or empty.
-// sc / sc_geom: a diagonal shortcut's early spikes added as `first` is read (struct Shortcut), or empty.
 // is_signed: signed neurons (fire on |potential|). isa: 2 AVX-512, 1 AVX2, 0 portable
 // (capped by what the CPU has). Returns the fire phases [N, C, Ho, Wo] (int8), their signs (int8, empty unless
 // is_signed), the number of neurons whose final |potential| exceeds 1, the number of non-finite early potentials,
@@ -276,8 +276,7 @@ std::vector<torch::Tensor> conv_exact(torch::Tensor first, std::vector<torch::Te
                                       std::vector<torch::Tensor> late_val, std::vector<torch::Tensor> weight,
                                       std::vector<int64_t> geom, torch::Tensor thr, int64_t k0, int64_t T_v,
                                       int64_t max_d, torch::Tensor div, bool is_signed, int64_t isa,
-                                      bool count_positions, torch::Tensor bias, std::vector<torch::Tensor> sc,
-                                      std::vector<int64_t> sc_geom) {
+                                      bool count_positions, torch::Tensor bias) {
   TORCH_CHECK(first.dim() == 4 && first.is_contiguous(), "conv_exact: first must be a contiguous [N, C, Ho, Wo]");
   const int64_t N = first.size(0), C = first.size(1), Ho = first.size(2), Wo = first.size(3), T = thr.numel();
   const size_t n_in = weight.size();
@@ -316,21 +315,6 @@ std::vector<torch::Tensor> conv_exact(torch::Tensor first, std::vector<torch::Te
   TORCH_CHECK(!bias.numel() || (bias.numel() == C && bias.is_contiguous() &&
                                  bias.scalar_type() == first.scalar_type()),
               "conv_exact: bias must be a contiguous [C] of the potentials' dtype, or empty");
-  Shortcut shortcut{};
-  if (!sc.empty()) {  // {phase [N, Cin, Hin, Win] int8, sign (same) or empty, table, w [C]}, {pad, sh, sw}
-    TORCH_CHECK(sc.size() == 4 && sc_geom.size() == 3 && sc[0].dim() == 4 && sc[0].size(0) == N &&
-                    sc[0].scalar_type() == torch::kInt8 && sc[0].is_contiguous() &&
-                    (!sc[1].numel() || (sc[1].sizes() == sc[0].sizes() && sc[1].is_contiguous())) &&
-                    sc[2].scalar_type() == first.scalar_type() && sc[2].is_contiguous() && sc[2].numel() <= 128 &&
-                    sc[3].numel() == C && sc[3].scalar_type() == first.scalar_type() && sc[3].is_contiguous(),
-                "conv_exact: the shortcut needs int8 phases [N, Cin, H, W], a value table and one weight per channel");
-    const int64_t Cin = sc[0].size(1), Hin = sc[0].size(2), Win = sc[0].size(3), pad = sc_geom[0];
-    TORCH_CHECK(pad >= 0 && pad + Cin <= C && sc_geom[1] >= 1 && sc_geom[2] >= 1 &&
-                    (Hin + sc_geom[1] - 1) / sc_geom[1] == Ho && (Win + sc_geom[2] - 1) / sc_geom[2] == Wo,
-                "conv_exact: the shortcut's channels or subsampled positions do not match the output");
-    shortcut = Shortcut{sc[0].data_ptr<int8_t>(), sc[1].numel() ? sc[1].data_ptr<int8_t>() : nullptr,
-                        sc[2].data_ptr(), sc[3].data_ptr(), sc[2].numel(), Cin, Hin, Win, pad, sc_geom[1], sc_geom[2]};
-  }
   auto out = torch::empty({N, C, Ho, Wo}, torch::kInt8);  // every element written by its tile
   auto sg = is_signed ? torch::empty({N, C, Ho, Wo}, torch::kInt8) : torch::empty({0}, torch::kInt8);
   int64_t counts[3] = {0, 0, 0};
@@ -339,8 +323,7 @@ std::vector<torch::Tensor> conv_exact(torch::Tensor first, std::vector<torch::Te
   AT_DISPATCH_FLOATING_TYPES(first.scalar_type(), "conv_exact", [&] {
     run<scalar_t>(first.data_ptr<scalar_t>(), ins, N, Ho, Wo, C, thr.data_ptr<scalar_t>(), T, k0, T_v, max_d,
                   has_div ? div.data_ptr<scalar_t>() : nullptr, is_signed,
-                  bias.numel() ? bias.data_ptr<scalar_t>() : nullptr, sc.empty() ? nullptr : &shortcut, isa,
-                  out.data_ptr<int8_t>(),
+                  bias.numel() ? bias.data_ptr<scalar_t>() : nullptr, isa, out.data_ptr<int8_t>(),
                   is_signed ? sg.data_ptr<int8_t>() : nullptr, counts, per_pos ? at.data_ptr<int64_t>() : nullptr);
   });
   return {out, sg, torch::tensor(counts[0]), torch::tensor(counts[1]), torch::tensor(counts[2]), at};

@@ -1,6 +1,6 @@
 // The data of an exact-mode convolution layer (conv_exact.cpp) and the two passes of a tile of output rows that
-// feed its neurons: the early potentials (with a diagonal shortcut's early spikes and the bias added as they are
-// read) and the late spikes' phase bins. Included by conv_exact.cpp only.
+// feed its neurons: the early potentials (the bias added as they are read) and the late spikes' phase bins.
+// Included by conv_exact.cpp only.
 #pragma once
 
 #include <torch/extension.h>
@@ -20,24 +20,12 @@ struct ConvInput {  // one synaptic input of the layer, as a convolution
   int64_t H, W, Cin, kh, kw, sh, sw, ph, pw, dh, dw;
 };
 
-struct Shortcut;
-
 struct Layer {  // what every output row needs
   const ConvInput* ins;
   int64_t n_in, Ho, Wo, C, T, k0, T_v, max_d;
   const void* div;  // [C] divisor of each bin (the graph engine's lambda: bins in ANN units), or nullptr
   bool is_signed;   // signed neurons: fire on |potential|, sign written to sg
   const void* bias;  // [C] added to the early potentials as they are read (first + bias, as z.add_(bias)), or nullptr
-  const struct Shortcut* sc;  // a diagonal shortcut's early spikes added as they are read, or nullptr
-};
-
-// A residual join's identity or option-A shortcut, early part: output channel k of position (oy, ox) adds
-// table[phase] (x sign) x w[k] of input [n, k - pad, oy * sh, ox * sw] (0 outside the input channels), as the torch
-// path's z.add_(values * w) does; the table is zero past the early window.
-struct Shortcut {
-  const int8_t *ph, *sg;
-  const void *table, *w;
-  int64_t nt, Cin, Hin, Win, pad, sh, sw;
 };
 
 // A tile: R rows of C output channels, up to TILE_LANES neurons
@@ -163,36 +151,29 @@ __attribute__((always_inline)) inline void late_bins(const Layer& L, int64_t m0,
   }
 }
 
-// The tile's early potentials into P ([R, C]): first (element (r, k) at f0[k * ks + r * rs]) + the shortcut's early
-// value x weight + the bias, in the torch path's order. Returns the non-finite sums, and shortcut phases past its
-// table.
+// The tile's early potentials into P ([R, C]): element (r, k) of first at f0[k * ks + r * rs], plus the bias (as
+// the torch path's z.add_(bias)). Returns the non-finite sums.
 template <typename scalar_t, int CC>
-__attribute__((always_inline)) inline int64_t gather_early(const Layer& L, int64_t m0, int64_t R, const scalar_t* f0,
-                                                           int64_t ks, int64_t rs, scalar_t* __restrict P) {
-  const int64_t C = CC > 0 ? CC : L.C, HWo = L.Ho * L.Wo, n = m0 / HWo, q0 = m0 % HWo;
+__attribute__((always_inline)) inline int64_t gather_early(const Layer& L, int64_t R, const scalar_t* f0, int64_t ks,
+                                                           int64_t rs, scalar_t* __restrict P) {
+  const int64_t C = CC > 0 ? CC : L.C;
   const scalar_t* bv = static_cast<const scalar_t*>(L.bias);
-  const Shortcut* sc = HWo > 1 ? L.sc : nullptr;
   int64_t nbad = 0;
   for (int64_t k = 0; k < C; ++k) {
-    const int64_t ci = sc != nullptr ? k - sc->pad : -1;
-    const bool in_c = sc != nullptr && ci >= 0 && ci < sc->Cin;
-    for (int64_t r = 0; r < R; ++r) {
-      scalar_t f = f0[k * ks + r * rs];
-      if (sc != nullptr) {
-        scalar_t v = 0;
-        if (in_c) {
-          const int64_t q = q0 + r, e = ((n * sc->Cin + ci) * sc->Hin + (q / L.Wo) * sc->sh) * sc->Win +
-                                       (q % L.Wo) * sc->sw;
-          const uint8_t p = (uint8_t)sc->ph[e];
-          nbad += p >= sc->nt;
-          v = static_cast<const scalar_t*>(sc->table)[p < sc->nt ? p : 0];
-          if (sc->sg != nullptr) v *= scalar_t(sc->sg[e]);
-        }
-        f = f + v * static_cast<const scalar_t*>(sc->w)[k];
+    const scalar_t* fk = f0 + k * ks;
+    if (bv != nullptr) {
+      const scalar_t b = bv[k];
+      for (int64_t r = 0; r < R; ++r) {
+        const scalar_t f = fk[r * rs] + b;
+        P[r * C + k] = f;
+        nbad += !(f - f == scalar_t(0));  // NaN or inf
       }
-      if (bv != nullptr) f = f + bv[k];
-      P[r * C + k] = f;
-      nbad += !(f - f == scalar_t(0));  // NaN or inf
+    } else {
+      for (int64_t r = 0; r < R; ++r) {
+        const scalar_t f = fk[r * rs];
+        P[r * C + k] = f;
+        nbad += !(f - f == scalar_t(0));
+      }
     }
   }
   return nbad;
