@@ -216,7 +216,7 @@ def main(argv=None) -> None:
     ap.add_argument("--models", nargs="+", default=["resnet20", "vgg"], choices=["resnet20", "vgg"])
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--calib", type=int, default=2000)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--T", type=int, default=16)
     ap.add_argument("--Q", type=float, default=1.3)

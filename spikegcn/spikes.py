@@ -52,7 +52,7 @@ class PhaseSpikes:
     # in place (their version counters), voids them. They live as long as this object (float32: 4x the phases).
     _decoded: tuple | None = field(default=None, init=False, repr=False, compare=False)
     # the spikes per position ([N, C, *positions] phases summed over N and C) counted by the producing pass, with
-    # the phase tensor and version they were counted from
+    # their version and the phase tensor and version they were counted from
     _counts: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def _inference(self, values: Tensor) -> bool:
@@ -82,14 +82,15 @@ class PhaseSpikes:
     def keep_position_counts(self, counts: Tensor) -> "PhaseSpikes":
         """Remember the spikes per position (``phase != 0`` summed over the first two dimensions) that the caller
         counted; replacing or changing the phases voids them (not kept under ``torch.inference_mode``)."""
-        if not self.phase.is_inference():
-            self._counts = (counts, self.phase, self.phase._version)
+        if not (self.phase.is_inference() or counts.is_inference()):
+            self._counts = (counts, counts._version, self.phase, self.phase._version)
         return self
 
     def kept_position_counts(self) -> Tensor | None:
         """The counts of :meth:`keep_position_counts` if the phases are still the ones counted, else ``None``."""
         c = self._counts
-        if c is None or c[1] is not self.phase or self.phase.is_inference() or c[2] != self.phase._version:
+        if (c is None or c[2] is not self.phase or self.phase.is_inference() or c[3] != self.phase._version
+                or c[0]._version != c[1]):
             return None
         return c[0]
 

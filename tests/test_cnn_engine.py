@@ -421,6 +421,9 @@ def test_kept_position_counts_follow_the_phases():
     g = first(x)
     g.phase = g.phase.clone()
     assert g.kept_position_counts() is None
+    g = first(x)
+    g.kept_position_counts().add_(1)  # the counts themselves changed in place
+    assert g.kept_position_counts() is None
     with torch.inference_mode():
         assert first(x).kept_position_counts() is None
 

@@ -254,7 +254,8 @@ def _mean_energy(prepared: PreparedGraphModule, items: Iterable, ann: dict[str, 
     finally:
         for h in handles:
             h.remove()
-    return {m: s / n for m, (s, n) in sums.items() if n > 0 and s > 0}  # all-zero targets: unweighted
+    energy = {m: s / n for m, (s, n) in sums.items() if n > 0}
+    return {m: e for m, e in energy.items() if 0.0 < e < math.inf}  # zero (or inf) targets: unweighted
 
 
 def _refit(lin: nn.Module, items: Iterable, rounders: dict, ann: dict[str, Tensor], by_id: dict[int, Tensor],

@@ -226,9 +226,11 @@ class LayerSynapses(ValueOp):
         if (not fused_cpu.available(backend) or dtype not in (torch.float32, torch.float64) or code.T > 127
                 or signed or any(f is None for f in forms) or self.layer.scale.device.type != "cpu"):
             return None
-        first = self._synapse_sum(inp, early.k0, dtype, len(inp.items))  # no bias: the kernel adds it as it reads
+        b = self.layer.bias
+        b = b if b is not None and b.dtype == dtype else None  # the kernel adds it as it reads (same rounding)
+        first = self._synapse_sum(inp, early.k0, dtype, len(inp.items)) if b is not None else early()
         fast = conv_cpu.fire_late(first, list(inp.items), forms, list(inp.offsets), early.k0, inp.T_in, code.Tw,
-                                  code.thresholds(dtype, first.device), count=True, bias=self.layer.bias)
+                                  code.thresholds(dtype, first.device), count=True, bias=b)
         return None if fast is None else (fast[0], None, float(fast[2]), fast[3], fast[4])
 
 
