@@ -291,7 +291,7 @@ def _encode_join_reference(z, thr, signed, bias, shortcut, table):
 @pytest.mark.skipif(fused_cpu.load() is None or not hasattr(fused_cpu.load(), "encode_join"),
                     reason="compiled CPU kernels not built (spikegcn build-kernels)")
 @pytest.mark.parametrize("signed", [False, True])
-@pytest.mark.parametrize("case", ["plain", "bias", "identity", "option_a", "2d", "short_rows"])
+@pytest.mark.parametrize("case", ["plain", "bias", "identity", "option_a", "2d", "short_rows", "threaded"])
 def test_encode_join_equals_torch_order_of_operations(case, signed):
     """The fused closed-form pass (shortcut x weight, + bias, encode, decode in place) gives the torch path's
     phases, signs, counts, spikes per position and values bit for bit: rows longer and shorter than its
@@ -299,7 +299,8 @@ def test_encode_join_equals_torch_order_of_operations(case, signed):
     code = PhaseCode(16, 1.3)
     thr, table = code.thresholds(torch.float32).flip(0), code.values(torch.float32)
     g = torch.Generator().manual_seed(3)
-    shape = {"2d": (37, 300), "option_a": (3, 8, 5, 9), "short_rows": (5, 7, 5, 7)}.get(case, (3, 6, 19, 23))
+    shape = {"2d": (37, 300), "option_a": (3, 8, 5, 9), "short_rows": (5, 7, 5, 7),
+             "threaded": (4, 16, 33, 31)}.get(case, (3, 6, 19, 23))  # threaded: past the kernel's serial size
     z = torch.randn(*shape, generator=g) * 0.6
     z.view(-1)[5] = float("nan")
     bias = torch.randn(shape[1], generator=g) * 0.2 if case != "plain" else None

@@ -255,7 +255,7 @@ _compiled = pytest.mark.skipif(__import__("spikegcn.kernels.fused_cpu", fromlist
 
 @_compiled
 @pytest.mark.parametrize("signed", [False, True])
-@pytest.mark.parametrize("shape", [(5000,), (3, 7, 33, 17), (2, 4099)])
+@pytest.mark.parametrize("shape", [(5000,), (3, 7, 33, 17), (2, 4099), (4, 16, 33, 31)])  # the last: threaded
 def test_compiled_encoder_counts_equal_torch(signed, shape):
     """The vectorised encoder (the widest variant this CPU runs) and the saturated / fired counts it takes in its
     own pass equal the torch path's phases and counts, block tails and values on the thresholds included."""

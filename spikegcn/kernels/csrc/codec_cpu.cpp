@@ -16,6 +16,10 @@ int64_t cpu_isa();  // fused_cpu.cpp
 // saturated neurons (|a| > 1: clipped to phase 1) and fired neurons (the layer's output spike count).
 struct CodecCounts { int64_t bad = 0, sat = 0, fired = 0; };
 
+// Below this many elements a pass runs on the calling thread: waking the OpenMP team (futex wake-ups under
+// OMP_WAIT_POLICY=PASSIVE) costs more than the work (a batch-1 CNN layer).
+constexpr int64_t PARALLEL_MIN = 1 << 15;
+
 __attribute__((always_inline))
 static inline void encode_block(const float* x, int64_t len, const float* th, int64_t T, bool is_signed, int8_t* pp,
                                 int8_t* sp, CodecCounts& c) {
@@ -216,7 +220,7 @@ std::vector<torch::Tensor> encode_phase(torch::Tensor x, torch::Tensor thr_asc, 
   int8_t* sp = is_signed ? sign.data_ptr<int8_t>() : nullptr;
   const int64_t BS = 256, nb = (n + BS - 1) / BS;
   int64_t bad = 0, sat = 0, fired = 0;
-  #pragma omp parallel for schedule(static) reduction(+:bad, sat, fired)
+  #pragma omp parallel for schedule(static) reduction(+:bad, sat, fired) if (n >= PARALLEL_MIN)
   for (int64_t b = 0; b < nb; ++b) {
     const int64_t i0 = b * BS;
     CodecCounts c;
@@ -245,7 +249,7 @@ std::tuple<torch::Tensor, int64_t> decode_phase(torch::Tensor phase, torch::Tens
   float* op = out.data_ptr<float>();
   const int64_t runs = (n + last - 1) / last, nt = table.numel();
   int64_t mx = 0;
-  #pragma omp parallel for schedule(static) reduction(max : mx)
+  #pragma omp parallel for schedule(static) reduction(max : mx) if (n >= PARALLEL_MIN)
   for (int64_t r = 0; r < runs; ++r) {
     const int64_t j0 = r * last;
     mx = std::max<int64_t>(mx, dec(pp + j0, sp ? sp + j0 : nullptr, tb, nt, small ? tb32 : nullptr, sc, C != 1,
@@ -301,7 +305,7 @@ static inline void join_fire(const JoinArgs& a, const float* v, int64_t i0, int6
 static JoinTotals join_flat(const JoinArgs& a) {
   const int64_t n = a.R * a.P, nb = (n + 255) / 256;
   int64_t bad = 0, sat = 0, fired = 0;
-  #pragma omp parallel reduction(+:bad, sat, fired)
+  #pragma omp parallel reduction(+:bad, sat, fired) if (n >= PARALLEL_MIN)
   {
     PositionCounts pc(a.counts, a.P);
     #pragma omp for schedule(static)
@@ -328,7 +332,7 @@ static JoinTotals join_flat(const JoinArgs& a) {
 // stepped along the output row) + bias, then fired.
 static JoinTotals join_rows(const JoinArgs& a) {
   int64_t bad = 0, sat = 0, fired = 0;
-  #pragma omp parallel reduction(+:bad, sat, fired)
+  #pragma omp parallel reduction(+:bad, sat, fired) if (a.R * a.P >= PARALLEL_MIN)
   {
     PositionCounts pc(a.counts, a.P);
     #pragma omp for schedule(static)
@@ -409,7 +413,7 @@ std::vector<torch::Tensor> encode_join(torch::Tensor z, torch::Tensor bias, torc
 // sum_p count[p] * fan_out[p].
 template <typename elem_t, typename Count>
 static void count_rows(const elem_t* xp, int64_t R, int64_t P, Count count, int64_t* op) {
-  #pragma omp parallel
+  #pragma omp parallel if (R * P >= PARALLEL_MIN)
   {
     std::vector<int32_t> acc(P, 0);
     int64_t rows = 0;

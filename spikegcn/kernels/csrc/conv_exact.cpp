@@ -234,7 +234,7 @@ void run(const scalar_t* first, const std::vector<ConvInput>& ins, int64_t N, in
   const int64_t chunk = std::max<int64_t>(1, 64 / tr);  // about 64 rows per scheduled chunk
   const TileFn<scalar_t> row = pick_tile<scalar_t>(isa, C);
   int64_t sat = 0, bad = 0, fired = 0;
-#pragma omp parallel reduction(+ : sat, bad, fired)
+#pragma omp parallel reduction(+ : sat, bad, fired) if (N * HWo * C >= (1 << 15))  // small: no team wake-up
   {
     int64_t cnt[3] = {0, 0, 0};
     std::vector<scalar_t> bins(tr * std::max<int64_t>(T_v - k0, 1) * C + 16), P(tr * C + 16);
