@@ -319,6 +319,8 @@ def test_count_per_position_equals_torch():
     phase = (torch.randint(-3, 17, (9, 5, 7, 11), generator=g).clamp_min(0)).to(torch.int8)
     counts = fused_cpu.count_per_position(phase)
     assert torch.equal(counts, (phase != 0).sum((0, 1)))
+    many = torch.ones(2 ** 21 + 3, 1, 2, dtype=torch.int8)  # each thread's 32-bit counters flushed on the way
+    assert fused_cpu.count_per_position(many).tolist() == [2 ** 21 + 3] * 2
     assert fused_cpu.count_per_position(phase.float()) is None  # not spike data: the caller counts with torch
     from spikegcn.coding import binary_spike_count
 

@@ -51,7 +51,7 @@ SOURCE = Path(__file__).resolve().parent / "csrc" / "fused_cpu.cpp"
 # codec_cpu: encoder / decoder / spike counts; conv_exact, late_lists: exact-mode CNN layers (kernels/conv_cpu.py)
 SOURCES = (SOURCE, SOURCE.parent / "codec_cpu.cpp", SOURCE.parent / "conv_exact.cpp",
            SOURCE.parent / "late_lists.cpp")
-HEADERS = (SOURCE.parent / "conv_tile.h",)  # part of the build key: a change rebuilds
+HEADERS = (SOURCE.parent / "conv_tile.h", SOURCE.parent / "position_counts.h")  # in the build key: a change rebuilds
 CFLAGS = ("-O3", "-fopenmp", "-ffp-contract=off")
 LDFLAGS = ("-fopenmp",)
 log = logging.getLogger(__name__)

@@ -363,8 +363,8 @@ class OneSpikeLayer(nn.Module, SpikingMixin):
         one-spike inputs with a fan-out map constant but for a few (border) positions, the total count times the
         interior fan-out corrected at those positions only."""
         data = x.phase if isinstance(x, PhaseSpikes) else x.bits
+        kept = x.kept_position_counts() if isinstance(x, PhaseSpikes) else None  # counted by its producer
         if fan.dim() == 2 and data.dim() == 4:
-            kept = x.kept_position_counts() if isinstance(x, PhaseSpikes) else None  # counted by its producer
             per_pos_c = kept if kept is not None else fused_cpu.count_per_position(data)
             if per_pos_c is not None:
                 per_pos = per_pos_c.to(torch.float64)
@@ -372,7 +372,6 @@ class OneSpikeLayer(nn.Module, SpikingMixin):
         if not isinstance(x, PhaseSpikes):
             per_pos = x.spike_counts().sum(0).to(torch.float64)
             return float(per_pos.sum()), float((per_pos * fan).sum())
-        kept = x.kept_position_counts()
         total = float(kept.sum()) if kept is not None else float(torch.count_nonzero(data))
         if fan.numel() == 1:
             return total, total * float(fan)

@@ -7,6 +7,8 @@
 #include <cmath>
 #include <vector>
 
+#include "position_counts.h"  // per-thread spike counts per position, PARALLEL_MIN
+
 int64_t cpu_isa();  // fused_cpu.cpp
 
 // Single-spike encoding: fire phase = T + 1 - #(thresholds <= a), 0 when none is reached (the same comparisons
@@ -15,10 +17,6 @@ int64_t cpu_isa();  // fused_cpu.cpp
 // instruction set, picked at run time). The same pass counts non-finite inputs (the caller needs no check pass),
 // saturated neurons (|a| > 1: clipped to phase 1) and fired neurons (the layer's output spike count).
 struct CodecCounts { int64_t bad = 0, sat = 0, fired = 0; };
-
-// Below this many elements a pass runs on the calling thread: waking the OpenMP team (futex wake-ups under
-// OMP_WAIT_POLICY=PASSIVE) costs more than the work (a batch-1 CNN layer).
-constexpr int64_t PARALLEL_MIN = 1 << 15;
 
 __attribute__((always_inline))
 static inline void encode_block(const float* x, int64_t len, const float* th, int64_t T, bool is_signed, int8_t* pp,
@@ -273,21 +271,8 @@ struct JoinArgs {
   int64_t* counts;  // [P] spike counts per position, or nullptr
 };
 
-// Per-thread 32-bit spike counts per position (each row adds at most one per position), merged at the end.
-struct PositionCounts {
-  int64_t* out; std::vector<int32_t> acc;
-  PositionCounts(int64_t* o, int64_t P) : out(o), acc(o ? P : 0, 0) {}
-  void run(const int8_t* ph, int64_t p0, int64_t len) {  // positions p0 .. p0 + len - 1 of one row
-    if (!out) return;
-    int32_t* a = acc.data() + p0;
-    for (int64_t k = 0; k < len; ++k) a[k] += ph[k] != 0;
-  }
-  void merge() {
-    if (!out) return;
-    #pragma omp critical
-    for (size_t p = 0; p < acc.size(); ++p) out[p] += acc[p];
-  }
-};
+// A fire phase is one spike (int8: 0 silent).
+static constexpr auto is_spike = [](int8_t v) { return (int32_t)(v != 0); };
 
 struct JoinTotals { int64_t bad = 0, sat = 0, fired = 0; };
 
@@ -320,7 +305,8 @@ static JoinTotals join_flat(const JoinArgs& a) {
       CodecCounts cnt;
       join_fire(a, v, i0, len, cnt);
       for (int64_t k = 0, q = i0 % a.P; k < len; k += a.P - q, q = 0)  // the block's runs within rows
-        pc.run(a.pp + i0 + k, q, std::min(len - k, a.P - q));
+        pc.add(a.pp + i0 + k, q, std::min(len - k, a.P - q), is_spike);
+      pc.added(len);  // at most one per row of the block
       bad += cnt.bad; sat += cnt.sat; fired += cnt.fired;
     }
     pc.merge();
@@ -359,8 +345,9 @@ static JoinTotals join_rows(const JoinArgs& a) {
         if (a.bp)
           for (int64_t k = 0; k < len; ++k) v[k] = v[k] + bc;
         join_fire(a, v, r * P + j, len, cnt);
-        pc.run(a.pp + r * P + j, j, len);
+        pc.add(a.pp + r * P + j, j, len, is_spike);
       }
+      pc.added(1);
       bad += cnt.bad; sat += cnt.sat; fired += cnt.fired;
     }
     pc.merge();
@@ -415,23 +402,13 @@ template <typename elem_t, typename Count>
 static void count_rows(const elem_t* xp, int64_t R, int64_t P, Count count, int64_t* op) {
   #pragma omp parallel if (R * P >= PARALLEL_MIN)
   {
-    std::vector<int32_t> acc(P, 0);
-    int64_t rows = 0;
+    PositionCounts pc(op, P);
     #pragma omp for schedule(static) nowait
     for (int64_t r = 0; r < R; ++r) {
-      const elem_t* row = xp + r * P;
-      int32_t* a = acc.data();
-      #pragma omp simd
-      for (int64_t p = 0; p < P; ++p) a[p] += count(row[p]);
-      if (++rows == (1 << 20)) {  // keep the 32-bit counters far from overflow (<= 64 spikes per element)
-        #pragma omp critical
-        for (int64_t p = 0; p < P; ++p) op[p] += acc[p];
-        std::fill(acc.begin(), acc.end(), 0);
-        rows = 0;
-      }
+      pc.add(xp + r * P, 0, P, count);
+      pc.added(1);
     }
-    #pragma omp critical
-    for (int64_t p = 0; p < P; ++p) op[p] += acc[p];
+    pc.merge();
   }
 }
 
@@ -442,7 +419,7 @@ torch::Tensor count_per_position(torch::Tensor x) {
   int64_t* op = out.data_ptr<int64_t>();
   switch (x.scalar_type()) {
     case torch::kInt8:
-      count_rows(x.data_ptr<int8_t>(), R, P, [](int8_t v) { return (int32_t)(v != 0); }, op);
+      count_rows(x.data_ptr<int8_t>(), R, P, is_spike, op);
       break;
     case torch::kInt32:
       count_rows(x.data_ptr<int32_t>(), R, P, [](int32_t v) { return (int32_t)__builtin_popcount((uint32_t)v); }, op);

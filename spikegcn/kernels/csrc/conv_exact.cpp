@@ -15,7 +15,8 @@
 #include <cmath>
 #include <vector>
 
-#include "conv_tile.h"  // the layer, its inputs, a tile's early potentials and late-spike bins
+#include "conv_tile.h"        // the layer, its inputs, a tile's early potentials and late-spike bins
+#include "position_counts.h"  // per-thread spike counts per position, PARALLEL_MIN
 
 namespace {
 
@@ -234,21 +235,20 @@ void run(const scalar_t* first, const std::vector<ConvInput>& ins, int64_t N, in
   const int64_t chunk = std::max<int64_t>(1, 64 / tr);  // about 64 rows per scheduled chunk
   const TileFn<scalar_t> row = pick_tile<scalar_t>(isa, C);
   int64_t sat = 0, bad = 0, fired = 0;
-#pragma omp parallel reduction(+ : sat, bad, fired) if (N * HWo * C >= (1 << 15))  // small: no team wake-up
+#pragma omp parallel reduction(+ : sat, bad, fired) if (N * HWo * C >= PARALLEL_MIN)
   {
     int64_t cnt[3] = {0, 0, 0};
     std::vector<scalar_t> bins(tr * std::max<int64_t>(T_v - k0, 1) * C + 16), P(tr * C + 16);
-    std::vector<int32_t> FZ(tr * C + 16), pc(per_pos != nullptr ? HWo : 0);  // this thread's spikes per position
+    std::vector<int32_t> FZ(tr * C + 16);
+    PositionCounts pc(per_pos, HWo);  // this thread's spikes per position (per_pos nullptr: not counted)
 #pragma omp for schedule(dynamic, chunk)
     for (int64_t b = 0; b < n_spans * per; ++b) {
       const int64_t q0 = (b % per) * tr;
       row(L, (b / per) * span + q0, std::min(tr, span - q0), first, thr, bins.data(), P.data(), FZ.data(), out, sg,
-          cnt, per_pos != nullptr ? pc.data() : nullptr);
+          cnt, pc.data());
+      pc.added(C);  // a tile adds at most one per channel to a position
     }
-    if (per_pos != nullptr) {
-#pragma omp critical
-      for (int64_t q = 0; q < HWo; ++q) per_pos[q] += pc[q];
-    }
+    pc.merge();
     sat += cnt[0];
     bad += cnt[1];
     fired += cnt[2];

@@ -51,22 +51,27 @@ __attribute__((always_inline)) inline void add_bin(const Layer& L, const scalar_
 }
 
 // The late contributions of the tile's rows m0 .. m0 + R - 1 into their phase bins (row r's bin of virtual phase
-// b at BINS[r * nbc + (b - k0 - 1) * C]). Rows on one output line (same n and oy, consecutive ox) read, for one
-// kernel tap, the input positions (n, y, x0 + j * sw). With sw = 1 these are one contiguous run of the per-position
-// lists, walked in a single loop (each spike's row from its position) instead of one short loop per row and tap,
-// whose exits the branch predictor misses; strided layers visit their positions one by one (the run would hold
-// sw times the spikes they read). Every row's bins get the same additions in the same order as row by row: tap
-// by tap, a position's spikes in list order.
+// b at BINS[r * nbc + (b - k0 - 1) * C]), input by input and, within an input, kernel row by kernel row. Stride-1
+// inputs walk the input line under the rows once (add_line); strided inputs visit, tap by tap, the positions
+// under the rows one by one, and rows of 1 x 1 maps read one contiguous run of the lists (add_run). Every row's
+// bins get the same additions in the same order as row by row: tap by tap, a position's spikes in list order.
+
+// h += w x v over the C output channels (one late spike through one tap, into one phase bin).
+template <typename scalar_t, int CC>
+__attribute__((always_inline)) inline void axpy(scalar_t* __restrict h, const scalar_t* __restrict w, scalar_t v,
+                                                int64_t C_) {
+  const int64_t C = CC > 0 ? CC : C_;
+#pragma omp simd
+  for (int64_t k = 0; k < C; ++k) h[k] += w[k] * v;
+}
+
 // Late spike j into the bins of its row (row_bins): value x weight column of its channel, in the bin of its phase.
 template <typename scalar_t, int CC>
 __attribute__((always_inline)) inline void add_spike(const ConvInput& in, int64_t j, const scalar_t* wk, int64_t C_,
                                                      scalar_t* __restrict row_bins, int64_t k0) {
   const int64_t C = CC > 0 ? CC : C_;
-  scalar_t* __restrict h = row_bins + (int64_t)(in.bin[j] - k0 - 1) * C;
-  const scalar_t v = static_cast<const scalar_t*>(in.val)[j];
-  const scalar_t* __restrict wr = wk + (int64_t)in.ch[j] * C;
-#pragma omp simd
-  for (int64_t k = 0; k < C; ++k) h[k] += wr[k] * v;
+  axpy<scalar_t, CC>(row_bins + (int64_t)(in.bin[j] - k0 - 1) * C, wk + (int64_t)in.ch[j] * C,
+                     static_cast<const scalar_t*>(in.val)[j], C);
 }
 
 template <typename scalar_t, int CC>
@@ -104,10 +109,7 @@ __attribute__((always_inline)) inline void add_line(const ConvInput& in, int64_t
     for (int64_t kx = 0; kx < in.kw; ++kx) {
       const int64_t o = ox0 - kx * in.dw;
       if (o < 0 || o >= seg) continue;
-      scalar_t* __restrict h = hb + (row0 + o) * nbc;
-      const scalar_t* __restrict wr = wc + kx * tap;
-#pragma omp simd
-      for (int64_t k = 0; k < C; ++k) h[k] += wr[k] * v;
+      axpy<scalar_t, CC>(hb + (row0 + o) * nbc, wc + kx * tap, v, C);
     }
   }
 }

@@ -1,0 +1,43 @@
+// Per-thread spike counts per position for the compiled passes that count a layer's spikes by position
+// (count_per_position and encode_join in codec_cpu.cpp, conv_exact), and the size below which a pass stays on the
+// calling thread. Included by codec_cpu.cpp and conv_exact.cpp.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+// Below this many elements a pass runs on the calling thread: waking the OpenMP team (futex wake-ups under
+// OMP_WAIT_POLICY=PASSIVE) costs more than the work (a batch-1 CNN layer).
+constexpr int64_t PARALLEL_MIN = 1 << 15;
+
+// One thread's 32-bit counts of P positions, added into the int64 total (nullptr: counting off, every call a
+// no-op). added(n) after the counts grew by at most n per position flushes them into the total every 2^20, far
+// from the 32-bit limit (binary codes add up to 64 per element); merge() once at the end.
+class PositionCounts {
+ public:
+  PositionCounts(int64_t* total, int64_t P) : total_(total), acc_(total != nullptr ? P : 0, 0) {}
+  int32_t* data() { return total_ != nullptr ? acc_.data() : nullptr; }
+  template <typename elem_t, typename Count>
+  void add(const elem_t* x, int64_t p0, int64_t len, Count count) {  // positions p0 .. p0 + len - 1
+    if (total_ == nullptr) return;
+    int32_t* a = acc_.data() + p0;
+#pragma omp simd
+    for (int64_t k = 0; k < len; ++k) a[k] += count(x[k]);
+  }
+  void added(int64_t n) {
+    if (total_ != nullptr && (grown_ += n) >= (int64_t(1) << 20)) merge();
+  }
+  void merge() {
+    if (total_ == nullptr) return;
+#pragma omp critical
+    for (size_t p = 0; p < acc_.size(); ++p) total_[p] += acc_[p];
+    std::fill(acc_.begin(), acc_.end(), 0);
+    grown_ = 0;
+  }
+
+ private:
+  int64_t* total_;
+  std::vector<int32_t> acc_;
+  int64_t grown_ = 0;
+};
