@@ -140,9 +140,15 @@ def fire_late(first: Tensor, inputs: list, forms: list, offsets: list[int], k0: 
          div.to(first.dtype).expand(rows.shape[1]).contiguous())
     per_pos = count and first.dim() == 4 and first.shape[2] * first.shape[3] > 1  # the kernel's condition
     b = first.new_empty(0) if bias is None else bias.to(first.dtype).reshape(-1).contiguous()
-    phase, sign, sat, bad, fired, at = mod.conv_exact(rows, ptrs, chs, bins, vals, weights, geom,
-                                                      thresholds.to(first.dtype).contiguous(), k0, T_v, max_d, d,
-                                                      signed, fused_cpu._ISA[fused_cpu.max_isa()], per_pos, b)
+    thr, isa = thresholds.to(first.dtype).contiguous(), fused_cpu._ISA[fused_cpu.max_isa()]
+    if len(inputs) == 1 and geom[:2] == [1, 1] and rows.shape[2:] == (1, 1) and weights[0].shape[:2] == (1, 1):
+        # a dense layer (x W^T, also a fully-connected layer reading a map): its bins fit in registers
+        phase, sign, sat, bad, fired = mod.dense_exact(rows.view(rows.shape[:2]), ptrs[0], chs[0], bins[0], vals[0],
+                                                       weights[0][0, 0], thr, k0, T_v, max_d, d, signed, isa, b)
+        at = None
+    else:
+        phase, sign, sat, bad, fired, at = mod.conv_exact(rows, ptrs, chs, bins, vals, weights, geom, thr, k0, T_v,
+                                                          max_d, d, signed, isa, per_pos, b)
     if int(bad):
         _check_finite(first, "neuron input")
         raise nonfinite_error(int(bad))  # finite early potentials: the bias made them non-finite

@@ -48,9 +48,10 @@ from torch import Tensor
 
 _NAME = "spikegcn_fused_cpu"
 SOURCE = Path(__file__).resolve().parent / "csrc" / "fused_cpu.cpp"
-# codec_cpu: encoder / decoder / spike counts; conv_exact, late_lists: exact-mode CNN layers (kernels/conv_cpu.py)
+# codec_cpu: encoder / decoder / spike counts; conv_exact, dense_exact, late_lists: exact-mode CNN and dense layers
+# (kernels/conv_cpu.py)
 SOURCES = (SOURCE, SOURCE.parent / "codec_cpu.cpp", SOURCE.parent / "conv_exact.cpp",
-           SOURCE.parent / "late_lists.cpp")
+           SOURCE.parent / "dense_exact.cpp", SOURCE.parent / "late_lists.cpp")
 HEADERS = (SOURCE.parent / "conv_tile.h", SOURCE.parent / "position_counts.h")  # in the build key: a change rebuilds
 CFLAGS = ("-O3", "-fopenmp", "-ffp-contract=off")
 LDFLAGS = ("-fopenmp",)

@@ -106,6 +106,52 @@ std::vector<torch::Tensor> aggregate_exact(torch::Tensor crow, torch::Tensor col
 #endif
 
 #ifdef SPIKEGCN_X86
+// What the vectorised kernels need to fire a row's neurons in registers: fire_row's float operations, lane-parallel
+// (bias and inverse scales zero-padded to whole blocks; no bias: null).
+struct FireArgs {
+  const float* bias; const float* inv; const float* thr; int64_t T; bool is_signed; int8_t* out_phase;
+  int8_t* out_sign;
+};
+
+// One output phase t of 16 neurons: the lanes still silent (left) whose |P / lambda| reaches thr[t - 1] fire now.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"), always_inline))
+static inline void check16(__m512 P, __m512 inv, int64_t t, const FireArgs& a, __mmask16& left, __m512i& ph,
+                           __m512i& sg) {
+  const __m512 v = _mm512_mul_ps(P, inv);
+  const __m512 mag = a.is_signed ? _mm512_abs_ps(v) : v;
+  const __mmask16 now = _mm512_mask_cmp_ps_mask(left, mag, _mm512_set1_ps(a.thr[t - 1]), _CMP_GE_OQ);
+  ph = _mm512_mask_mov_epi32(ph, now, _mm512_set1_epi32((int)t));
+  if (a.is_signed) {
+    sg = _mm512_mask_mov_epi32(sg, _mm512_mask_cmp_ps_mask(now, v, _mm512_setzero_ps(), _CMP_GT_OQ),
+                               _mm512_set1_epi32(1));
+    sg = _mm512_mask_mov_epi32(sg, _mm512_mask_cmp_ps_mask(now, v, _mm512_setzero_ps(), _CMP_LT_OQ),
+                               _mm512_set1_epi32(-1));
+  }
+  left &= (__mmask16)~now;
+}
+
+// Fire phases of row m's features f0 .. f0 + 15 from the early sum ac and the late bins (registers h for NL >= 0,
+// else H[q * Fp + f0]): P = bias + ac, then bin q (input phase Tw + 2 + q) joins before output phase q + 2, as in
+// fire_row (k0 = Tw + 1 whenever there are late bins).
+template <int NL>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"), always_inline))
+static inline void fire16(__m512 ac, const __m512* h, const float* H, int64_t Fp, int nl, int64_t m, int64_t F,
+                          int64_t f0, __mmask16 tail, const FireArgs& a) {
+  const __m512 inv = _mm512_loadu_ps(a.inv + f0);
+  __m512 P = _mm512_add_ps(a.bias ? _mm512_loadu_ps(a.bias + f0) : _mm512_setzero_ps(), ac);
+  __m512i ph = _mm512_setzero_si512(), sg = _mm512_setzero_si512();
+  __mmask16 left = tail;
+  check16(P, inv, 1, a, left, ph, sg);
+  const int n = NL >= 0 ? NL : nl;
+  for (int q = 0; q < n && q + 2 <= a.T && left; ++q) {
+    P = _mm512_add_ps(P, NL >= 0 ? h[q] : _mm512_load_ps(H + q * Fp + f0));
+    check16(P, inv, q + 2, a, left, ph, sg);
+  }
+  for (int64_t t = n + 2; t <= a.T && left; ++t) check16(P, inv, t, a, left, ph, sg);
+  _mm512_mask_cvtepi32_storeu_epi8(a.out_phase + m * F + f0, tail, ph);
+  if (a.out_sign) _mm512_mask_cvtepi32_storeu_epi8(a.out_sign + m * F + f0, tail, sg);
+}
+
 // One row m, one block of 16 features: the early sum and the late-phase bins stream the row's edges
 // (branch-free: a compare and a masked add per late phase). NL >= 0: the NL bins live in registers; NL < 0: nl
 // bins in memory (more than 16 late phases: rare, long codes with a short wait).
@@ -113,7 +159,7 @@ template <int NL, typename idx_t>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"), always_inline))
 static inline void row_block(idx_t e0, idx_t e1, const idx_t* col, const float* val, const int8_t* codes, int64_t F,
                              int64_t f0, __mmask16 tail, __m512 lut_lo, __m512 lut_hi, __m512 sc, int k0, int nl,
-                             float* acc, float* H, int64_t Fp) {
+                             float* acc, float* H, int64_t Fp, int64_t m, const FireArgs* fire) {
   __m512 ac = _mm512_setzero_ps();
   __m512 h[NL > 0 ? NL : 1];
   for (int q = 0; q < NL; ++q) h[q] = _mm512_setzero_ps();
@@ -138,6 +184,7 @@ static inline void row_block(idx_t e0, idx_t e1, const idx_t* col, const float* 
       }
     }
   }
+  if (fire) return fire16<NL>(ac, h, H, Fp, nl, m, F, f0, tail, *fire);
   _mm512_store_ps(acc + f0, ac);
   for (int q = 0; q < NL; ++q) _mm512_store_ps(H + q * Fp + f0, h[q]);
 }
@@ -148,16 +195,17 @@ struct Block512 {
   const idx_t* col; const float* val; const int8_t* codes; int64_t F; int k0, nl; const float* tb; const float* sc;
   static constexpr int W = 16;
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
-  void operator()(idx_t e0, idx_t e1, int64_t f0, float* acc, float* H, int64_t Fp) const {
+  void operator()(idx_t e0, idx_t e1, int64_t f0, float* acc, float* H, int64_t Fp, int64_t m,
+                  const FireArgs* fire) const {
     const __mmask16 tail = (F - f0 >= 16) ? (__mmask16)0xFFFF : (__mmask16)((1u << (F - f0)) - 1);
     const __m512 lut_lo = _mm512_load_ps(tb), lut_hi = _mm512_load_ps(tb + 16), s = _mm512_load_ps(sc + f0);
     switch (nl) {
-#define SPIKEGCN_NL(n) case n: row_block<n>(e0, e1, col, val, codes, F, f0, tail, lut_lo, lut_hi, s, k0, nl, acc, H, Fp); break;
+#define SPIKEGCN_NL(n) case n: row_block<n>(e0, e1, col, val, codes, F, f0, tail, lut_lo, lut_hi, s, k0, nl, acc, H, Fp, m, fire); break;
       SPIKEGCN_NL(0) SPIKEGCN_NL(1) SPIKEGCN_NL(2) SPIKEGCN_NL(3) SPIKEGCN_NL(4) SPIKEGCN_NL(5)
       SPIKEGCN_NL(6) SPIKEGCN_NL(7) SPIKEGCN_NL(8) SPIKEGCN_NL(9) SPIKEGCN_NL(10) SPIKEGCN_NL(11)
       SPIKEGCN_NL(12) SPIKEGCN_NL(13) SPIKEGCN_NL(14) SPIKEGCN_NL(15) SPIKEGCN_NL(16)
 #undef SPIKEGCN_NL
-      default: row_block<-1>(e0, e1, col, val, codes, F, f0, tail, lut_lo, lut_hi, s, k0, nl, acc, H, Fp);
+      default: row_block<-1>(e0, e1, col, val, codes, F, f0, tail, lut_lo, lut_hi, s, k0, nl, acc, H, Fp, m, fire);
     }
   }
 };
@@ -187,12 +235,57 @@ static inline __m256 weighted8(const __m256i ci, const Lut8& L, const __m256 sc,
   return _mm256_mul_ps(_mm256_set1_ps(w), v);
 }
 
+// One output phase t of 8 neurons (check16 on AVX2: lane masks are all-ones floats).
+__attribute__((target("avx2"), always_inline))
+static inline void check8(__m256 P, __m256 inv, int64_t t, const FireArgs& a, __m256& left, __m256i& ph,
+                          __m256i& sg) {
+  const __m256 v = _mm256_mul_ps(P, inv);
+  const __m256 mag = a.is_signed ? _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff))) : v;
+  const __m256 now = _mm256_and_ps(left, _mm256_cmp_ps(mag, _mm256_set1_ps(a.thr[t - 1]), _CMP_GE_OQ));
+  ph = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(ph), _mm256_castsi256_ps(_mm256_set1_epi32((int)t)),
+                                            now));
+  if (a.is_signed) {
+    const __m256i pos = _mm256_castps_si256(_mm256_and_ps(now, _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GT_OQ)));
+    const __m256i neg = _mm256_castps_si256(_mm256_and_ps(now, _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ)));
+    sg = _mm256_or_si256(_mm256_andnot_si256(_mm256_or_si256(pos, neg), sg),
+                         _mm256_or_si256(_mm256_and_si256(pos, _mm256_set1_epi32(1)), neg));  // neg lanes: -1
+  }
+  left = _mm256_andnot_ps(now, left);
+}
+
+// fire16 on AVX2: 8 features, the n = F - f0 (< 8 in the last block) real ones written.
+template <int NL>
+__attribute__((target("avx2"), always_inline))
+static inline void fire8(__m256 ac, const __m256* h, const float* H, int64_t Fp, int nl, int64_t m, int64_t F,
+                         int64_t f0, const FireArgs& a) {
+  const int64_t n = std::min<int64_t>(F - f0, 8);
+  const __m256 inv = _mm256_loadu_ps(a.inv + f0);
+  __m256 P = _mm256_add_ps(a.bias ? _mm256_loadu_ps(a.bias + f0) : _mm256_setzero_ps(), ac);
+  __m256i ph = _mm256_setzero_si256(), sg = _mm256_setzero_si256();
+  __m256 left = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)n),
+                                                       _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+  check8(P, inv, 1, a, left, ph, sg);
+  const int nb = NL >= 0 ? NL : nl;
+  for (int q = 0; q < nb && q + 2 <= a.T && _mm256_movemask_ps(left); ++q) {
+    P = _mm256_add_ps(P, NL >= 0 ? h[q] : _mm256_load_ps(H + q * Fp + f0));
+    check8(P, inv, q + 2, a, left, ph, sg);
+  }
+  for (int64_t t = nb + 2; t <= a.T && _mm256_movemask_ps(left); ++t) check8(P, inv, t, a, left, ph, sg);
+  alignas(32) int32_t p32[8], s32[8];
+  _mm256_store_si256((__m256i*)p32, ph);
+  _mm256_store_si256((__m256i*)s32, sg);
+  for (int64_t i = 0; i < n; ++i) {
+    a.out_phase[m * F + f0 + i] = (int8_t)p32[i];
+    if (a.out_sign) a.out_sign[m * F + f0 + i] = (int8_t)s32[i];
+  }
+}
+
 // NL >= 0: the NL late-phase bins in registers; NL < 0: nl bins in memory (long codes with a short wait).
 template <int NL, typename idx_t>
 __attribute__((target("avx2"), always_inline))
 static inline void row_block8(idx_t e0, idx_t e1, const idx_t* col, const float* val, const int8_t* codes,
                               int64_t F, int64_t f0, const Lut8& L, __m256 sc, int k0, int nl, float* acc, float* H,
-                              int64_t Fp) {
+                              int64_t Fp, int64_t m, const FireArgs* fire) {
   __m256 ac = _mm256_setzero_ps();
   __m256 h[NL > 0 ? NL : 1];
   for (int q = 0; q < NL; ++q) h[q] = _mm256_setzero_ps();
@@ -214,6 +307,7 @@ static inline void row_block8(idx_t e0, idx_t e1, const idx_t* col, const float*
       }
     }
   }
+  if (fire) return fire8<NL>(ac, h, H, Fp, nl, m, F, f0, *fire);
   _mm256_store_ps(acc + f0, ac);
   for (int q = 0; q < NL; ++q) _mm256_store_ps(H + q * Fp + f0, h[q]);
 }
@@ -224,16 +318,17 @@ struct Block256 {
   const idx_t* col; const float* val; const int8_t* codes; int64_t F; int k0, nl; const float* tb; const float* sc;
   static constexpr int W = 8;
   __attribute__((target("avx2")))
-  void operator()(idx_t e0, idx_t e1, int64_t f0, float* acc, float* H, int64_t Fp) const {
+  void operator()(idx_t e0, idx_t e1, int64_t f0, float* acc, float* H, int64_t Fp, int64_t m,
+                  const FireArgs* fire) const {
     const Lut8 L{_mm256_load_ps(tb), _mm256_load_ps(tb + 8), _mm256_load_ps(tb + 16), _mm256_load_ps(tb + 24)};
     const __m256 s = _mm256_load_ps(sc + f0);
     switch (nl) {
-#define SPIKEGCN_NL(n) case n: row_block8<n>(e0, e1, col, val, codes, F, f0, L, s, k0, nl, acc, H, Fp); break;
+#define SPIKEGCN_NL(n) case n: row_block8<n>(e0, e1, col, val, codes, F, f0, L, s, k0, nl, acc, H, Fp, m, fire); break;
       SPIKEGCN_NL(0) SPIKEGCN_NL(1) SPIKEGCN_NL(2) SPIKEGCN_NL(3) SPIKEGCN_NL(4) SPIKEGCN_NL(5)
       SPIKEGCN_NL(6) SPIKEGCN_NL(7) SPIKEGCN_NL(8) SPIKEGCN_NL(9) SPIKEGCN_NL(10) SPIKEGCN_NL(11)
       SPIKEGCN_NL(12)
 #undef SPIKEGCN_NL
-      default: row_block8<-1>(e0, e1, col, val, codes, F, f0, L, s, k0, nl, acc, H, Fp);
+      default: row_block8<-1>(e0, e1, col, val, codes, F, f0, L, s, k0, nl, acc, H, Fp, m, fire);
     }
   }
 };
@@ -242,24 +337,19 @@ static inline float* align64(std::vector<float>& v) {
   return (float*)(((uintptr_t)v.data() + 63) & ~(uintptr_t)63);
 }
 
-// Row loop of the vectorised kernels: block(...) fills the early sums and late-phase bins of one row's
-// features f0 .. f0 + W - 1; fire_row turns them into fire phases.
+// Row loop of the vectorised kernels: block(...) sums the early inputs and late-phase bins of one row's
+// features f0 .. f0 + W - 1 and fires those neurons (fire16 / fire8), without leaving registers.
 template <typename Block, typename idx_t>
-static void run_codes(const Block& block, const idx_t* crow, int64_t N, int64_t F, int64_t T, int64_t T_in,
-                      int64_t Tw, bool is_signed, const float* bias, const float* inv_scale, const float* thr,
-                      int8_t* out_phase, int8_t* out_sign) {
-  const int64_t k0 = std::min(Tw + 1, T_in);
-  const int64_t nc = (F + Block::W - 1) / Block::W, Fp = nc * Block::W;
+static void run_codes(const Block& block, const idx_t* crow, int64_t N, const FireArgs& fire) {
+  const int64_t nc = (block.F + Block::W - 1) / Block::W, Fp = nc * Block::W;
   #pragma omp parallel
   {
-    std::vector<float> accv(Fp + 16), Hv(block.nl * Fp + 16);
+    std::vector<float> accv(Fp + 16), Hv(std::max(block.nl, 1) * Fp + 16);
     float* acc = align64(accv);
-    float* H = align64(Hv);
+    float* H = align64(Hv);  // the bins of the memory variant (more late phases than registers)
     #pragma omp for schedule(dynamic, 64)
-    for (int64_t m = 0; m < N; ++m) {
-      for (int64_t c = 0; c < nc; ++c) block(crow[m], crow[m + 1], c * Block::W, acc, H, Fp);
-      fire_row(m, F, acc, H, -k0, Fp, k0, T, T_in, Tw, is_signed, bias, inv_scale, thr, out_phase, out_sign);
-    }
+    for (int64_t m = 0; m < N; ++m)
+      for (int64_t c = 0; c < nc; ++c) block(crow[m], crow[m + 1], c * Block::W, acc, H, Fp, m, &fire);
   }
 }
 #endif
@@ -277,7 +367,7 @@ static void run_bins(const Block& block, const idx_t* crow, int64_t N, int64_t F
     float* H = align64(Hv);
     #pragma omp for schedule(dynamic, 64)
     for (int64_t m = 0; m < N; ++m) {
-      for (int64_t c = 0; c < nc; ++c) block(crow[m], crow[m + 1], c * Block::W, acc, H, Fp);
+      for (int64_t c = 0; c < nc; ++c) block(crow[m], crow[m + 1], c * Block::W, acc, H, Fp, m, nullptr);
       for (int64_t q = 0; q < nl; ++q) std::memcpy(out + (m * nl + q) * F, H + q * Fp, F * sizeof(float));
     }
   }
@@ -367,9 +457,13 @@ std::vector<torch::Tensor> aggregate_codes(torch::Tensor crow, torch::Tensor col
   int8_t* s = is_signed ? out_sign.data_ptr<int8_t>() : nullptr;
   const int k0 = (int)std::min(Tw + 1, T_in), nl = (int)T_in - k0;  // late phases k0+1 .. T_in
   const CodeTables t(table, scale, T_in, F);
+  std::vector<float> bias_p(b ? F + 16 : 0, 0.f), inv_p(F + 16, 0.f);  // whole blocks: the tail lanes read zeros
+  if (b) std::copy(b, b + F, bias_p.begin());
+  std::copy(inv_scale.data_ptr<float>(), inv_scale.data_ptr<float>() + F, inv_p.begin());
+  const FireArgs fire{b ? bias_p.data() : nullptr, inv_p.data(), thr.data_ptr<float>(), T, is_signed,
+                      out_phase.data_ptr<int8_t>(), s};
   dispatch_blocks(isa, crow, col, val, codes, F, k0, nl, t, [&](const auto& block, const auto* rows) {
-    run_codes(block, rows, N, F, T, T_in, Tw, is_signed, b, inv_scale.data_ptr<float>(), thr.data_ptr<float>(),
-              out_phase.data_ptr<int8_t>(), s);
+    run_codes(block, rows, N, fire);
   });
 #endif
   return {out_phase, out_sign};
@@ -396,11 +490,13 @@ torch::Tensor aggregate_bins(torch::Tensor crow, torch::Tensor col, torch::Tenso
 void register_conv_exact(pybind11::module_& m);  // conv_exact.cpp: exact-mode CNN layers
 void register_codec(pybind11::module_& m);        // codec_cpu.cpp: encoder, decoder, spike counts
 void register_late_lists(pybind11::module_& m);   // late_lists.cpp: late-spike lists of the exact CNN layers
+void register_dense_exact(pybind11::module_& m);  // dense_exact.cpp: exact-mode dense layers
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   register_conv_exact(m);
   register_codec(m);
   register_late_lists(m);
+  register_dense_exact(m);
   m.def("aggregate_exact", &aggregate_exact, "exact-mode aggregation, portable float kernel");
   m.def("aggregate_codes", &aggregate_codes, "exact-mode aggregation, int8-code AVX2 / AVX-512 kernels");
   m.def("aggregate_bins", &aggregate_bins, "late-phase bins of the aggregation, int8-code AVX2 / AVX-512 kernels");
