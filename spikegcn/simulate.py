@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .coding import PhaseCode, encode_counted, saturated_count
+from .coding import PhaseCode, _check_finite, encode_counted, saturated_count
 from .energy import LayerStats
 from .kernels.scatter import DenseSynapses, GraphSynapses, accumulate_events
 from .neuron import one_spike_fire
@@ -244,10 +244,52 @@ def _fire_kernel(inp: SpikeInput, op, code: PhaseCode, bias: Tensor | None, scal
                  ) -> tuple[Tensor, Tensor | None, float | None, int | None, Tensor | None] | None:
     """Exact mode on a compiled kernel where the operator brings one that serves the layer, else ``None``:
     ``(phase, sign, saturated neurons or None, fired neurons or None, spikes per position or None)``."""
-    kernel = getattr(op, "exact_kernel", None)
-    if kernel is None or stepped:
+    if stepped:
         return None
+    kernel = getattr(op, "exact_kernel", None)
+    if kernel is None:
+        return _fire_bins(inp, op, code, early, scale_t, signed, dtype, backend)
     return kernel(inp, code, bias, scale_t, signed, dtype, backend, early)
+
+
+_BINS_ROWS = 4096  # output rows per block of late bins: bounds their memory (rows x late phases x channels)
+
+
+def _fire_bins(inp: SpikeInput, op, code: PhaseCode, early: "_Early", scale_t: Tensor, signed: bool,
+               dtype: torch.dtype, backend: str) -> tuple[Tensor, Tensor | None, float, int, None] | None:
+    """Exact mode for a composite operator on the compiled neurons: all late phases' contributions at once
+    (:func:`spikegcn.late_bins.late_bins`, a block of rows at a time) and the neurons stepping over them in C++,
+    with the event path's additions in its order, so the same spikes. ``None`` where it cannot run."""
+    from .late_bins import late_bins, supports_bins
+    from .kernels import fused_cpu
+
+    k0, T_in = early.k0, inp.T_in
+    if (not isinstance(op, ValueOp) or dtype != torch.float32 or backend not in ("auto", "fused") or k0 >= T_in
+            or not supports_bins(op, inp) or not fused_cpu.available(backend)):
+        return None
+    first = early()
+    if first.dim() != 2 or first.device.type != "cpu" or first.dtype != torch.float32:
+        return None
+    mod = fused_cpu.load()
+    N, C = first.shape
+    div = (first.new_empty(0) if early.normalized else
+           scale_t.to(torch.float32).reshape(-1).expand(C).contiguous())
+    thr, isa = code.thresholds(torch.float32).contiguous(), fused_cpu._ISA[fused_cpu.max_isa()]
+    phase = torch.empty((N, C), dtype=torch.int8, device=first.device)
+    sign = torch.empty((N, C), dtype=torch.int8, device=first.device) if signed else None
+    cache: dict = {}
+    sat = fired = 0
+    for lo in range(0, N, _BINS_ROWS):
+        hi = min(N, lo + _BINS_ROWS)
+        bins = late_bins(op, inp, k0, dtype, cache, lo, hi).contiguous()
+        ph, sg, s, bad, f = mod.fire_bins(first[lo:hi].contiguous(), bins, div, thr, code.Tw, k0, T_in, signed, isa)
+        if int(bad):
+            _check_finite(first, "neuron input")
+        phase[lo:hi] = ph
+        if sign is not None:
+            sign[lo:hi] = sg
+        sat, fired = sat + int(s), fired + int(f)
+    return phase, sign, float(sat), fired, None
 
 
 class _Early:

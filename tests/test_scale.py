@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from conftest import sbm_graph
 from torch import nn
-from torch_geometric.nn import GCNConv, SAGEConv
+from torch_geometric.nn import GCNConv, GraphConv, SAGEConv
 from torch_geometric.nn.models import GCN, GraphSAGE
 
 from spikegcn import PhaseCode, convert
@@ -47,6 +47,66 @@ def test_chunked_equals_whole_graph(graph, name, tmp_path):
             out = layerwise(snn, graph.x, graph.edge_index, chunk_size=100, storage=tmp_path / "codes")
         assert out.device.type == "cpu" and torch.equal(out, ref)
         assert os.listdir(tmp_path / "codes") == []  # the memory-mapped codes are removed
+
+
+class _SumGraphConv(nn.Module):
+    """SAGE with a sum and no root weight, then GraphConv (mean): composite operators of other shapes."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = SAGEConv(16, 32, aggr="sum", root_weight=False)
+        self.conv2, self.conv3 = GraphConv(32, 32, aggr="mean"), SAGEConv(32, 4)
+
+    def forward(self, x, edge_index):
+        h = F.relu(self.conv2(F.relu(self.conv1(x, edge_index)), edge_index))
+        return self.conv3(h, edge_index)
+
+
+def _spikes_and_output(snn, graph):
+    from spikegcn.spikes import PhaseSpikes
+
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, a, o: seen.append(o) if isinstance(o, PhaseSpikes) else None)
+             for m in snn.modules()]
+    out = snn(graph.x, graph.edge_index)
+    for h in hooks:
+        h.remove()
+    return seen, out
+
+
+@pytest.mark.parametrize("name", ["sage", "sum_graphconv"])
+def test_late_bins_equal_event_path(graph, name, monkeypatch):
+    """Exact mode at Tw < T on composite operators (SAGE mean with root, SAGE sum without, GraphConv): all late
+    phases' bins at once and the compiled neurons give the event path's spikes bit for bit, in blocks of rows, on the
+    binary input of the first layer and one-spike input after; whole graph and chunked."""
+    import copy
+
+    from spikegcn import late_bins, simulate
+    from spikegcn.kernels import fused_cpu
+
+    if fused_cpu.load() is None:
+        pytest.skip("needs the fused kernels (`spikegcn build-kernels`)")
+    monkeypatch.setattr(simulate, "_BINS_ROWS", 96)  # 500 rows: several blocks and a short last one
+    used, real = [], late_bins.late_bins
+    monkeypatch.setattr(late_bins, "late_bins", lambda *a: (used.append(type(a[1]).__name__), real(*a))[1])
+    torch.manual_seed(0)
+    model = (_model("sage") if name == "sage" else _SumGraphConv()).eval()
+    snn = convert(model, graph, PhaseCode(16, 1.3, Tw=5), mode="exact")
+    spikes, out = _spikes_and_output(snn, graph)
+    assert {"BinarySpikes", "PhaseSpikes"} <= set(used)  # both kinds of input took the batched path
+    chunked = layerwise(snn, graph.x, graph.edge_index, chunk_size=150)
+    events = copy.deepcopy(snn)
+    for m in events.modules():
+        if hasattr(m, "backend"):
+            m.backend = "torch_scatter"  # the event path, phase by phase
+    used.clear()
+    ref_spikes, ref = _spikes_and_output(events, graph)
+    assert not used and len(spikes) == len(ref_spikes) >= 2
+    for a, b in zip(spikes, ref_spikes):
+        assert torch.equal(a.phase, b.phase) and (a.sign is None) == (b.sign is None)
+        assert a.sign is None or torch.equal(a.sign, b.sign)
+        assert a.phase.count_nonzero() > 0 and (a.phase > 6).any()  # late spikes, not a degenerate case
+    assert torch.equal(out, ref) and torch.equal(chunked, ref)
 
 
 def test_method_and_row_wise_tail(graph):

@@ -266,6 +266,125 @@ std::vector<torch::Tensor> dense_exact(torch::Tensor first, torch::Tensor late_p
   return {out, sg, torch::tensor(counts[0]), torch::tensor(counts[1]), torch::tensor(counts[2])};
 }
 
+// The neurons of an operator whose late input phases come as bins in ANN units (bins [N, T_in - k0, C]: bin q holds
+// the contribution of input phase k0 + 1 + q; the graph engine's composite operators, spikegcn.operators): the rule
+// of spikegcn.neuron.one_spike_fire on the event path, P = first, then at output phase t the bins of the phases up to
+// min(t + Tw, T_in) added (bin / div), fire at the first |P| >= thr[t - 1], the sign of P. Row by row, the C
+// neurons in lockstep.
+template <bool SIGNED>
+__attribute__((always_inline)) inline void fire_bins_rows(const float* first, const float* bins, const float* div,
+                                                          const float* thr, int64_t m0, int64_t m1, int64_t C,
+                                                          int64_t T, int64_t Tw, int64_t k0, int64_t T_in, float* P,
+                                                          int8_t* ph, int8_t* sg, int64_t* cnt) {
+  const int64_t nl = T_in - k0;
+  for (int64_t m = m0; m < m1; ++m) {
+    const float* f = first + m * C;
+    int8_t* o = ph + m * C;
+    int8_t* s = sg ? sg + m * C : nullptr;
+    int64_t nbad = 0;
+#pragma omp simd reduction(+ : nbad)
+    for (int64_t k = 0; k < C; ++k) {
+      P[k] = f[k];
+      o[k] = 0;
+      nbad += !(f[k] - f[k] == 0.f);
+    }
+    int64_t r = k0;
+    for (int64_t t = 1; t <= T; ++t) {
+      for (const int64_t upto = std::min(t + Tw, T_in); r < upto; ++r) {
+        const float* b = bins + (m * nl + r - k0) * C;
+        if (div) {
+#pragma omp simd
+          for (int64_t k = 0; k < C; ++k) P[k] += b[k] / div[k];
+        } else {
+#pragma omp simd
+          for (int64_t k = 0; k < C; ++k) P[k] += b[k];
+        }
+      }
+      const float th = thr[t - 1];
+      const int8_t tt = (int8_t)t;
+#pragma omp simd
+      for (int64_t k = 0; k < C; ++k) {
+        const bool now = (o[k] == 0) & ((SIGNED ? std::abs(P[k]) : P[k]) >= th);
+        o[k] = now ? tt : o[k];
+      }
+      if (SIGNED) {  // the sign of the potential a neuron fires on (s starts at 0)
+#pragma omp simd
+        for (int64_t k = 0; k < C; ++k)
+          if (o[k] == tt) s[k] = P[k] > 0.f ? int8_t(1) : P[k] < 0.f ? int8_t(-1) : int8_t(0);
+      }
+    }
+    int64_t nsat = 0, nfired = 0;
+#pragma omp simd reduction(+ : nsat, nfired)
+    for (int64_t k = 0; k < C; ++k) {
+      nsat += (SIGNED ? std::abs(P[k]) : P[k]) > 1.f;
+      nfired += o[k] != 0;
+    }
+    cnt[0] += nsat;
+    cnt[1] += nbad;
+    cnt[2] += nfired;
+  }
+}
+
+template <bool SIGNED>
+void fire_bins_portable(const float* first, const float* bins, const float* div, const float* thr, int64_t m0,
+                        int64_t m1, int64_t C, int64_t T, int64_t Tw, int64_t k0, int64_t T_in, float* P, int8_t* ph,
+                        int8_t* sg, int64_t* cnt) {
+  fire_bins_rows<SIGNED>(first, bins, div, thr, m0, m1, C, T, Tw, k0, T_in, P, ph, sg, cnt);
+}
+
+#ifdef SPIKEGCN_DENSE_X86
+template <bool SIGNED>
+__attribute__((target("avx512f,avx512bw"))) void fire_bins_avx512(const float* first, const float* bins,
+                                                                  const float* div, const float* thr, int64_t m0,
+                                                                  int64_t m1, int64_t C, int64_t T, int64_t Tw,
+                                                                  int64_t k0, int64_t T_in, float* P, int8_t* ph,
+                                                                  int8_t* sg, int64_t* cnt) {
+  fire_bins_rows<SIGNED>(first, bins, div, thr, m0, m1, C, T, Tw, k0, T_in, P, ph, sg, cnt);
+}
+#endif
+
+// first: [N, C] early potentials (normalised, bias included); bins: [N, T_in - k0, C]; div: [C] or empty; thr: [T].
+// Returns the fire phases and signs (int8 [N, C]; signs empty unless is_signed) and the numbers of neurons whose
+// final |potential| exceeds 1, of non-finite early potentials and of neurons that fired.
+std::vector<torch::Tensor> fire_bins(torch::Tensor first, torch::Tensor bins, torch::Tensor div, torch::Tensor thr,
+                                     int64_t Tw, int64_t k0, int64_t T_in, bool is_signed, int64_t isa) {
+  TORCH_CHECK(first.dim() == 2 && first.is_contiguous() && first.scalar_type() == torch::kFloat32,
+              "fire_bins: first must be a contiguous float32 [N, C]");
+  const int64_t N = first.size(0), C = first.size(1), T = thr.numel();
+  TORCH_CHECK(k0 >= 0 && T_in > k0 && Tw >= 0 && T <= 127, "fire_bins: bad phase arguments");
+  TORCH_CHECK(bins.dim() == 3 && bins.size(0) == N && bins.size(1) == T_in - k0 && bins.size(2) == C &&
+                  bins.is_contiguous() && bins.scalar_type() == torch::kFloat32,
+              "fire_bins: bins must be a contiguous float32 [N, T_in - k0, C]");
+  TORCH_CHECK(thr.is_contiguous() && thr.scalar_type() == torch::kFloat32, "fire_bins: thresholds must be float32");
+  TORCH_CHECK(div.numel() == 0 || (div.numel() == C && div.is_contiguous() && div.scalar_type() == torch::kFloat32),
+              "fire_bins: div must be a contiguous float32 [C], or empty");
+  auto ph = torch::empty({N, C}, torch::kInt8);
+  auto sg = is_signed ? torch::zeros({N, C}, torch::kInt8) : torch::empty({0}, torch::kInt8);
+  using Fn = void (*)(const float*, const float*, const float*, const float*, int64_t, int64_t, int64_t, int64_t,
+                      int64_t, int64_t, int64_t, float*, int8_t*, int8_t*, int64_t*);
+  Fn fn = is_signed ? fire_bins_portable<true> : fire_bins_portable<false>;
+#ifdef SPIKEGCN_DENSE_X86
+  if (isa >= 2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw"))
+    fn = is_signed ? fire_bins_avx512<true> : fire_bins_avx512<false>;
+#endif
+  const float* dv = div.numel() ? div.data_ptr<float>() : nullptr;
+  int64_t sat = 0, bad = 0, fired = 0;
+#pragma omp parallel reduction(+ : sat, bad, fired) if (N * C >= PARALLEL_MIN)
+  {
+    int64_t cnt[3] = {0, 0, 0};
+    std::vector<float> P(C + 16);
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < (N + 63) / 64; ++b)
+      fn(first.data_ptr<float>(), bins.data_ptr<float>(), dv, thr.data_ptr<float>(), b * 64, std::min(N, b * 64 + 64),
+         C, T, Tw, k0, T_in, P.data(), ph.data_ptr<int8_t>(), is_signed ? sg.data_ptr<int8_t>() : nullptr, cnt);
+    sat += cnt[0];
+    bad += cnt[1];
+    fired += cnt[2];
+  }
+  return {ph, sg, torch::tensor(sat), torch::tensor(bad), torch::tensor(fired)};
+}
+
 void register_dense_exact(pybind11::module_& m) {
   m.def("dense_exact", &dense_exact, "exact-mode one-spike dense layer, phase bins in registers");
+  m.def("fire_bins", &fire_bins, "one-spike neurons on an operator's late-phase bins");
 }
