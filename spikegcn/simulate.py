@@ -260,8 +260,8 @@ def _fire_bins(inp: SpikeInput, op, code: PhaseCode, early: "_Early", scale_t: T
     """Exact mode for a composite operator on the compiled neurons: all late phases' contributions at once
     (:func:`spikegcn.late_bins.late_bins`, a block of rows at a time) and the neurons stepping over them in C++,
     with the event path's additions in its order, so the same spikes. ``None`` where it cannot run."""
-    from .late_bins import late_bins, supports_bins
     from .kernels import fused_cpu
+    from .late_bins import late_bins, supports_bins
 
     k0, T_in = early.k0, inp.T_in
     if (not isinstance(op, ValueOp) or dtype != torch.float32 or backend not in ("auto", "fused") or k0 >= T_in
