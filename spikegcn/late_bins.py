@@ -135,5 +135,5 @@ def late_bins(op: ValueOp, inp, k0: int, dtype: torch.dtype, cache: dict, lo: in
     if isinstance(op, Sparse):
         return _sparse_bins(op, inp, k0, dtype, cache, lo, hi)
     if _rows_op(op):
-        return _fired_bins(inp, k0, dtype, cache, op.index[lo:hi])
+        return _fired_bins(inp, k0, dtype, cache, op.index[lo:hi])  # type: ignore[attr-defined]  # a Rows
     return _map(op, _fired_bins(inp, k0, dtype, cache, slice(lo, hi)))
