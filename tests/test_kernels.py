@@ -410,3 +410,37 @@ def test_dense_exact_kernel_matches_event_path(C, monkeypatch):
                 assert 0 < a.num_spikes() < a.phase.numel()
     assert served == [True] * 24  # every fused run went through the kernel
     assert max(saturated) > 0
+
+
+@_compiled
+@pytest.mark.parametrize("C,dtype", [(47, torch.float32), (130, torch.float32), (64, torch.float64)])
+def test_dense_exact_equals_conv_exact(C, dtype):
+    """dense_exact (bins in registers, 64-channel blocks) gives conv_exact's 1 x 1 results bit for bit: phases,
+    signs and counts, with and without bias and divisor, signed and unsigned, on every instruction set, for one-spike
+    and binary late lists (several spikes per channel)."""
+    from spikegcn import PhaseCode
+    from spikegcn.kernels import conv_cpu, fused_cpu
+    from spikegcn.spikes import BinarySpikes, PhaseSpikes
+
+    mod = fused_cpu.load()
+    g = torch.Generator().manual_seed(C)
+    n, f, T, k0 = 200, 40, 16, 6
+    w = (torch.randn(1, 1, f, C, generator=g) / 4).to(dtype)
+    ph = torch.randint(0, T + 1, (n, f), generator=g).to(torch.int8)
+    inputs = [PhaseSpikes(phase=ph, code=PhaseCode(T, 1.3), sign=None),
+              BinarySpikes(bits=torch.randint(0, 2**T, (n, f), generator=g), T=T)]
+    thr = PhaseCode(T, 1.3).thresholds(dtype)
+    for x in inputs:
+        ptr, ch, b, v = conv_cpu.late_spikes(x, k0, 0, dtype)
+        first = (torch.randn(n, C, generator=g) / 2).to(dtype)
+        for div, bias, signed in ((torch.rand(C, generator=g).to(dtype) + 0.5, None, True),
+                                  (None, torch.randn(C, generator=g).to(dtype) / 8, False)):
+            d = first.new_empty(0) if div is None else div
+            bb = first.new_empty(0) if bias is None else bias
+            for isa in range(mod.cpu_isa() + 1):
+                ref = mod.conv_exact(first.reshape(n, C, 1, 1), [ptr], [ch], [b], [v], [w], [1, 1, 1, 1, 0, 0, 1, 1],
+                                     thr, k0, T, 4, d, signed, isa, False, bb)
+                out = mod.dense_exact(first, ptr, ch, b, v, w[0, 0], thr, k0, T, 4, d, signed, isa, bb)
+                assert torch.equal(out[0], ref[0].view(n, C)) and int(out[4]) == int(ref[4]) > 0
+                assert int(out[2]) == int(ref[2]) and int(out[3]) == int(ref[3])
+                assert not signed or torch.equal(out[1], ref[1].view(n, C))
