@@ -9,8 +9,9 @@ operations per value:
 
 * the values fired at a phase (a one-spike input's decoded value where its phase matches, +0 elsewhere; a binary
   input's prefix difference) are placed in their bin;
-* a :class:`~spikegcn.operators.Sparse` map on one-spike int8 input takes its bins from the compiled aggregation
-  (``fused_cpu.aggregate_bins``, the same sums as ``A x`` phase by phase) block by block, otherwise it runs one
+* a :class:`~spikegcn.operators.Sparse` map on one-spike int8 input or binary codes takes its bins from a compiled
+  aggregation (``fused_cpu.aggregate_bins`` / ``aggregate_bins_bits``, the same sums as ``A x`` phase by phase)
+  block by block, otherwise it runs one
   product per phase, as the event path does, once for all rows (kept for the layer's later blocks);
 * a :class:`~spikegcn.operators.Dense` map multiplies all bins in one matrix product (rows are independent);
 * :class:`~spikegcn.operators.Chain` and :class:`~spikegcn.operators.Join` compose as their ``delta`` does (a
@@ -50,7 +51,7 @@ def supports_bins(op: ValueOp, inp) -> bool:
         return all(supports_bins(o, items[i]) for o, i in zip(op.ops, op.inputs))
     if isinstance(op, Chain):
         return supports_bins(op.ops[0], inp) and all(isinstance(o, _ROW_MAPS) for o in op.ops[1:])
-    if not isinstance(inp, (PhaseSpikes, BinarySpikes)) or inp.shape.__len__() != 2:
+    if not isinstance(inp, (PhaseSpikes, BinarySpikes)) or len(inp.shape) != 2:
         return False
     return isinstance(op, (Sparse, *_ROW_MAPS)) or _rows_op(op)
 
@@ -61,10 +62,11 @@ def _fired_bins(item: PhaseSpikes | BinarySpikes, k0: int, dtype: torch.dtype, c
     :func:`spikegcn.operators._fired_at` (the decoded value, or a binary input's prefix difference)."""
     nl = item.T_in - k0
     if isinstance(item, PhaseSpikes):
-        hit = cache.get(("decoded", dtype, id(item)))  # the event path's cache entry: one decode per layer
-        if hit is None or hit[0] is not item:
-            hit = cache[("decoded", dtype, id(item))] = (item, _values(item, item.T_in, dtype))
-        v, ph = hit[1][rows], item.phase[rows]
+        # only these rows decoded (a chunk's sources can outnumber its rows 50 to 1): the decode is per element
+        ph = item.phase[rows]
+        sub = PhaseSpikes(phase=ph, code=item.code, scale=item.scale,
+                          sign=None if item.sign is None else item.sign[rows])
+        v = _values(sub, item.T_in, dtype)
         late = ph > k0
         out = torch.zeros((ph.shape[0], nl, ph.shape[1]), dtype=dtype, device=ph.device)
         idx = (ph.to(torch.int64) - (k0 + 1)).clamp_(min=0).unsqueeze(1)
@@ -97,10 +99,11 @@ def _sparse_rows(adj: Tensor, lo: int, hi: int) -> Tensor:
 
 def _sparse_bins(op: Sparse, item, k0: int, dtype: torch.dtype, cache: dict, lo: int, hi: int) -> Tensor:
     adj = _sparse_rows(op.adj, lo, hi)
-    if type(item) is PhaseSpikes and dtype == torch.float32 and adj.dtype == torch.float32:
+    if dtype == torch.float32 and adj.dtype == torch.float32:
         from .kernels import fused_cpu
 
-        bins = fused_cpu.aggregate_bins(adj, item, k0)
+        bins = (fused_cpu.aggregate_bins(adj, item, k0) if type(item) is PhaseSpikes else
+                fused_cpu.aggregate_bins_bits(adj, item, k0))
         if bins is not None:
             return bins
     key = ("sparse bins", id(op), id(item), dtype)

@@ -444,3 +444,31 @@ def test_dense_exact_equals_conv_exact(C, dtype):
                 assert torch.equal(out[0], ref[0].view(n, C)) and int(out[4]) == int(ref[4]) > 0
                 assert int(out[2]) == int(ref[2]) and int(out[3]) == int(ref[3])
                 assert not signed or torch.equal(out[1], ref[1].view(n, C))
+
+
+@_compiled
+@pytest.mark.parametrize("n,f,T,k0,signed,per_feature", [(300, 37, 16, 9, True, True), (200, 100, 16, 5, False, False),
+                                                         (150, 16, 24, 12, True, True), (150, 33, 12, 1, True, False)])
+def test_binary_aggregation_bins_equal_per_phase_sparse_products(n, f, T, k0, signed, per_feature):
+    """The late-phase bins of A x for binary multi-spike input (the first layer of SAGE-like operators) equal
+    torch.sparse.mm of each phase's prefix differences bit for bit; unsupported codes get None."""
+    from spikegcn.kernels import fused_cpu
+    from spikegcn.operators import Sparse, _fired_at, sparse_matrix
+    from spikegcn.spikes import BinarySpikes
+
+    if fused_cpu.max_isa() != "avx512":
+        pytest.skip("the binary-input bins kernel needs AVX-512")
+    g = torch.Generator().manual_seed(n + f)
+    ei = torch.stack([torch.randint(0, n, (12 * n,), generator=g), torch.randint(0, n // 2, (12 * n,), generator=g)])
+    adj = sparse_matrix(ei, torch.rand(12 * n, generator=g), (n // 2, n), torch.float32)
+    bits = torch.randint(0, 2**T, (n, f), generator=g).to(torch.int32)
+    sign = (torch.where(torch.rand(n, f, generator=g) < 0.5, -1, 1) * (bits != 0)).to(torch.int8) if signed else None
+    scale = torch.rand(f, generator=g) * 3 + 0.1 if per_feature else torch.tensor(1.7)
+    inp = BinarySpikes(bits=bits, T=T, scale=scale, sign=sign)
+    out = fused_cpu.aggregate_bins_bits(adj, inp, k0)
+    cache: dict = {}
+    ref = torch.stack([Sparse(adj).forward([_fired_at(inp, k0 + 1 + q, torch.float32, cache)]) for q in range(T - k0)],
+                      1)
+    assert out is not None and torch.equal(out, ref)
+    assert fused_cpu.aggregate_bins_bits(adj, BinarySpikes(bits=bits.long(), T=T), k0) is None  # int64 codes
+    assert fused_cpu.aggregate_bins_bits(adj, inp, 0 if T > 12 else T) is None  # > 12 late phases, or none

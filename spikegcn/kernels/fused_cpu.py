@@ -11,8 +11,10 @@ summation order), at about the cost of one spmm plus the late spikes x fan-out.
 On CPUs with AVX-512 (checked at run time) a second variant reads the input as int8 codes (sign x fire phase:
 a quarter of the memory traffic of float rows) and decodes them in registers with a 32-entry permute; for each
 block of 16 features the early sum and one bin per late phase stay in registers while the row's edges stream by
-(a compare and a masked add per late phase, no branches, no scatters). On a 20NG-size graph at Tw = 8 it runs
-layer 1 about 2.7x faster than the portable kernel (5.2 s -> 1.9 s, ``benchmarks/gcn_scale.py``). CPUs with AVX2
+(a compare and a masked add per late phase, no branches, no scatters), and the block's 16 neurons then fire
+from those registers (the portable kernel's float operations, lane-parallel). On a 20NG-size graph at Tw = 8 it
+ran layer 1 about 2.7x faster than the portable kernel before the neurons moved into registers (5.2 s -> 1.9 s,
+``benchmarks/gcn_scale.py``), which halved it again on a chunk of the ogbn-products-sized graph. CPUs with AVX2
 but not AVX-512 run the same scheme 8 features at a time. Both reproduce the portable kernel's sums bit for bit
 (same products, same order, no FMA; a lane left out of a sum gets +0 added, which changes no non-zero sum).
 ``SPIKEGCN_CPU_ISA=avx2|portable`` caps the choice (benchmarks, tests).
@@ -51,7 +53,7 @@ SOURCE = Path(__file__).resolve().parent / "csrc" / "fused_cpu.cpp"
 # codec_cpu: encoder / decoder / spike counts; conv_exact, dense_exact, late_lists: exact-mode CNN and dense layers
 # (kernels/conv_cpu.py)
 SOURCES = (SOURCE, SOURCE.parent / "codec_cpu.cpp", SOURCE.parent / "conv_exact.cpp",
-           SOURCE.parent / "dense_exact.cpp", SOURCE.parent / "late_lists.cpp")
+           SOURCE.parent / "dense_exact.cpp", SOURCE.parent / "late_lists.cpp", SOURCE.parent / "aggregate_bits.cpp")
 HEADERS = (SOURCE.parent / "conv_tile.h", SOURCE.parent / "position_counts.h")  # in the build key: a change rebuilds
 CFLAGS = ("-O3", "-fopenmp", "-ffp-contract=off")
 LDFLAGS = ("-fopenmp",)
@@ -277,6 +279,27 @@ def aggregate_bins(adj: Tensor, inp, k0: int) -> Tensor | None:
     return mod.aggregate_bins(adj.crow_indices(), adj.col_indices(), adj.values().contiguous(), codes.contiguous(),
                               scale, inp.code.values(torch.float32).contiguous(), int(T_in), int(k0),
                               _ISA[max_isa()])
+
+
+def aggregate_bins_bits(adj: Tensor, inp, k0: int) -> Tensor | None:
+    """:func:`aggregate_bins` for binary multi-spike input (a 2-D :class:`~spikegcn.spikes.BinarySpikes`, int32
+    codes, ``T <= 24``, per-feature or scalar lambda): ``[rows of adj, T - k0, features]``, bin ``q`` the event
+    path's sum (``torch.sparse.mm`` of the values sent at phase ``k0 + 1 + q``) bit for bit. ``None`` where the
+    kernel cannot run (no kernel or AVX-512, another input, more than 12 late phases)."""
+    mod = load()
+    bits = inp.bits
+    if (mod is None or not hasattr(mod, "aggregate_bins_bits") or bits.dim() != 2 or bits.dtype != torch.int32
+            or bits.device.type != "cpu" or adj.dtype != torch.float32 or adj.layout != torch.sparse_csr
+            or adj.shape[1] != bits.shape[0] or max_isa() != "avx512" or not mod.aggregate_bits_supported(inp.T, k0)):
+        return None
+    F = bits.shape[1]
+    scale = inp.scale.to(torch.float32)
+    if scale.numel() not in (1, F) or not bool((scale.abs() >= 2.0**-100).all()):  # lambda x 2^-T stays exact
+        return None
+    sign = inp.sign.contiguous() if inp.sign is not None else bits.new_empty(0, dtype=torch.int8)
+    return mod.aggregate_bins_bits(adj.crow_indices(), adj.col_indices(), adj.values().contiguous(),
+                                   bits.contiguous(), sign, scale.reshape(-1).expand(F).contiguous(), int(inp.T),
+                                   int(k0))
 
 
 def encode_phase(x: Tensor, thresholds_asc: Tensor, signed: bool

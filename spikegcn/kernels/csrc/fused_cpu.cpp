@@ -491,12 +491,14 @@ void register_conv_exact(pybind11::module_& m);  // conv_exact.cpp: exact-mode C
 void register_codec(pybind11::module_& m);        // codec_cpu.cpp: encoder, decoder, spike counts
 void register_late_lists(pybind11::module_& m);   // late_lists.cpp: late-spike lists of the exact CNN layers
 void register_dense_exact(pybind11::module_& m);  // dense_exact.cpp: exact-mode dense layers
+void register_aggregate_bits(pybind11::module_& m);  // aggregate_bits.cpp: late bins of binary input
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   register_conv_exact(m);
   register_codec(m);
   register_late_lists(m);
   register_dense_exact(m);
+  register_aggregate_bits(m);
   m.def("aggregate_exact", &aggregate_exact, "exact-mode aggregation, portable float kernel");
   m.def("aggregate_codes", &aggregate_codes, "exact-mode aggregation, int8-code AVX2 / AVX-512 kernels");
   m.def("aggregate_bins", &aggregate_bins, "late-phase bins of the aggregation, int8-code AVX2 / AVX-512 kernels");
