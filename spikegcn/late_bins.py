@@ -71,11 +71,11 @@ def _fired_bins(item: PhaseSpikes | BinarySpikes, k0: int, dtype: torch.dtype, c
         out = torch.zeros((ph.shape[0], nl, ph.shape[1]), dtype=dtype, device=ph.device)
         idx = (ph.to(torch.int64) - (k0 + 1)).clamp_(min=0).unsqueeze(1)
         return out.scatter_(1, idx, torch.where(late, v, torch.zeros((), dtype=dtype, device=v.device)).unsqueeze(1))
-    sub = dataclasses.replace(item, bits=item.bits[rows], sign=None if item.sign is None else item.sign[rows])
-    prev = _values(sub, k0, dtype)
-    out = torch.empty((sub.bits.shape[0], nl, sub.bits.shape[1]), dtype=dtype, device=sub.bits.device)
+    part = dataclasses.replace(item, bits=item.bits[rows], sign=None if item.sign is None else item.sign[rows])
+    prev = _values(part, k0, dtype)
+    out = torch.empty((part.bits.shape[0], nl, part.bits.shape[1]), dtype=dtype, device=part.bits.device)
     for q in range(nl):
-        high = _values(sub, k0 + 1 + q, dtype)
+        high = _values(part, k0 + 1 + q, dtype)
         out[:, q] = high - prev
         prev = high
     return out
