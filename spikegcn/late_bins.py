@@ -56,8 +56,7 @@ def supports_bins(op: ValueOp, inp) -> bool:
     return isinstance(op, (Sparse, *_ROW_MAPS)) or _rows_op(op)
 
 
-def _fired_bins(item: PhaseSpikes | BinarySpikes, k0: int, dtype: torch.dtype, cache: dict,
-                rows: Tensor | slice) -> Tensor:
+def _fired_bins(item: PhaseSpikes | BinarySpikes, k0: int, dtype: torch.dtype, rows: Tensor | slice) -> Tensor:
     """``[rows, T_in - k0, F]``: the values ``item`` fires at each phase ``k0 + 1 ..``, bit for bit those of
     :func:`spikegcn.operators._fired_at` (the decoded value, or a binary input's prefix difference)."""
     nl = item.T_in - k0
@@ -138,5 +137,5 @@ def late_bins(op: ValueOp, inp, k0: int, dtype: torch.dtype, cache: dict, lo: in
     if isinstance(op, Sparse):
         return _sparse_bins(op, inp, k0, dtype, cache, lo, hi)
     if _rows_op(op):
-        return _fired_bins(inp, k0, dtype, cache, op.index[lo:hi])  # type: ignore[attr-defined]  # a Rows
-    return _map(op, _fired_bins(inp, k0, dtype, cache, slice(lo, hi)))
+        return _fired_bins(inp, k0, dtype, op.index[lo:hi])  # type: ignore[attr-defined]  # a Rows
+    return _map(op, _fired_bins(inp, k0, dtype, slice(lo, hi)))

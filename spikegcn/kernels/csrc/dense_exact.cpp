@@ -38,6 +38,19 @@ struct DenseLayer {
   int8_t* sg;          // signs (signed neurons), or null
 };
 
+// p += bin / div (the graph engine's bins in ANN units, divided by lambda as on its event path), or p += bin.
+template <typename scalar_t>
+__attribute__((always_inline)) inline void add_bin(scalar_t* __restrict p, const scalar_t* __restrict b,
+                                                   const scalar_t* __restrict div, int64_t n) {
+  if (div != nullptr) {
+#pragma omp simd
+    for (int64_t k = 0; k < n; ++k) p[k] += b[k] / div[k];
+  } else {
+#pragma omp simd
+    for (int64_t k = 0; k < n; ++k) p[k] += b[k];
+  }
+}
+
 // conv_exact's fire_test: not fired yet and the potential at the threshold fires at phase tt (signed neurons on
 // |p|, negative phase for a negative p).
 template <typename scalar_t, bool SIGNED>
@@ -115,13 +128,7 @@ __attribute__((always_inline)) inline void block(const DenseLayer& L, int64_t m,
       const int32_t j0 = start[r - L.k0], j1 = start[r - L.k0 + 1];
       if (j0 == j1) continue;  // an empty bin adds +0: no neuron's test or sign changes
       accumulate<scalar_t, VB>(W, L.Cp, och + j0, oval + j0, j1 - j0, acc);
-      if (dv != nullptr) {
-#pragma omp simd
-        for (int64_t k = 0; k < LANES; ++k) p[k] += acc[k] / dv[c0 + k];
-      } else {
-#pragma omp simd
-        for (int64_t k = 0; k < LANES; ++k) p[k] += acc[k];
-      }
+      add_bin<scalar_t>(p, acc, dv != nullptr ? dv + c0 : nullptr, LANES);
     }
     const scalar_t th = thr[t - 1];
     const int32_t tt = (int32_t)t;
@@ -291,14 +298,7 @@ __attribute__((always_inline)) inline void fire_bins_rows(const float* first, co
     int64_t r = k0;
     for (int64_t t = 1; t <= T; ++t) {
       for (const int64_t upto = std::min(t + Tw, T_in); r < upto; ++r) {
-        const float* b = bins + (m * nl + r - k0) * C;
-        if (div) {
-#pragma omp simd
-          for (int64_t k = 0; k < C; ++k) P[k] += b[k] / div[k];
-        } else {
-#pragma omp simd
-          for (int64_t k = 0; k < C; ++k) P[k] += b[k];
-        }
+        add_bin<float>(P, bins + (m * nl + r - k0) * C, div, C);
       }
       const float th = thr[t - 1];
       const int8_t tt = (int8_t)t;
