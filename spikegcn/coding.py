@@ -342,19 +342,26 @@ def encode_binary(x: Tensor, T: int, signed: bool = True) -> tuple[Tensor, Tenso
     _check_finite(x, "binary encoder input")
     if not signed and bool((x < 0).any()):
         raise ValueError("encode_binary(signed=False) got negative inputs; use signed=True")
-    mag = x.abs().to(torch.float64)
-    # exact: scaling by a power of two and flooring loses nothing in float64 for T <= 52
-    bits = torch.floor(mag * 2.0**T).clamp_(0, 2**T - 1).to(torch.int32 if T <= 30 else torch.int64)
+    from .kernels import fused_cpu
+
+    # in place on fresh buffers (a large graph's chunk sources: tens of MB each, see fused_cpu.empty); exact:
+    # scaling by a power of two and flooring loses nothing in float64 for T <= 52
+    with torch.no_grad():  # a code, not a differentiable map
+        mag = fused_cpu.empty(x.shape, torch.float64, x.device).copy_(x).abs_()
+        mag.mul_(2.0**T).floor_().clamp_(0, 2**T - 1)
+        bits = fused_cpu.empty(x.shape, torch.int32 if T <= 30 else torch.int64, x.device).copy_(mag)
     sign = torch.sign(x).to(torch.int8) * (bits != 0) if signed else None
     return bits, sign
 
 
 def decode_binary(bits: Tensor, T: int, sign: Tensor | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
     """Normalised value :math:`\\pm\\sum_t b_t 2^{-t}` of packed binary codes."""
-    v = (bits.to(torch.float64) * 2.0**-T).to(dtype)
-    if sign is not None:
-        v = v * sign.to(dtype)
-    return v
+    from .kernels import fused_cpu
+
+    v = fused_cpu.empty(bits.shape, torch.float64, bits.device).copy_(bits).mul_(2.0**-T)  # fresh: in place
+    if dtype != torch.float64:
+        v = fused_cpu.empty(bits.shape, dtype, bits.device).copy_(v)
+    return v if sign is None else v.mul_(sign.to(dtype))
 
 
 def binary_bitplanes(bits: Tensor, T: int) -> Tensor:

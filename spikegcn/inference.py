@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from .conversion.graph import UnsupportedModuleError
+from .kernels import fused_cpu
 from .nn.aggregation import SpikingAggregation
 from .nn.encoder import PhaseEncoder
 from .nn.gcn_conv import SpikingGCNConv
@@ -225,7 +226,8 @@ class CodeStore:
     def rows(self, ids: Tensor | slice) -> Tensor:
         if isinstance(ids, slice):
             return self.data[ids.start - self.offset:ids.stop - self.offset]
-        return self.data[ids - self.offset]
+        out = fused_cpu.empty((ids.numel(), *self.data.shape[1:]), self.data.dtype, self.data.device)
+        return torch.index_select(self.data, 0, ids - self.offset, out=out)
 
     def spikes(self, ids: Tensor | slice) -> PhaseSpikes:
         return unpack_codes(self.rows(ids), self.like)
@@ -245,7 +247,11 @@ class FeatureSource:
         self.x, self.encoder = x, encoder
 
     def spikes(self, ids: Tensor | slice):
-        rows = self.x[ids] if isinstance(ids, slice) else self.x[ids.to(torch.long)]
+        if isinstance(ids, slice):
+            rows = self.x[ids]
+        else:
+            out = fused_cpu.empty((ids.numel(), *self.x.shape[1:]), self.x.dtype, self.x.device)
+            rows = torch.index_select(self.x, 0, ids.to(torch.long), out=out)
         return self.encoder(rows)
 
     def close(self) -> None:

@@ -27,6 +27,7 @@ import dataclasses
 import torch
 from torch import Tensor
 
+from .kernels import fused_cpu
 from .operators import Chain, Dense, Identity, Join, Sparse, ValueOp, _fired_at, _values
 from .spikes import BinarySpikes, PhaseSpikes
 
@@ -67,12 +68,12 @@ def _fired_bins(item: PhaseSpikes | BinarySpikes, k0: int, dtype: torch.dtype, r
                           sign=None if item.sign is None else item.sign[rows])
         v = _values(sub, item.T_in, dtype)
         late = ph > k0
-        out = torch.zeros((ph.shape[0], nl, ph.shape[1]), dtype=dtype, device=ph.device)
+        out = fused_cpu.empty((ph.shape[0], nl, ph.shape[1]), dtype, ph.device).zero_()
         idx = (ph.to(torch.int64) - (k0 + 1)).clamp_(min=0).unsqueeze(1)
         return out.scatter_(1, idx, torch.where(late, v, torch.zeros((), dtype=dtype, device=v.device)).unsqueeze(1))
     part = dataclasses.replace(item, bits=item.bits[rows], sign=None if item.sign is None else item.sign[rows])
     prev = _values(part, k0, dtype)
-    out = torch.empty((part.bits.shape[0], nl, part.bits.shape[1]), dtype=dtype, device=part.bits.device)
+    out = fused_cpu.empty((part.bits.shape[0], nl, part.bits.shape[1]), dtype, part.bits.device)
     for q in range(nl):
         high = _values(part, k0 + 1 + q, dtype)
         out[:, q] = high - prev
@@ -99,8 +100,6 @@ def _sparse_rows(adj: Tensor, lo: int, hi: int) -> Tensor:
 def _sparse_bins(op: Sparse, item, k0: int, dtype: torch.dtype, cache: dict, lo: int, hi: int) -> Tensor:
     adj = _sparse_rows(op.adj, lo, hi)
     if dtype == torch.float32 and adj.dtype == torch.float32:
-        from .kernels import fused_cpu
-
         bins = (fused_cpu.aggregate_bins(adj, item, k0) if type(item) is PhaseSpikes else
                 fused_cpu.aggregate_bins_bits(adj, item, k0))
         if bins is not None:
@@ -127,7 +126,7 @@ def late_bins(op: ValueOp, inp, k0: int, dtype: torch.dtype, cache: dict, lo: in
         out = None
         for o, i in zip(op.ops, op.inputs):
             d = late_bins(o, items[i], k0, dtype, cache, lo, hi)
-            out = d if out is None else out + d
+            out = d if out is None else torch.add(out, d, out=fused_cpu.empty(out.shape, out.dtype, out.device))
         return out
     if isinstance(op, Chain):
         d = late_bins(op.ops[0], inp, k0, dtype, cache, lo, hi)

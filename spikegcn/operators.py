@@ -162,7 +162,13 @@ class Dense(ValueOp):
         self.weight = weight
 
     def forward(self, xs):
-        return xs[0] @ self.weight.t().to(xs[0].dtype)
+        x, w = xs[0], self.weight.t().to(xs[0].dtype)
+        if x.dim() == 2 and x.device.type == "cpu" and not (x.requires_grad or w.requires_grad):
+            from .kernels import fused_cpu
+
+            # the same product (x @ w is mm for 2-D operands) into a buffer advised for huge pages
+            return torch.mm(x, w, out=fused_cpu.empty((x.shape[0], w.shape[1]), x.dtype, x.device))
+        return x @ w
 
     def cost(self, xs):
         x, (o, i) = xs[0], self.weight.shape

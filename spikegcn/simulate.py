@@ -25,7 +25,7 @@ from .coding import PhaseCode, _check_finite, encode_counted, saturated_count
 from .energy import LayerStats
 from .kernels.scatter import DenseSynapses, GraphSynapses, accumulate_events
 from .neuron import one_spike_fire
-from .operators import ValueOp
+from .operators import Dense, ValueOp
 from .spikes import IdentitySpikes, PhaseSpikes, SparsePhaseSpikes, SpikeInput
 
 __all__ = ["Mode", "DenseOp", "GraphOp", "run_layer", "check_mode"]
@@ -57,7 +57,7 @@ class DenseOp:
         x = inp.values_upto(k, dtype)
         if x.layout != torch.strided:
             return torch.sparse.mm(x, self.weight.t().to(dtype))
-        return x @ self.weight.t().to(dtype)
+        return Dense(self.weight).forward([x])  # x W^T (into a buffer advised for huge pages on the CPU)
 
     def macs(self, inp: SpikeInput) -> float:
         if isinstance(inp, IdentitySpikes):  # sparse X with nnz = N (docs/method.md, section 11.3)

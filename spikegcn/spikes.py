@@ -182,7 +182,7 @@ class BinarySpikes:
             return self.values(dtype)
         drop = self.T - k
         bits = (self.bits >> drop) << drop
-        return decode_binary(bits, self.T, self.sign, dtype=dtype) * self.scale.to(dtype)
+        return decode_binary(bits, self.T, self.sign, dtype=dtype).mul_(self.scale.to(dtype))  # a fresh tensor
 
     def events_at(self, p: int, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor, Tensor]:
         return _events(((self.bits >> (self.T - p)) & 1).bool(), 2.0**-p, self.sign, self.scale, dtype)

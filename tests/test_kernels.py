@@ -472,3 +472,39 @@ def test_binary_aggregation_bins_equal_per_phase_sparse_products(n, f, T, k0, si
     assert out is not None and torch.equal(out, ref)
     assert fused_cpu.aggregate_bins_bits(adj, BinarySpikes(bits=bits.long(), T=T), k0) is None  # int64 codes
     assert fused_cpu.aggregate_bins_bits(adj, inp, 0 if T > 12 else T) is None  # > 12 late phases, or none
+
+
+def test_huge_page_buffers_and_in_place_codecs_keep_values():
+    """fused_cpu.empty gives torch.empty's shape, dtype and device (advised for huge pages on the CPU from 8 MiB,
+    also under a meta default device); the binary codec, the feature gather, the encoder's division and the dense
+    products written into such buffers give the values of the plain torch formulas."""
+    import math
+
+    from spikegcn.coding import decode_binary, encode_binary
+    from spikegcn.kernels import fused_cpu
+    from spikegcn.operators import Dense
+
+    for shape, dtype in (((3, 5), torch.float32), ((1 << 20, 3), torch.float64), ((1 << 21, 5), torch.int8)):
+        t = fused_cpu.empty(shape, dtype, torch.device("cpu"))
+        assert (tuple(t.shape), t.dtype, t.device.type) == (shape, dtype, "cpu")
+        t.fill_(1)  # every page writable
+        assert int(t.sum()) == math.prod(shape)
+    with torch.device("meta"):
+        assert fused_cpu.empty((1 << 22,), torch.float32, torch.device("cpu")).device.type == "cpu"
+    assert fused_cpu.empty((4,), torch.float32, torch.device("meta")).device.type == "meta"
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3000, 700, generator=g) * 0.6  # 8.4 MB: the advised path
+    x[0, :4] = torch.tensor([1.5, -1.5, 0.0, -0.0])
+    for T in (8, 16, 40):
+        bits, sign = encode_binary(x, T)
+        mag = x.abs().to(torch.float64)
+        ref = torch.floor(mag * 2.0**T).clamp_(0, 2**T - 1).to(torch.int32 if T <= 30 else torch.int64)
+        assert torch.equal(bits, ref) and bits.dtype == ref.dtype
+        for dt in (torch.float32, torch.float64):
+            want = (ref.to(torch.float64) * 2.0**-T).to(dt) * sign.to(dt)
+            assert torch.equal(decode_binary(bits, T, sign, dt), want)
+    w = torch.randn(256, 700, generator=g)
+    assert torch.equal(Dense(w).forward([x]), x @ w.t())
+    xg = x.clone().requires_grad_()
+    assert Dense(w).forward([xg]).requires_grad  # autograd keeps the plain product

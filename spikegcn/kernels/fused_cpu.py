@@ -54,7 +54,9 @@ SOURCE = Path(__file__).resolve().parent / "csrc" / "fused_cpu.cpp"
 # (kernels/conv_cpu.py)
 SOURCES = (SOURCE, SOURCE.parent / "codec_cpu.cpp", SOURCE.parent / "conv_exact.cpp",
            SOURCE.parent / "dense_exact.cpp", SOURCE.parent / "late_lists.cpp", SOURCE.parent / "aggregate_bits.cpp")
-HEADERS = (SOURCE.parent / "conv_tile.h", SOURCE.parent / "position_counts.h")  # in the build key: a change rebuilds
+# in the build key: a change rebuilds
+HEADERS = (SOURCE.parent / "conv_tile.h", SOURCE.parent / "position_counts.h", SOURCE.parent / "huge_pages.h",
+           SOURCE.parent / "fire_registers.h")
 CFLAGS = ("-O3", "-fopenmp", "-ffp-contract=off")
 LDFLAGS = ("-fopenmp",)
 log = logging.getLogger(__name__)
@@ -349,6 +351,22 @@ def encode_join(z: Tensor, thresholds_asc: Tensor, signed: bool, bias: Tensor | 
                                          bool(signed), none if table is None else table.contiguous(), per_pos)
     bad, sat, fired = counts.tolist()
     return ph, (sg if signed else None), bad, sat, fired, (at.view(z.shape[2:]) if per_pos else None)
+
+
+_HUGE_MIN = 8 << 20  # bytes: smaller tensors stay as they are (the kernel's helper advises none either)
+
+
+def empty(shape: tuple[int, ...] | list[int], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``torch.empty`` for a large buffer that is written next: on the CPU its pages are advised as transparent
+    huge pages first (the compiled ``advise_huge_pages``), so that writing a fresh 30 MB block of bins or a matrix
+    product costs a few faults instead of thousands (torch maps every large tensor anew). Elsewhere, or without the
+    compiled module, plain ``torch.empty``."""
+    t = torch.empty(shape, dtype=dtype, device=device)
+    if t.device.type == "cpu" and t.numel() * t.element_size() >= _HUGE_MIN:
+        mod = _module if _tried else load()
+        if mod is not None and hasattr(mod, "advise_huge_pages"):
+            mod.advise_huge_pages(t)
+    return t
 
 
 def count_per_position(x: Tensor) -> Tensor | None:

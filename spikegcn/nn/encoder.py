@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..coding import PhaseCode, _check_int, encode, encode_binary, saturated_count
+from ..kernels import fused_cpu
 from ..spikes import BinarySpikes, PhaseSpikes
 from ..validate import check_calibration, checks_enabled
 
@@ -56,7 +57,10 @@ class PhaseEncoder(nn.Module):
     def forward(self, x: Tensor) -> BinarySpikes | PhaseSpikes:
         if checks_enabled():
             _check_input(x)
-        xn = x / self.scale
+        if x.requires_grad or x.shape != torch.broadcast_shapes(x.shape, self.scale.shape):
+            xn = x / self.scale
+        else:  # into a buffer advised for huge pages (a large graph's chunk sources)
+            xn = torch.div(x, self.scale, out=fused_cpu.empty(x.shape, torch.result_type(x, self.scale), x.device))
         # features above the calibrated maximum are clipped to it: count them, and say so once
         self.saturated_inputs = saturated_count(xn, signed=True)
         self.saturated = self.saturated_inputs / xn.numel() if xn.numel() else 0.0

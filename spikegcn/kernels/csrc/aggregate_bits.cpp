@@ -15,6 +15,8 @@
 #include <cmath>
 #include <vector>
 
+#include "huge_pages.h"  // empty_huge: the bins on transparent huge pages
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 #define SPIKEGCN_BITS_X86 1
@@ -111,7 +113,7 @@ torch::Tensor aggregate_bins_bits(torch::Tensor crow, torch::Tensor col, torch::
               "aggregate_bins_bits: one float32 scale per feature");
   TORCH_CHECK(val.scalar_type() == torch::kFloat32 && val.is_contiguous() && col.scalar_type() == crow.scalar_type(),
               "aggregate_bins_bits: float32 values and one index type");
-  auto out = torch::empty({N, nl, F}, torch::kFloat32);
+  auto out = empty_huge({N, nl, F}, torch::kFloat32);
 #ifdef SPIKEGCN_BITS_X86
   const int8_t* sg = sign.numel() ? sign.data_ptr<int8_t>() : nullptr;
   AT_DISPATCH_INDEX_TYPES(crow.scalar_type(), "aggregate_bins_bits", [&] {

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <vector>
 
+#include "huge_pages.h"       // empty_huge: large outputs on transparent huge pages
 #include "position_counts.h"  // per-thread spike counts per position, PARALLEL_MIN
 
 int64_t cpu_isa();  // fused_cpu.cpp
@@ -239,7 +240,7 @@ std::tuple<torch::Tensor, int64_t> decode_phase(torch::Tensor phase, torch::Tens
   if (small) std::copy(table.data_ptr<float>(), table.data_ptr<float>() + table.numel(), tb32);
   const int64_t n = phase.numel(), C = scale.numel();
   const int64_t last = C == 1 ? 4096 : (phase.dim() ? phase.size(-1) : 1);
-  auto out = torch::empty(phase.sizes(), torch::kFloat32);
+  auto out = empty_huge(phase.sizes(), torch::kFloat32);
   const int8_t* pp = phase.data_ptr<int8_t>();
   const int8_t* sp = sign.numel() ? sign.data_ptr<int8_t>() : nullptr;
   const float* tb = table.data_ptr<float>();
@@ -434,7 +435,14 @@ torch::Tensor count_per_position(torch::Tensor x) {
   return out;
 }
 
+// For Python callers: advise a freshly allocated (not yet written) CPU tensor's pages, as empty_huge does.
+void advise_huge_pages(torch::Tensor t) {
+  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous(), "advise_huge_pages: a contiguous CPU tensor");
+  advise_huge(t.data_ptr(), t.nbytes());
+}
+
 void register_codec(pybind11::module_& m) {
+  m.def("advise_huge_pages", &advise_huge_pages, "transparent huge pages for a new tensor's memory (a hint)");
   m.def("encode_phase", &encode_phase, "single-spike encoding of float32 values (+ non-finite, saturated, fired)");
   m.def("decode_phase", &decode_phase, "decoding of int8 fire phases to float32");
   m.def("encode_join", &encode_join,
