@@ -163,7 +163,8 @@ class Dense(ValueOp):
 
     def forward(self, xs):
         x, w = xs[0], self.weight.t().to(xs[0].dtype)
-        if x.dim() == 2 and x.device.type == "cpu" and not (x.requires_grad or w.requires_grad):
+        if (x.dim() == 2 and x.layout == torch.strided and x.device.type == "cpu"
+                and not (x.requires_grad or w.requires_grad)):
             from .kernels import fused_cpu
 
             # the same product (x @ w is mm for 2-D operands) into a buffer advised for huge pages
