@@ -328,3 +328,29 @@ def test_saved_model_runs_through_the_recipe(graph, name, tmp_path, monkeypatch)
     assert torch.equal(torch.load(tmp_path / "out.pt"), snn(graph.x, graph.edge_index))
     rec = json.loads((tmp_path / "rec.json").read_text())
     assert rec["num_nodes"] == graph.num_nodes and rec["ranks"][0]["world_size"] == 1
+
+
+def test_gcn_large_benchmark_runs_small(tmp_path):
+    """benchmarks/gcn_large.py end to end on a 1,225-node graph: the ANN and exact Tw = T/2 in their own processes,
+    then 1 and 2 gloo processes with --repeat 2 (every wall time kept, the outputs' hashes equal), into its record."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "gl"
+    cmd = [sys.executable, str(root / "benchmarks" / "gcn_large.py"), "--scale", "0.0005", "--models", "gcn",
+           "--kinds", "ann,snn-exact-tw,dist1,dist2", "--repeat", "2", "--epochs", "2", "--train-nodes", "500",
+           "--chunk-size", "256", "--cache", str(tmp_path / "cache"), "--out", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rec = json.loads(out.with_suffix(".json").read_text())
+    runs, summary = rec["models"]["gcn"]["runs"], rec["models"]["gcn"]["summary"]
+    assert rec["graph"]["nodes"] == 1225 and summary["dist_bit_identical"] is True
+    assert all(len(r["walls_s"]) == 2 and r["wall_s"] == min(r["walls_s"]) for k in ("dist1", "dist2")
+               for r in runs[k]["ranks"])
+    assert [r["nodes"] for r in runs["dist2"]["ranks"]] == [[0, 612], [612, 1225]]
+    assert summary["bytes_per_layer"][0] == 0 and min(summary["bytes_per_layer"][1:]) > 0
+    assert 0.5 <= summary["argmax_agreement_with_ann"]["snn-exact-tw"] <= 1.0
+    assert "Best of 2 runs" in out.with_suffix(".md").read_text()
