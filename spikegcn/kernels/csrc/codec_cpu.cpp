@@ -85,20 +85,37 @@ static inline uint8_t max_epu8(__m128i m) {
 }
 // The encoder with each vector's 16 (8) counters held in a register across the threshold loop: one compare and
 // one masked add per threshold; the counts come from the compare masks. Block tails: encode_block.
+// AVX-512 with at most 31 thresholds in ascending order (the encoders' case): the count of thresholds <= a by a
+// branchless binary search instead, over a 32-entry table in two registers padded with NaN (a pad is never <= a):
+// "a >= table[k]" holds for exactly the first count entries, so 5 permutes and compares find the same count.
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 static void encode_512(const float* x, int64_t n, const float* th, int64_t T, bool sg, int8_t* pp, int8_t* sp,
                        CodecCounts& c) {
   const __m512 absm = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff)), fmax = _mm512_set1_ps(FLT_MAX);
   const __m512 one = _mm512_set1_ps(1.f), zero = _mm512_setzero_ps();
   const __m512i vT1 = _mm512_set1_epi32((int)T + 1), ione = _mm512_set1_epi32(1), izero = _mm512_setzero_si512();
+  bool search = T <= 31;
+  for (int64_t t = 1; t < T && search; ++t) search = th[t - 1] <= th[t];
+  alignas(64) float tab[32];
+  std::fill(tab, tab + 32, NAN);
+  if (search) std::copy(th, th + T, tab);
+  const __m512 tlo = _mm512_load_ps(tab), thi = _mm512_load_ps(tab + 16);
   int64_t bad = 0, sat = 0, fired = 0, i = 0;
   for (; i + 16 <= n; i += 16) {
     const __m512 v = _mm512_loadu_ps(x + i), m = _mm512_and_ps(v, absm), a = sg ? m : v;
     bad += 16 - __builtin_popcount(_mm512_cmp_ps_mask(m, fmax, _CMP_LE_OQ));
     sat += __builtin_popcount(_mm512_cmp_ps_mask(a, one, _CMP_GT_OQ));
     __m512i cnt = izero;
-    for (int64_t t = 0; t < T; ++t)
-      cnt = _mm512_mask_add_epi32(cnt, _mm512_cmp_ps_mask(a, _mm512_set1_ps(th[t]), _CMP_GE_OQ), cnt, ione);
+    if (search) {
+      for (int step = 16; step; step >>= 1) {
+        const __m512i cand = _mm512_add_epi32(cnt, _mm512_set1_epi32(step));
+        const __m512 tv = _mm512_permutex2var_ps(tlo, _mm512_sub_epi32(cand, ione), thi);
+        cnt = _mm512_mask_mov_epi32(cnt, _mm512_cmp_ps_mask(a, tv, _CMP_GE_OQ), cand);
+      }
+    } else {
+      for (int64_t t = 0; t < T; ++t)
+        cnt = _mm512_mask_add_epi32(cnt, _mm512_cmp_ps_mask(a, _mm512_set1_ps(th[t]), _CMP_GE_OQ), cnt, ione);
+    }
     const __mmask16 f = _mm512_cmpneq_epi32_mask(cnt, izero);
     fired += __builtin_popcount(f);
     _mm_storeu_si128((__m128i*)(pp + i), _mm512_cvtepi32_epi8(_mm512_maskz_sub_epi32(f, vT1, cnt)));
