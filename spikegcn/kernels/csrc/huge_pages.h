@@ -9,6 +9,8 @@
 #include <torch/extension.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
@@ -16,8 +18,14 @@
 namespace {
 
 // Advise the 2 MiB-aligned interior of [p, p + n) for huge pages (regions under 8 MiB are left alone).
+// SPIKEGCN_HUGE_PAGES=0 turns the hint off (a fragmented machine may stall in the kernel's compaction for them).
 inline void advise_huge(void* p, size_t n) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
+  static const bool on = [] {
+    const char* e = std::getenv("SPIKEGCN_HUGE_PAGES");
+    return e == nullptr || std::string(e) != "0";
+  }();
+  if (!on) return;
   constexpr uintptr_t HUGE_PAGE = uintptr_t(1) << 21;
   const uintptr_t a = reinterpret_cast<uintptr_t>(p);
   const uintptr_t lo = (a + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1), hi = (a + n) & ~(HUGE_PAGE - 1);
