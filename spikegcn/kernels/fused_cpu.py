@@ -56,7 +56,7 @@ SOURCES = (SOURCE, SOURCE.parent / "codec_cpu.cpp", SOURCE.parent / "conv_exact.
            SOURCE.parent / "dense_exact.cpp", SOURCE.parent / "late_lists.cpp", SOURCE.parent / "aggregate_bits.cpp")
 # in the build key: a change rebuilds
 HEADERS = (SOURCE.parent / "conv_tile.h", SOURCE.parent / "position_counts.h", SOURCE.parent / "huge_pages.h",
-           SOURCE.parent / "fire_registers.h")
+           SOURCE.parent / "fire_registers.h", SOURCE.parent / "neuron_steps.h")
 CFLAGS = ("-O3", "-fopenmp", "-ffp-contract=off")
 LDFLAGS = ("-fopenmp",)
 log = logging.getLogger(__name__)

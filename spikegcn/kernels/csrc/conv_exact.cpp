@@ -16,18 +16,10 @@
 #include <vector>
 
 #include "conv_tile.h"        // the layer, its inputs, a tile's early potentials and late-spike bins
+#include "neuron_steps.h"     // add_bin, fire_test
 #include "position_counts.h"  // per-thread spike counts per position, PARALLEL_MIN
 
 namespace {
-
-// One phase's test of a neuron: not fired yet (fz == 0) and the potential p at the threshold th fires it at phase
-// tt (signed neurons on |p|, negative phase for a negative p). A non-short-circuit &: the potential's load does not
-// depend on the first test.
-template <typename scalar_t, bool SIGNED>
-__attribute__((always_inline)) inline int32_t fire_test(int32_t fz, scalar_t p, scalar_t th, int32_t tt) {
-  if (SIGNED) return ((fz == 0) & (std::abs(p) >= th)) ? (p > scalar_t(0) ? tt : -tt) : fz;
-  return ((fz == 0) & (p >= th)) ? tt : fz;
-}
 
 // A final potential past the code's range (|p| > 1: the neuron saturates at phase 1).
 template <typename scalar_t, bool SIGNED>
@@ -51,7 +43,7 @@ __attribute__((always_inline)) inline int64_t neurons(const Layer& L, int64_t R,
   int64_t r = k0;  // virtual phases added so far
   for (int64_t t = 1; t <= L.T; ++t) {
     for (const int64_t upto = std::min(t + L.max_d, L.T_v); r < upto; ++r)
-      for (int64_t m = 0; m < R; ++m) add_bin<scalar_t, CC>(L, BINS + m * nbc + (r - k0) * C, dv, P + m * C);
+      for (int64_t m = 0; m < R; ++m) add_bin<scalar_t>(P + m * C, BINS + m * nbc + (r - k0) * C, dv, C);
     const scalar_t th = thr[t - 1];
     const int32_t tt = (int32_t)t;
 #pragma omp simd

@@ -36,20 +36,6 @@ constexpr int64_t tile_rows(int64_t C) {
   return std::max<int64_t>(1, std::min<int64_t>(TILE_ROWS, TILE_LANES / std::max<int64_t>(C, 1)));
 }
 
-// p += bin (or bin / div, channel by channel)
-template <typename scalar_t, int CC>
-__attribute__((always_inline)) inline void add_bin(const Layer& L, const scalar_t* __restrict b,
-                                                   const scalar_t* __restrict dv, scalar_t* __restrict p) {
-  const int64_t C = CC > 0 ? CC : L.C;
-  if (dv != nullptr) {
-#pragma omp simd
-    for (int64_t k = 0; k < C; ++k) p[k] += b[k] / dv[k];
-  } else {
-#pragma omp simd
-    for (int64_t k = 0; k < C; ++k) p[k] += b[k];
-  }
-}
-
 // The late contributions of the tile's rows m0 .. m0 + R - 1 into their phase bins (row r's bin of virtual phase
 // b at BINS[r * nbc + (b - k0 - 1) * C]), input by input and, within an input, kernel row by kernel row. Stride-1
 // inputs walk the input line under the rows once (add_line); strided inputs visit, tap by tap, the positions

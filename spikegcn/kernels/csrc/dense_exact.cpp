@@ -17,6 +17,7 @@
 #include <cstring>
 #include <vector>
 
+#include "neuron_steps.h"     // add_bin, fire_test
 #include "position_counts.h"  // PARALLEL_MIN
 
 namespace {
@@ -37,27 +38,6 @@ struct DenseLayer {
   int8_t* out;
   int8_t* sg;          // signs (signed neurons), or null
 };
-
-// p += bin / div (the graph engine's bins in ANN units, divided by lambda as on its event path), or p += bin.
-template <typename scalar_t>
-__attribute__((always_inline)) inline void add_bin(scalar_t* __restrict p, const scalar_t* __restrict b,
-                                                   const scalar_t* __restrict div, int64_t n) {
-  if (div != nullptr) {
-#pragma omp simd
-    for (int64_t k = 0; k < n; ++k) p[k] += b[k] / div[k];
-  } else {
-#pragma omp simd
-    for (int64_t k = 0; k < n; ++k) p[k] += b[k];
-  }
-}
-
-// conv_exact's fire_test: not fired yet and the potential at the threshold fires at phase tt (signed neurons on
-// |p|, negative phase for a negative p).
-template <typename scalar_t, bool SIGNED>
-__attribute__((always_inline)) inline int32_t fire_test(int32_t fz, scalar_t p, scalar_t th, int32_t tt) {
-  if (SIGNED) return ((fz == 0) & (std::abs(p) >= th)) ? (p > scalar_t(0) ? tt : -tt) : fz;
-  return ((fz == 0) & (p >= th)) ? tt : fz;
-}
 
 // Row m's late spikes bucketed by phase: bucket q (virtual phase k0 + 1 + q) is och/oval[start[q] .. start[q + 1]),
 // in list (channel) order.
