@@ -65,12 +65,26 @@ static inline uint8_t decode_run(const int8_t* p, const int8_t* s, const float* 
   return mx;
 }
 
-using EncodeFn = void (*)(const float*, int64_t, const float*, int64_t, bool, int8_t*, int8_t*, CodecCounts&);
+// ts32: the ascending thresholds NaN-padded to 32 entries (64-byte aligned) when there are at most 31 of them, else
+// nullptr (search_table); the AVX-512 encoder's binary search reads it
+using EncodeFn = void (*)(const float*, int64_t, const float*, int64_t, const float*, bool, int8_t*, int8_t*,
+                          CodecCounts&);
 // tb32: the value table zero-padded to 32 entries (64-byte aligned) when it has at most 32, else nullptr
 using DecodeFn = uint8_t (*)(const int8_t*, const int8_t*, const float*, int64_t, const float*, const float*, bool,
                              int64_t, float*);
-static void encode_base(const float* x, int64_t n, const float* th, int64_t T, bool sg, int8_t* pp, int8_t* sp,
-                        CodecCounts& c) { encode_block(x, n, th, T, sg, pp, sp, c); }
+static void encode_base(const float* x, int64_t n, const float* th, int64_t T, const float*, bool sg, int8_t* pp,
+                        int8_t* sp, CodecCounts& c) { encode_block(x, n, th, T, sg, pp, sp, c); }
+
+// Fill tab (32 floats, 64-byte aligned) for the encoders' ts32: the T ascending thresholds, NaN after them (a pad
+// is never <= a). Returns tab, or nullptr when there are more than 31 or they are not ascending (linear counting).
+static const float* search_table(const float* th, int64_t T, float* tab) {
+  if (T > 31) return nullptr;
+  for (int64_t t = 1; t < T; ++t)
+    if (!(th[t - 1] <= th[t])) return nullptr;
+  std::fill(tab, tab + 32, NAN);
+  std::copy(th, th + T, tab);
+  return tab;
+}
 static uint8_t decode_base(const int8_t* p, const int8_t* s, const float* tb, int64_t nt, const float*,
                            const float* sc, bool pe, int64_t n, float* o) {
   return decode_run(p, s, tb, nt, sc, pe, n, o);
@@ -85,21 +99,17 @@ static inline uint8_t max_epu8(__m128i m) {
 }
 // The encoder with each vector's 16 (8) counters held in a register across the threshold loop: one compare and
 // one masked add per threshold; the counts come from the compare masks. Block tails: encode_block.
-// AVX-512 with at most 31 thresholds in ascending order (the encoders' case): the count of thresholds <= a by a
-// branchless binary search instead, over a 32-entry table in two registers padded with NaN (a pad is never <= a):
-// "a >= table[k]" holds for exactly the first count entries, so 5 permutes and compares find the same count.
+// AVX-512 with a search table ts32 (at most 31 ascending thresholds: the encoders' case): the count of
+// thresholds <= a by a branchless binary search instead, over the table in two registers: "a >= table[k]" holds
+// for exactly the first count entries (NaN pads never), so 5 permutes and compares find the same count.
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
-static void encode_512(const float* x, int64_t n, const float* th, int64_t T, bool sg, int8_t* pp, int8_t* sp,
-                       CodecCounts& c) {
+static void encode_512(const float* x, int64_t n, const float* th, int64_t T, const float* ts32, bool sg, int8_t* pp,
+                       int8_t* sp, CodecCounts& c) {
   const __m512 absm = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff)), fmax = _mm512_set1_ps(FLT_MAX);
   const __m512 one = _mm512_set1_ps(1.f), zero = _mm512_setzero_ps();
   const __m512i vT1 = _mm512_set1_epi32((int)T + 1), ione = _mm512_set1_epi32(1), izero = _mm512_setzero_si512();
-  bool search = T <= 31;
-  for (int64_t t = 1; t < T && search; ++t) search = th[t - 1] <= th[t];
-  alignas(64) float tab[32];
-  std::fill(tab, tab + 32, NAN);
-  if (search) std::copy(th, th + T, tab);
-  const __m512 tlo = _mm512_load_ps(tab), thi = _mm512_load_ps(tab + 16);
+  const bool search = ts32 != nullptr;
+  const __m512 tlo = search ? _mm512_load_ps(ts32) : zero, thi = search ? _mm512_load_ps(ts32 + 16) : zero;
   int64_t bad = 0, sat = 0, fired = 0, i = 0;
   for (; i + 16 <= n; i += 16) {
     const __m512 v = _mm512_loadu_ps(x + i), m = _mm512_and_ps(v, absm), a = sg ? m : v;
@@ -137,8 +147,8 @@ static inline void store8_epi32_as_epi8(int8_t* dst, __m256i v) {  // values in 
 }
 
 __attribute__((target("avx2")))
-static void encode_256(const float* x, int64_t n, const float* th, int64_t T, bool sg, int8_t* pp, int8_t* sp,
-                       CodecCounts& c) {
+static void encode_256(const float* x, int64_t n, const float* th, int64_t T, const float*, bool sg, int8_t* pp,
+                       int8_t* sp, CodecCounts& c) {
   const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)), fmax = _mm256_set1_ps(FLT_MAX);
   const __m256 one = _mm256_set1_ps(1.f), zero = _mm256_setzero_ps();
   const __m256i vT1 = _mm256_set1_epi32((int)T + 1), izero = _mm256_setzero_si256();
@@ -232,6 +242,8 @@ std::vector<torch::Tensor> encode_phase(torch::Tensor x, torch::Tensor thr_asc, 
   auto sign = is_signed ? torch::empty_like(x, torch::kInt8) : torch::Tensor();
   const float* xp = x.data_ptr<float>();
   const float* th = thr_asc.data_ptr<float>();
+  alignas(64) float tab[32];
+  const float* ts32 = search_table(th, T, tab);
   int8_t* pp = phase.data_ptr<int8_t>();
   int8_t* sp = is_signed ? sign.data_ptr<int8_t>() : nullptr;
   const int64_t BS = 256, nb = (n + BS - 1) / BS;
@@ -240,7 +252,7 @@ std::vector<torch::Tensor> encode_phase(torch::Tensor x, torch::Tensor thr_asc, 
   for (int64_t b = 0; b < nb; ++b) {
     const int64_t i0 = b * BS;
     CodecCounts c;
-    enc(xp + i0, std::min(BS, n - i0), th, T, is_signed, pp + i0, sp ? sp + i0 : nullptr, c);
+    enc(xp + i0, std::min(BS, n - i0), th, T, ts32, is_signed, pp + i0, sp ? sp + i0 : nullptr, c);
     bad += c.bad; sat += c.sat; fired += c.fired;
   }
   return {phase, sign, torch::tensor({bad, sat, fired}, torch::kInt64)};
@@ -284,7 +296,7 @@ std::tuple<torch::Tensor, int64_t> decode_phase(torch::Tensor phase, torch::Tens
 // (summed over N and C, as count_per_position does on the phases). -> {phase, sign (undefined unless signed),
 // int64 [non-finite, saturated, fired], int64 [positions] spike counts (empty without count_positions)}.
 struct JoinArgs {
-  float* zp; const float *bp, *svp, *swp, *th; int8_t *pp, *sp; const float* tb32;
+  float* zp; const float *bp, *svp, *swp, *th, *ts32; int8_t *pp, *sp; const float* tb32;
   int64_t C, R, P, T, nt, Cin, Hin, Win, W, pad_front, sh, sww; bool is_signed, dense_sc;
   int64_t* counts;  // [P] spike counts per position, or nullptr
 };
@@ -299,7 +311,7 @@ static inline void join_fire(const JoinArgs& a, const float* v, int64_t i0, int6
   static const EncodeFn enc = SPIKEGCN_WIDEST(encode);
   static const DecodeFn dec = SPIKEGCN_WIDEST(decode);
   static const float one = 1.f;
-  enc(v, len, a.th, a.T, a.is_signed, a.pp + i0, a.sp ? a.sp + i0 : nullptr, cnt);
+  enc(v, len, a.th, a.T, a.ts32, a.is_signed, a.pp + i0, a.sp ? a.sp + i0 : nullptr, cnt);
   if (a.nt) dec(a.pp + i0, a.sp ? a.sp + i0 : nullptr, a.tb32, a.nt, a.tb32, &one, false, len, a.zp + i0);
 }
 
@@ -401,9 +413,11 @@ std::vector<torch::Tensor> encode_join(torch::Tensor z, torch::Tensor bias, torc
     TORCH_CHECK(nt <= 32, "encode_join: the value table has at most 32 entries");
     std::copy(table.data_ptr<float>(), table.data_ptr<float>() + nt, tb32);
   }
+  alignas(64) float ts[32];
+  const float* ts32 = search_table(thr_asc.data_ptr<float>(), thr_asc.numel(), ts);
   const JoinArgs a{z.data_ptr<float>(), bias.numel() ? bias.data_ptr<float>() : nullptr,
                    has_sc ? sv.data_ptr<float>() : nullptr, has_sc ? sw.data_ptr<float>() : nullptr,
-                   thr_asc.data_ptr<float>(), phase.data_ptr<int8_t>(),
+                   thr_asc.data_ptr<float>(), ts32, phase.data_ptr<int8_t>(),
                    is_signed ? sign.data_ptr<int8_t>() : nullptr, tb32, C, R, P, thr_asc.numel(), nt, Cin, Hin,
                    Win, W, pad_front, sh, sww, is_signed,
                    has_sc && sh == 1 && sww == 1 && Win == W,  // the shortcut row is contiguous
