@@ -439,3 +439,42 @@ def test_channels_last_input_equals_contiguous(mode, tw):
     snn = convert(model, torch.randn(64, 2, 8, 8), PhaseCode(16, 1.3, Tw=tw), mode=mode)
     x = torch.randn(16, 2, 8, 8)
     assert torch.equal(snn(x.to(memory_format=torch.channels_last)), snn(x))
+
+
+@kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", ["identity", "option_a"])
+def test_folded_shortcut_equals_shortcut_in_the_early_potential(case, dtype):
+    """A residual join's diagonal shortcut added by conv_exact as it reads the early potentials (early_diag) gives
+    the same fire phases and counts as the torch path's z.add_(values * weight) before the kernel, bit for bit: an
+    identity shortcut, an option-A one subsampled by 2 with channels padded on both sides, with a bias, late
+    shortcut spikes through its 1 x 1 form; mismatched shortcut positions raise."""
+    from spikegcn.nn.conv import spike_values
+
+    g = torch.Generator().manual_seed(3)
+    code, (N, C, Ho, Wo), k0, hi = PhaseCode(16, 1.3), (3, 8, 5, 9), 9, 7
+    Cin, pf, stride = (C, 0, (1, 1)) if case == "identity" else (3, 2, (2, 2))
+    H, W = Ho * stride[0] - (stride[0] - 1), Wo * stride[1]  # 9 x 18 -> 5 x 9 when subsampled by 2
+    sc = PhaseSpikes(phase=torch.randint(0, 17, (N, Cin, H, W), generator=g).to(torch.int8), code=code)
+    main = PhaseSpikes(phase=torch.randint(0, 17, (N, 4, Ho, Wo), generator=g).to(torch.int8), code=code)
+    w_main = (torch.randn(3, 3, 4, C, generator=g) / 3).to(dtype)
+    w_sc = (torch.rand(C, generator=g) + 0.5).to(dtype)
+    bias = (torch.randn(C, generator=g) / 8).to(dtype)
+    z = (torch.randn(N, C, Ho, Wo, generator=g) / 2).to(dtype)  # the main input's early convolution
+    sv = spike_values(sc, 0, hi, dtype=dtype)[:, :, ::stride[0], ::stride[1]]
+    with_sc = z.clone()
+    with_sc[:, pf:pf + Cin].add_(sv * w_sc[pf:pf + Cin].view(-1, 1, 1))
+    diag_w = torch.zeros(1, 1, Cin, C, dtype=dtype)
+    diag_w[0, 0, torch.arange(Cin), torch.arange(Cin) + pf] = w_sc[pf:pf + Cin]
+    forms = [(w_main, (1, 1), (1, 1), (1, 1)), (diag_w, stride, (0, 0), (1, 1))]
+    thr = code.thresholds(dtype)
+    ref = conv_cpu.fire_late(with_sc, [main, sc], forms, [0, k0 - hi], k0, 16, 8, thr, count=True, bias=bias)
+    out = conv_cpu.fire_late(z, [main, sc], forms, [0, k0 - hi], k0, 16, 8, thr, count=True, bias=bias,
+                             early_diag=(sc, hi, w_sc, pf, stride))
+    assert ref is not None and out is not None
+    assert torch.equal(out[0], ref[0]) and out[2:4] == ref[2:4] and torch.equal(out[4], ref[4])
+    assert 0 < ref[3] < ref[0].numel()
+    wrong = PhaseSpikes(phase=sc.phase[:, :, :, :-2].contiguous(), code=code)
+    with pytest.raises(RuntimeError, match="shortcut's channels or subsampled positions"):
+        conv_cpu.fire_late(z, [main, sc], forms, [0, k0 - hi], k0, 16, 8, thr, count=True, bias=bias,
+                           early_diag=(wrong, hi, w_sc, pf, stride))

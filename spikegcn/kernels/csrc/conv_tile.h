@@ -20,17 +20,29 @@ struct ConvInput {  // one synaptic input of the layer, as a convolution
   int64_t H, W, Cin, kh, kw, sh, sw, ph, pw, dh, dw;
 };
 
+// A residual join's diagonal shortcut (identity or option A) folded into the early potentials: output channel c
+// (pad_front <= c < pad_front + Cin) adds table[phase[n, c - pad_front, oy * sh, ox * sw]] x weight[c], as the
+// torch path's z.add_(values * weight) before the bias (encode_join's rule). table: 256 values indexed by the
+// phase as a byte, zero past the phases that arrived before output phase 1.
+struct EarlyDiag {
+  const int8_t* phase;  // [N, Cin, H, W]
+  const void* table;    // [256]
+  const void* weight;   // [C]
+  int64_t Cin, H, W, pad_front, sh, sw;
+};
+
 struct Layer {  // what every output row needs
   const ConvInput* ins;
   int64_t n_in, Ho, Wo, C, T, k0, T_v, max_d;
   const void* div;  // [C] divisor of each bin (the graph engine's lambda: bins in ANN units), or nullptr
   bool is_signed;   // signed neurons: fire on |potential|, sign written to sg
   const void* bias;  // [C] added to the early potentials as they are read (first + bias, as z.add_(bias)), or nullptr
+  const EarlyDiag* diag;  // a diagonal shortcut's early spikes, added as the early potentials are read, or nullptr
 };
 
 // A tile: R rows of C output channels, up to TILE_LANES neurons
-constexpr int64_t TILE_LANES = 256;  // R x C: 16 AVX-512 vectors of float per phase test (bins 1 KiB/phase)
-constexpr int64_t TILE_ROWS = 16;
+constexpr int64_t TILE_LANES = 512;  // R x C: a whole output line of each ResNet-20 stage (32 x 16, 16 x 32, 8 x 64)
+constexpr int64_t TILE_ROWS = 32;
 // rows per tile (the buffers hold this many rows)
 constexpr int64_t tile_rows(int64_t C) {
   return std::max<int64_t>(1, std::min<int64_t>(TILE_ROWS, TILE_LANES / std::max<int64_t>(C, 1)));
@@ -74,33 +86,99 @@ __attribute__((always_inline)) inline void add_run(const ConvInput& in, int64_t 
     add_spike<scalar_t, CC>(in, j, wk, C_, bins + (row0 + in.pos[j] - pa) * nbc, k0);
 }
 
-// Stride 1: one walk over the input line y (kernel row ky) under the rows oxa .. oxa + seg - 1 of one output line,
-// each late spike added into every row whose tap kx reads it (ox = x + pw - kx * dw). A spike's phase bin, channel
-// and value are read once for its up to kw taps. A row's bins get the same additions in the same order as tap by
-// tap: for one row, ascending x is ascending kx, and a position's spikes come in list order.
-template <typename scalar_t, int CC>
-__attribute__((always_inline)) inline void add_line(const ConvInput& in, int64_t pl, int64_t oxa, int64_t seg,
-                                                    int64_t row0, int64_t nbc, int64_t k0, const scalar_t* wky,
-                                                    int64_t C_, scalar_t* __restrict bins) {
-  const int64_t C = CC > 0 ? CC : C_, tap = in.Cin * C;
-  const int64_t xlo = std::max<int64_t>(0, oxa - in.pw);
-  const int64_t xhi = std::min<int64_t>(in.W - 1, oxa + seg - 1 - in.pw + (in.kw - 1) * in.dw);
-  if (xlo > xhi) return;
-  const scalar_t* val = static_cast<const scalar_t*>(in.val);
-  for (int64_t j = in.ptr[pl + xlo], e = in.ptr[pl + xhi + 1]; j < e; ++j) {
-    const int64_t ox0 = in.pos[j] - pl + in.pw - oxa;  // the row (from oxa) that tap 0 adds it into
-    scalar_t* __restrict hb = bins + (int64_t)(in.bin[j] - k0 - 1) * C;  // its phase's bin in row 0
-    const scalar_t* __restrict wc = wky + (int64_t)in.ch[j] * C;
+// The stride-1 positions of add_line (below) with every tap on its segment, spikes ja .. jb - 1: no bounds tests,
+// the taps unrolled for the common 3-wide kernel (per tap a product, an add and a store). Its own function
+// (add_line_full_<isa>, not inlined): inside the tile's body the loop's pointers and strides spilled to the stack.
+// Spike j's bin in tap 0's row is bins[off0 + pos * nbc + bin * C]; tap kx's is kx * dw rows before.
+template <typename scalar_t, int CC, int KW>
+__attribute__((always_inline)) inline void add_line_full_body(const ConvInput& in, int64_t ja, int64_t jb,
+                                                              scalar_t* __restrict bins, int64_t off0, int64_t nbc,
+                                                              const scalar_t* __restrict wky, int64_t C_) {
+  const int64_t C = CC > 0 ? CC : C_, tap = in.Cin * C, kw = KW > 0 ? KW : in.kw, rstep = in.dw * nbc;
+  const int32_t* __restrict pos = in.pos;
+  const int16_t* __restrict bin = in.bin;
+  const int32_t* __restrict ch = in.ch;
+  const scalar_t* __restrict val = static_cast<const scalar_t*>(in.val);
+  for (int64_t j = ja; j < jb; ++j) {
+    scalar_t* __restrict hb = bins + (off0 + (int64_t)pos[j] * nbc + (int64_t)bin[j] * C);
+    const scalar_t* __restrict wc = wky + (int64_t)ch[j] * C;
     const scalar_t v = val[j];
-    for (int64_t kx = 0; kx < in.kw; ++kx) {
-      const int64_t o = ox0 - kx * in.dw;
-      if (o < 0 || o >= seg) continue;
-      axpy<scalar_t, CC>(hb + (row0 + o) * nbc, wc + kx * tap, v, C);
-    }
+    for (int64_t kx = 0; kx < kw; ++kx) axpy<scalar_t, CC>(hb - kx * rstep, wc + kx * tap, v, C);
   }
 }
 
-template <typename scalar_t, int CC>
+#define SPIKEGCN_LINE_FULL(NAME, ATTR)                                                                             \
+  template <typename scalar_t, int CC, int KW>                                                                     \
+  ATTR __attribute__((noinline)) void NAME(const ConvInput& in, int64_t ja, int64_t jb, scalar_t* bins,          \
+                                           int64_t off0, int64_t nbc, const scalar_t* wky, int64_t C_) {           \
+    add_line_full_body<scalar_t, CC, KW>(in, ja, jb, bins, off0, nbc, wky, C_);                                     \
+  }
+SPIKEGCN_LINE_FULL(add_line_full_0, )
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+SPIKEGCN_LINE_FULL(add_line_full_1, __attribute__((target("avx2"))))
+SPIKEGCN_LINE_FULL(add_line_full_2, __attribute__((target("avx512f"))))
+#endif
+#undef SPIKEGCN_LINE_FULL
+
+// add_line_full_<ISA> (0 portable, 1 AVX2, 2 AVX-512: the caller's instruction set)
+template <typename scalar_t, int CC, int KW, int ISA>
+__attribute__((always_inline)) inline void add_line_full(const ConvInput& in, int64_t ja, int64_t jb, scalar_t* bins,
+                                                         int64_t off0, int64_t nbc, const scalar_t* wky, int64_t C) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  if constexpr (ISA == 2) return add_line_full_2<scalar_t, CC, KW>(in, ja, jb, bins, off0, nbc, wky, C);
+  if constexpr (ISA == 1) return add_line_full_1<scalar_t, CC, KW>(in, ja, jb, bins, off0, nbc, wky, C);
+#endif
+  add_line_full_0<scalar_t, CC, KW>(in, ja, jb, bins, off0, nbc, wky, C);
+}
+
+// Stride 1: one walk over the input line y (kernel row ky) under the rows oxa .. oxa + seg - 1 of one output line,
+// each late spike added into every row whose tap kx reads it (ox = x + pw - kx * dw). A spike's phase bin, channel
+// and value are read once for its up to kw taps. A row's bins get the same additions in the same order as tap by
+// tap: for one row, ascending x is ascending kx, and a position's spikes come in list order. The positions whose
+// every tap lands on the segment (all but up to kw - 1 at each end) go through add_line_full, in their place in
+// that order.
+template <typename scalar_t, int CC, int ISA>
+__attribute__((always_inline)) inline void add_line(const ConvInput& in, int64_t pl, int64_t oxa, int64_t seg,
+                                                    int64_t row0, int64_t nbc, int64_t k0, const scalar_t* wky,
+                                                    int64_t C_, scalar_t* __restrict bins) {
+  const int64_t C = CC > 0 ? CC : C_, tap = in.Cin * C, reach = (in.kw - 1) * in.dw;
+  const int64_t xlo = std::max<int64_t>(0, oxa - in.pw);
+  const int64_t xhi = std::min<int64_t>(in.W - 1, oxa + seg - 1 - in.pw + reach);
+  if (xlo > xhi) return;
+  const scalar_t* val = static_cast<const scalar_t*>(in.val);
+  // the positions with every tap on the segment: x + pw - oxa - reach >= 0 and x + pw - oxa < seg
+  const int64_t flo = std::max(xlo, oxa - in.pw + reach), fhi = std::min(xhi, oxa + seg - 1 - in.pw);
+  auto partial = [&](int64_t ja, int64_t jb) {
+    for (int64_t j = ja; j < jb; ++j) {
+      const int64_t ox0 = in.pos[j] - pl + in.pw - oxa;  // the row (from oxa) that tap 0 adds it into
+      scalar_t* __restrict hb = bins + (int64_t)(in.bin[j] - k0 - 1) * C;  // its phase's bin in row 0
+      const scalar_t* __restrict wc = wky + (int64_t)in.ch[j] * C;
+      const scalar_t v = val[j];
+      for (int64_t kx = 0; kx < in.kw; ++kx) {
+        const int64_t o = ox0 - kx * in.dw;
+        if (o < 0 || o >= seg) continue;
+        axpy<scalar_t, CC>(hb + (row0 + o) * nbc, wc + kx * tap, v, C);
+      }
+    }
+  };
+  if (flo > fhi) {
+    partial(in.ptr[pl + xlo], in.ptr[pl + xhi + 1]);
+    return;
+  }
+  partial(in.ptr[pl + xlo], in.ptr[pl + flo]);
+  // tap 0's row in the tile is pos - (pl - pw + oxa - row0); the bin of phase b is b - k0 - 1 in it
+  const int64_t off0 = -(pl - in.pw + oxa - row0) * nbc - (k0 + 1) * C;
+  const int64_t ja = in.ptr[pl + flo], jb = in.ptr[pl + fhi + 1];
+  if (ja < jb) {
+    if (in.kw == 3)
+      add_line_full<scalar_t, CC, 3, ISA>(in, ja, jb, bins, off0, nbc, wky, C);
+    else
+      add_line_full<scalar_t, CC, 0, ISA>(in, ja, jb, bins, off0, nbc, wky, C);
+  }
+  partial(in.ptr[pl + fhi + 1], in.ptr[pl + xhi + 1]);
+}
+
+template <typename scalar_t, int CC, int ISA>
 __attribute__((always_inline)) inline void late_bins(const Layer& L, int64_t m0, int64_t R, scalar_t* __restrict bins) {
   const int64_t C = CC > 0 ? CC : L.C, k0 = L.k0, nbc = (L.T_v - k0) * C, HWo = L.Ho * L.Wo;
   for (int64_t q = 0; q < R * nbc; ++q) bins[q] = scalar_t(0);
@@ -119,7 +197,7 @@ __attribute__((always_inline)) inline void late_bins(const Layer& L, int64_t m0,
         const int64_t y = oy * in.sh - in.ph + ky * in.dh;
         if (y < 0 || y >= in.H) continue;
         if (in.sw == 1) {
-          add_line<scalar_t, CC>(in, (n * in.H + y) * in.W, oxa, seg, ra, nbc, k0, w + ky * in.kw * in.Cin * C, C,
+          add_line<scalar_t, CC, ISA>(in, (n * in.H + y) * in.W, oxa, seg, ra, nbc, k0, w + ky * in.kw * in.Cin * C, C,
                                  bins);
           continue;
         }
@@ -139,30 +217,37 @@ __attribute__((always_inline)) inline void late_bins(const Layer& L, int64_t m0,
   }
 }
 
-// The tile's early potentials into P ([R, C]): element (r, k) of first at f0[k * ks + r * rs], plus the bias (as
-// the torch path's z.add_(bias)). Returns the non-finite sums.
+// The tile's early potentials into P ([R, C]): element (r, k) of first at f0[k * ks + r * rs] (output row m0 + r),
+// plus a folded diagonal shortcut (L.diag) and the bias, in the torch path's order (z.add_(shortcut), then
+// z.add_(bias)). Returns the non-finite sums.
 template <typename scalar_t, int CC>
-__attribute__((always_inline)) inline int64_t gather_early(const Layer& L, int64_t R, const scalar_t* f0, int64_t ks,
-                                                           int64_t rs, scalar_t* __restrict P) {
-  const int64_t C = CC > 0 ? CC : L.C;
+__attribute__((always_inline)) inline int64_t gather_early(const Layer& L, int64_t m0, int64_t R, const scalar_t* f0,
+                                                           int64_t ks, int64_t rs, scalar_t* __restrict P) {
+  const int64_t C = CC > 0 ? CC : L.C, HWo = L.Ho * L.Wo;
   const scalar_t* bv = static_cast<const scalar_t*>(L.bias);
+  const EarlyDiag* d = L.diag;
+  alignas(64) int64_t at[TILE_ROWS];  // each row's position in a shortcut channel
+  if (d != nullptr)
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t m = m0 + r, q = m % HWo;
+      at[r] = (m / HWo) * d->Cin * d->H * d->W + (q / L.Wo) * d->sh * d->W + (q % L.Wo) * d->sw;
+    }
   int64_t nbad = 0;
   for (int64_t k = 0; k < C; ++k) {
     const scalar_t* fk = f0 + k * ks;
-    if (bv != nullptr) {
-      const scalar_t b = bv[k];
-      for (int64_t r = 0; r < R; ++r) {
-        const scalar_t f = fk[r * rs] + b;
-        P[r * C + k] = f;
-        nbad += !(f - f == scalar_t(0));  // NaN or inf
-      }
+    const int64_t ci = d != nullptr ? k - d->pad_front : -1;
+    if (ci >= 0 && ci < d->Cin) {
+      const int8_t* ph = d->phase + ci * d->H * d->W;
+      const scalar_t* tab = static_cast<const scalar_t*>(d->table);
+      const scalar_t w = static_cast<const scalar_t*>(d->weight)[k];
+      for (int64_t r = 0; r < R; ++r) P[r * C + k] = fk[r * rs] + tab[(uint8_t)ph[at[r]]] * w;
     } else {
-      for (int64_t r = 0; r < R; ++r) {
-        const scalar_t f = fk[r * rs];
-        P[r * C + k] = f;
-        nbad += !(f - f == scalar_t(0));
-      }
+      for (int64_t r = 0; r < R; ++r) P[r * C + k] = fk[r * rs];
     }
+    const scalar_t b = bv != nullptr ? bv[k] : scalar_t(0);
+    if (bv != nullptr)
+      for (int64_t r = 0; r < R; ++r) P[r * C + k] = P[r * C + k] + b;
+    for (int64_t r = 0; r < R; ++r) nbad += !(P[r * C + k] - P[r * C + k] == scalar_t(0));  // NaN or inf
   }
   return nbad;
 }
