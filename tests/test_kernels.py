@@ -439,8 +439,7 @@ def test_dense_exact_equals_conv_exact(C, dtype):
             bb = first.new_empty(0) if bias is None else bias
             for isa in range(mod.cpu_isa() + 1):
                 ref = mod.conv_exact(first.reshape(n, C, 1, 1), [ptr], [ch], [b], [v], [w], [1, 1, 1, 1, 0, 0, 1, 1],
-                                     thr, k0, T, 4, d, signed, isa, False, bb,
-                                     *conv_cpu._early_diag_args(None, first))
+                                     thr, k0, T, 4, d, signed, isa, False, bb)
                 out = mod.dense_exact(first, ptr, ch, b, v, w[0, 0], thr, k0, T, 4, d, signed, isa, bb)
                 assert torch.equal(out[0], ref[0].view(n, C)) and int(out[4]) == int(ref[4]) > 0
                 assert int(out[2]) == int(ref[2]) and int(out[3]) == int(ref[3])

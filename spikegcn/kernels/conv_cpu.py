@@ -102,8 +102,7 @@ def _late_spikes_torch(x: PhaseSpikes | BinarySpikes, nchw: Tensor, sign_nchw: T
 
 def fire_late(first: Tensor, inputs: list, forms: list, offsets: list[int], k0: int, T_v: int, max_d: int,
               thresholds: Tensor, in_scales: list | None = None, div: Tensor | None = None, signed: bool = False,
-              count: bool = False, bias: Tensor | None = None,
-              early_diag: tuple[PhaseSpikes, int, Tensor, int, tuple[int, int]] | None = None
+              count: bool = False, bias: Tensor | None = None
               ) -> tuple[Tensor, Tensor | None, int, int, Tensor | None] | None:
     """Fire phases (``first``'s shape, int8), their signs (``signed`` neurons, else ``None``), the number of
     neurons whose final |potential| exceeds 1 (a non-finite early potential raises), of those that fired and, with
@@ -114,10 +113,7 @@ def fire_late(first: Tensor, inputs: list, forms: list, offsets: list[int], k0: 
     seen ``offsets[i]`` virtual phases late, through the convolution ``forms[i]``); ``None`` when the compiled
     kernel cannot run this layer. The graph engine's dense layers keep the late bins in ANN units: ``in_scales[i]``
     (input lambda per channel) multiplies each late value and every bin is divided by ``div`` (output lambda), as
-    on its event path. ``early_diag = (spikes, hi, weight, pad_front, stride)``: a diagonal shortcut whose spikes
-    fired at phases ``<= hi`` the kernel adds to ``first`` as it reads it, before the bias (the torch path's
-    ``z.add_(values * weight)``), so that ``first`` holds the other inputs only (one pass instead of a decode, a
-    product and a sum over the map)."""
+    on its event path."""
     mod = fused_cpu.load()
     if mod is None or not hasattr(mod, "conv_exact") or any(f is None for f in forms):
         return None
@@ -151,26 +147,10 @@ def fire_late(first: Tensor, inputs: list, forms: list, offsets: list[int], k0: 
                                                        weights[0][0, 0], thr, k0, T_v, max_d, d, signed, isa, b)
         at = None
     else:
-        sc = _early_diag_args(early_diag, first)
         phase, sign, sat, bad, fired, at = mod.conv_exact(rows, ptrs, chs, bins, vals, weights, geom, thr, k0, T_v,
-                                                          max_d, d, signed, isa, per_pos, b, *sc)
+                                                          max_d, d, signed, isa, per_pos, b)
     if int(bad):
         _check_finite(first, "neuron input")
         raise nonfinite_error(int(bad))  # finite early potentials: the bias made them non-finite
     return (phase.reshape(first.shape), sign.reshape(first.shape) if signed else None, int(sat), int(fired),
             at.view(first.shape[2:]) if per_pos else None)
-
-
-def _early_diag_args(early_diag, first: Tensor) -> tuple[Tensor, Tensor, Tensor, list[int]]:
-    """conv_exact's shortcut arguments: the phases, a 256-entry table of the values of the phases ``<= hi`` (zero
-    elsewhere, indexed by the phase as a byte), the weight and ``(pad_front, sh, sw)``; empty for none."""
-    if early_diag is None:
-        none = first.new_empty(0)
-        return torch.empty(0, dtype=torch.int8, device=first.device), none, none, []
-    x, hi, weight, pad_front, stride = early_diag
-    table = first.new_zeros(256)
-    hi = min(hi, x.T_in)
-    if hi > 0:
-        table[1:hi + 1] = x.code.values(first.dtype, first.device)[1:hi + 1]
-    return (x.phase.contiguous(), table, weight.to(first.dtype).contiguous(),
-            [int(pad_front), int(stride[0]), int(stride[1])])

@@ -26,8 +26,9 @@ Simulation (``mode``):
 * ``output="potential"``: the output layer integrates its whole input and returns :math:`\lambda \cdot P`
   (:math:`\lambda = 1`, ANN units); the prediction is its argmax.
 
-Operation counts (:class:`~spikegcn.energy.LayerStats`) are exact: ANN MACs of the replaced layer; SNN additions
-summed over input spikes of their fan-out per input position (borders, stride and padding included).
+Operation counts (:class:`~spikegcn.energy.LayerStats`) are exact: ANN MACs of the replaced layer, and SNN
+additions as the sum over input spikes of their fan-out, computed per input position (borders, stride and
+padding included), not from the uniform approximation.
 """
 from __future__ import annotations
 
@@ -189,7 +190,9 @@ class LayerSynapses(ValueOp):
         # the kernel adds the diagonal synapse, and writes the output's values into z: the tensor kept must be the
         # one written (contiguous)
         z = self._synapse_sum(inp, k, dtype, last if diag is not None else last + 1).contiguous()
-        shortcut = (spike_values(inp.items[last], 0, k - inp.offsets[last], dtype=dtype), *diag) if diag else None
+        shortcut = None
+        if diag is not None:
+            shortcut = (spike_values(inp.items[last], 0, k - inp.offsets[last], dtype=dtype), *diag)
         fast = fused_cpu.encode_join(z, code.thresholds(dtype, z.device).flip(0), signed, bias=bias,
                                      shortcut=shortcut, table=code.values(dtype, z.device),
                                      count_positions=count and z.dim() == 4)
@@ -217,21 +220,17 @@ class LayerSynapses(ValueOp):
 
     def exact_kernel(self, inp: Streams, code: PhaseCode, bias, scale_t, signed: bool, dtype: torch.dtype,
                      backend: str, early) -> tuple[Tensor, None, float, int, Tensor | None] | None:
-        """One convolution + late spikes x fan-out (kernels/conv_cpu.py), or ``None`` where it cannot run:
-        ``(phase, None, saturated, fired, spikes per output position)``. The kernel adds the bias as it reads the
-        early potential (same rounding), and before it a residual join's diagonal shortcut's early spikes."""
+        """One convolution + late spikes x fan-out (kernels/conv_cpu.py), or ``None`` where it cannot run;
+        ``(phase, None, saturated, fired, spikes per output position)``."""
         forms = [self.layer.conv_form(i) for i in range(len(inp.items))]
         if (not fused_cpu.available(backend) or dtype not in (torch.float32, torch.float64) or code.T > 127
                 or signed or any(f is None for f in forms) or self.layer.scale.device.type != "cpu"):
             return None
-        b = self.layer.bias if self.layer.bias is not None and self.layer.bias.dtype == dtype else None
-        sc, diag = inp.items[-1], self.layer.diagonal_synapse(len(inp.items) - 1) if len(inp.items) > 1 else None
-        early_diag = ((sc, early.k0 - inp.offsets[-1], *diag) if diag is not None and isinstance(sc, PhaseSpikes)
-                      and sc.sign is None and sc.phase.dtype == torch.int8 and sc.phase.dim() == 4 else None)
-        first = (early() if b is None and early_diag is None else
-                 self._synapse_sum(inp, early.k0, dtype, len(inp.items) - (early_diag is not None)))
+        b = self.layer.bias
+        b = b if b is not None and b.dtype == dtype else None  # the kernel adds it as it reads (same rounding)
+        first = self._synapse_sum(inp, early.k0, dtype, len(inp.items)) if b is not None else early()
         fast = conv_cpu.fire_late(first, list(inp.items), forms, list(inp.offsets), early.k0, inp.T_in, code.Tw,
-                                  code.thresholds(dtype, first.device), count=True, bias=b, early_diag=early_diag)
+                                  code.thresholds(dtype, first.device), count=True, bias=b)
         return None if fast is None else (fast[0], None, float(fast[2]), fast[3], fast[4])
 
 

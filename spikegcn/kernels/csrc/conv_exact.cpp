@@ -164,7 +164,7 @@ __attribute__((always_inline)) inline void tile_body(const Layer& L, int64_t m0,
   const int64_t base = (m0 / HWo) * C * HWo + m0 % HWo, ks = HWo == 1 ? 1 : HWo, rs = HWo == 1 ? C : 1;
   if (rs == 1 && m0 % HWo + 2 * R <= HWo)  // the next tile's early potentials: C streams 4 HWo bytes apart, more
     for (int64_t k = 0; k < C; ++k) __builtin_prefetch(first + base + k * ks + R);  // than the prefetcher follows
-  const int64_t nbad = gather_early<scalar_t, CC>(L, m0, R, first + base, ks, rs, P);
+  const int64_t nbad = gather_early<scalar_t, CC>(L, R, first + base, ks, rs, P);
   late_bins<scalar_t, CC, ISA>(L, m0, R, BINS);
   const scalar_t* __restrict dv = static_cast<const scalar_t*>(L.div);
   if constexpr (CC > 0) {
@@ -238,9 +238,8 @@ TileFn<scalar_t> pick_tile(int64_t isa, int64_t C) {
 template <typename scalar_t>
 void run(const scalar_t* first, const std::vector<ConvInput>& ins, int64_t N, int64_t Ho, int64_t Wo, int64_t C,
          const scalar_t* thr, int64_t T, int64_t k0, int64_t T_v, int64_t max_d, const scalar_t* div, bool is_signed,
-         const scalar_t* bias, const EarlyDiag* diag, int64_t isa, int8_t* out, int8_t* sg, int64_t* counts,
-         int64_t* per_pos) {
-  const Layer L{ins.data(), (int64_t)ins.size(), Ho, Wo, C, T, k0, T_v, max_d, div, is_signed, bias, diag};
+         const scalar_t* bias, int64_t isa, int8_t* out, int8_t* sg, int64_t* counts, int64_t* per_pos) {
+  const Layer L{ins.data(), (int64_t)ins.size(), Ho, Wo, C, T, k0, T_v, max_d, div, is_signed, bias};
   // rows per tile; tiles per sample (HWo = 1: the samples are the rows, one "sample" of N rows)
   const int64_t tr = tile_rows(C);
   const int64_t HWo = Ho * Wo, span = HWo == 1 ? N : HWo, n_spans = HWo == 1 ? 1 : N, per = (span + tr - 1) / tr;
@@ -279,9 +278,7 @@ void spike_positions(const int64_t* ptr, int64_t P, int32_t* pos);  // late_list
 // div: [C] divisor of every bin (the graph engine keeps bins in ANN units and divides by lambda as its event path
 // does), or an empty tensor. bias: [C] added to `first` as it is read (non-finite sums are counted), or empty.
 // is_signed: signed neurons (fire on |potential|). isa: 2 AVX-512, 1 AVX2, 0 portable
-// (capped by what the CPU has). sc_phase ([N, Cin, H, W] int8, or empty), sc_table ([256]), sc_weight ([C]) and
-// sc_geom (pad_front, sh, sw): a diagonal shortcut's early spikes added to `first` as it is read, before the bias
-// (EarlyDiag). Returns the fire phases [N, C, Ho, Wo] (int8), their signs (int8, empty unless
+// (capped by what the CPU has). Returns the fire phases [N, C, Ho, Wo] (int8), their signs (int8, empty unless
 // is_signed), the number of neurons whose final |potential| exceeds 1, the number of non-finite early potentials,
 // the number of neurons that fired and, with count_positions and Ho * Wo > 1, their count per output position
 // (int64 [Ho * Wo], else empty).
@@ -290,8 +287,7 @@ std::vector<torch::Tensor> conv_exact(torch::Tensor first, std::vector<torch::Te
                                       std::vector<torch::Tensor> late_val, std::vector<torch::Tensor> weight,
                                       std::vector<int64_t> geom, torch::Tensor thr, int64_t k0, int64_t T_v,
                                       int64_t max_d, torch::Tensor div, bool is_signed, int64_t isa,
-                                      bool count_positions, torch::Tensor bias, torch::Tensor sc_phase,
-                                      torch::Tensor sc_table, torch::Tensor sc_weight, std::vector<int64_t> sc_geom) {
+                                      bool count_positions, torch::Tensor bias) {
   TORCH_CHECK(first.dim() == 4 && first.is_contiguous(), "conv_exact: first must be a contiguous [N, C, Ho, Wo]");
   const int64_t N = first.size(0), C = first.size(1), Ho = first.size(2), Wo = first.size(3), T = thr.numel();
   const size_t n_in = weight.size();
@@ -330,22 +326,6 @@ std::vector<torch::Tensor> conv_exact(torch::Tensor first, std::vector<torch::Te
   TORCH_CHECK(!bias.numel() || (bias.numel() == C && bias.is_contiguous() &&
                                  bias.scalar_type() == first.scalar_type()),
               "conv_exact: bias must be a contiguous [C] of the potentials' dtype, or empty");
-  const bool has_sc = sc_phase.numel() > 0;
-  EarlyDiag diag{};
-  if (has_sc) {
-    TORCH_CHECK(sc_phase.dim() == 4 && sc_phase.is_contiguous() && sc_phase.scalar_type() == torch::kInt8 &&
-                    sc_phase.size(0) == N && sc_geom.size() == 3,
-                "conv_exact: the shortcut's phases must be a contiguous int8 [N, Cin, H, W] with (pad_front, sh, sw)");
-    const int64_t Cin = sc_phase.size(1), H = sc_phase.size(2), W = sc_phase.size(3), pf = sc_geom[0],
-                  sh = sc_geom[1], sw = sc_geom[2];
-    TORCH_CHECK(sh >= 1 && sw >= 1 && pf >= 0 && pf + Cin <= C && (H + sh - 1) / sh == Ho && (W + sw - 1) / sw == Wo,
-                "conv_exact: the shortcut's channels or subsampled positions do not match the output");
-    TORCH_CHECK(sc_table.numel() == 256 && sc_table.is_contiguous() && sc_table.scalar_type() == first.scalar_type() &&
-                    sc_weight.numel() == C && sc_weight.is_contiguous() &&
-                    sc_weight.scalar_type() == first.scalar_type(),
-                "conv_exact: the shortcut needs a [256] table and a [C] weight of the potentials' dtype");
-    diag = EarlyDiag{sc_phase.data_ptr<int8_t>(), sc_table.data_ptr(), sc_weight.data_ptr(), Cin, H, W, pf, sh, sw};
-  }
   auto out = torch::empty({N, C, Ho, Wo}, torch::kInt8);  // every element written by its tile
   auto sg = is_signed ? torch::empty({N, C, Ho, Wo}, torch::kInt8) : torch::empty({0}, torch::kInt8);
   int64_t counts[3] = {0, 0, 0};
@@ -354,8 +334,7 @@ std::vector<torch::Tensor> conv_exact(torch::Tensor first, std::vector<torch::Te
   AT_DISPATCH_FLOATING_TYPES(first.scalar_type(), "conv_exact", [&] {
     run<scalar_t>(first.data_ptr<scalar_t>(), ins, N, Ho, Wo, C, thr.data_ptr<scalar_t>(), T, k0, T_v, max_d,
                   has_div ? div.data_ptr<scalar_t>() : nullptr, is_signed,
-                  bias.numel() ? bias.data_ptr<scalar_t>() : nullptr, has_sc ? &diag : nullptr, isa,
-                  out.data_ptr<int8_t>(),
+                  bias.numel() ? bias.data_ptr<scalar_t>() : nullptr, isa, out.data_ptr<int8_t>(),
                   is_signed ? sg.data_ptr<int8_t>() : nullptr, counts, per_pos ? at.data_ptr<int64_t>() : nullptr);
   });
   return {out, sg, torch::tensor(counts[0]), torch::tensor(counts[1]), torch::tensor(counts[2]), at};

@@ -20,24 +20,12 @@ struct ConvInput {  // one synaptic input of the layer, as a convolution
   int64_t H, W, Cin, kh, kw, sh, sw, ph, pw, dh, dw;
 };
 
-// A residual join's diagonal shortcut (identity or option A) folded into the early potentials: output channel c
-// (pad_front <= c < pad_front + Cin) adds table[phase[n, c - pad_front, oy * sh, ox * sw]] x weight[c], as the
-// torch path's z.add_(values * weight) before the bias (encode_join's rule). table: 256 values indexed by the
-// phase as a byte, zero past the phases that arrived before output phase 1.
-struct EarlyDiag {
-  const int8_t* phase;  // [N, Cin, H, W]
-  const void* table;    // [256]
-  const void* weight;   // [C]
-  int64_t Cin, H, W, pad_front, sh, sw;
-};
-
 struct Layer {  // what every output row needs
   const ConvInput* ins;
   int64_t n_in, Ho, Wo, C, T, k0, T_v, max_d;
   const void* div;  // [C] divisor of each bin (the graph engine's lambda: bins in ANN units), or nullptr
   bool is_signed;   // signed neurons: fire on |potential|, sign written to sg
   const void* bias;  // [C] added to the early potentials as they are read (first + bias, as z.add_(bias)), or nullptr
-  const EarlyDiag* diag;  // a diagonal shortcut's early spikes, added as the early potentials are read, or nullptr
 };
 
 // A tile: R rows of C output channels, up to TILE_LANES neurons
@@ -217,37 +205,30 @@ __attribute__((always_inline)) inline void late_bins(const Layer& L, int64_t m0,
   }
 }
 
-// The tile's early potentials into P ([R, C]): element (r, k) of first at f0[k * ks + r * rs] (output row m0 + r),
-// plus a folded diagonal shortcut (L.diag) and the bias, in the torch path's order (z.add_(shortcut), then
-// z.add_(bias)). Returns the non-finite sums.
+// The tile's early potentials into P ([R, C]): element (r, k) of first at f0[k * ks + r * rs], plus the bias (as
+// the torch path's z.add_(bias)). Returns the non-finite sums.
 template <typename scalar_t, int CC>
-__attribute__((always_inline)) inline int64_t gather_early(const Layer& L, int64_t m0, int64_t R, const scalar_t* f0,
-                                                           int64_t ks, int64_t rs, scalar_t* __restrict P) {
-  const int64_t C = CC > 0 ? CC : L.C, HWo = L.Ho * L.Wo;
+__attribute__((always_inline)) inline int64_t gather_early(const Layer& L, int64_t R, const scalar_t* f0, int64_t ks,
+                                                           int64_t rs, scalar_t* __restrict P) {
+  const int64_t C = CC > 0 ? CC : L.C;
   const scalar_t* bv = static_cast<const scalar_t*>(L.bias);
-  const EarlyDiag* d = L.diag;
-  alignas(64) int64_t at[TILE_ROWS];  // each row's position in a shortcut channel
-  if (d != nullptr)
-    for (int64_t r = 0; r < R; ++r) {
-      const int64_t m = m0 + r, q = m % HWo;
-      at[r] = (m / HWo) * d->Cin * d->H * d->W + (q / L.Wo) * d->sh * d->W + (q % L.Wo) * d->sw;
-    }
   int64_t nbad = 0;
   for (int64_t k = 0; k < C; ++k) {
     const scalar_t* fk = f0 + k * ks;
-    const int64_t ci = d != nullptr ? k - d->pad_front : -1;
-    if (ci >= 0 && ci < d->Cin) {
-      const int8_t* ph = d->phase + ci * d->H * d->W;
-      const scalar_t* tab = static_cast<const scalar_t*>(d->table);
-      const scalar_t w = static_cast<const scalar_t*>(d->weight)[k];
-      for (int64_t r = 0; r < R; ++r) P[r * C + k] = fk[r * rs] + tab[(uint8_t)ph[at[r]]] * w;
+    if (bv != nullptr) {
+      const scalar_t b = bv[k];
+      for (int64_t r = 0; r < R; ++r) {
+        const scalar_t f = fk[r * rs] + b;
+        P[r * C + k] = f;
+        nbad += !(f - f == scalar_t(0));  // NaN or inf
+      }
     } else {
-      for (int64_t r = 0; r < R; ++r) P[r * C + k] = fk[r * rs];
+      for (int64_t r = 0; r < R; ++r) {
+        const scalar_t f = fk[r * rs];
+        P[r * C + k] = f;
+        nbad += !(f - f == scalar_t(0));
+      }
     }
-    const scalar_t b = bv != nullptr ? bv[k] : scalar_t(0);
-    if (bv != nullptr)
-      for (int64_t r = 0; r < R; ++r) P[r * C + k] = P[r * C + k] + b;
-    for (int64_t r = 0; r < R; ++r) nbad += !(P[r * C + k] - P[r * C + k] == scalar_t(0));  // NaN or inf
   }
   return nbad;
 }
