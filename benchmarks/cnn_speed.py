@@ -13,6 +13,10 @@ warmed up first (no timing includes a kernel load or a first-call allocation) an
 * ``exact Tw = 8, per phase``: the same layers stepped phase by phase (one convolution per late phase, the
   path used where the compiled kernels are not built), for the speed-up of the kernel (``--no-stepped`` skips).
 
+Two ratios per configuration: best SNN time over best ANN time, and the median over the rounds of the SNN's time
+over the ANN's in the same round (on a shared machine whose speed drifts, the best-of ratio may pair a quiet moment
+of one with a busy moment of the other).
+
 The record also has the late-spike fraction of every layer input at each wait (late: fired after the layer's
 first output phase could see it, i.e. virtual phase > Tw + 1; fraction of that input's spikes) and checks that
 exact Tw = T equals functional bit for bit and that the kernel agrees with the per-phase path.
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
 import time
 from datetime import date
@@ -106,17 +111,24 @@ def sweep_speedup(snn, x: torch.Tensor, code: PhaseCode, tws: list[int]) -> dict
     return {"images": len(x), "waits": tws, "seconds": secs, "speedup": secs["per_phase"] / secs["kernel"]}
 
 
-def time_configs(configs: dict, repeat: int) -> dict[str, float]:
-    """Best wall time of each configuration, interleaved; every one is run once first (warm-up)."""
-    best = {k: float("inf") for k in configs}
+def time_configs(configs: dict, repeat: int) -> dict[str, list[float]]:
+    """Wall times of each configuration, ``repeat`` rounds interleaved (every configuration once per round, the ANN
+    first); every one is run once before (warm-up)."""
+    times: dict[str, list[float]] = {k: [] for k in configs}
     for run in configs.values():
         run()
     for _ in range(repeat):
         for k, run in configs.items():
             t0 = time.perf_counter()
             run()
-            best[k] = min(best[k], time.perf_counter() - t0)
-    return best
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def paired_median(times: dict[str, list[float]]) -> dict[str, float]:
+    """Per configuration, the median over rounds of its time over the ANN's in the same round: a drift of the
+    machine's speed between rounds cancels, where the best-of ratio pairs two different moments."""
+    return {k: statistics.median(t / a for t, a in zip(ts, times["ann"])) for k, ts in times.items()}
 
 
 def bench_model(name: str, args) -> dict:
@@ -150,7 +162,8 @@ def bench_model(name: str, args) -> dict:
         if not args.no_stepped:
             configs[f"exact Tw={args.tw[0]}, per phase"] = snn_run("exact", args.tw[0], stepped=True)
         load_before = os.getloadavg()
-        secs = time_configs(configs, args.repeat)
+        times = time_configs(configs, args.repeat)
+        secs = {k: min(ts) for k, ts in times.items()}
         load_after = os.getloadavg()
         outs = {k: run() for k, run in configs.items() if k != "ann"}
     checks = {"exact Tw=T equals functional": bool(torch.equal(outs["functional"], outs[f"exact Tw={code.T}"]))}
@@ -161,11 +174,12 @@ def bench_model(name: str, args) -> dict:
     late = {tw: late_fractions(snn, x, code.replace(Tw=tw)) for tw in args.tw}
     sweep = sweep_speedup(snn, x[:args.sweep_images], code, args.sweep_tw) if args.sweep_images else None
     rec = {"model": name, "weights": weights, "batch": len(x), "calib_images": len(calib), "T": code.T, "Q": code.Q,
-           "seconds": secs, "ratio_to_ann": {k: v / secs["ann"] for k, v in secs.items()}, "checks": checks,
+           "seconds": secs, "ratio_to_ann": {k: v / secs["ann"] for k, v in secs.items()},
+           "all_seconds": times, "paired_ratio_median": paired_median(times), "checks": checks,
            "late_spikes": {str(tw): rows for tw, rows in late.items()}, "tw_sweep": sweep,
            "load_average_before_after": [load_before[0], load_after[0]]}
-    print(f"{name}: " + ", ".join(f"{k} {v:.3f} s ({rec['ratio_to_ann'][k]:.2f}x)" for k, v in secs.items()),
-          flush=True)
+    print(f"{name}: " + ", ".join(f"{k} {v:.3f} s ({rec['ratio_to_ann'][k]:.2f}x, paired median "
+                                  f"{rec['paired_ratio_median'][k]:.2f}x)" for k, v in secs.items()), flush=True)
     return rec
 
 
@@ -191,6 +205,13 @@ def write_md(res: dict, path: Path) -> None:
                                                     for k in keys[1:]]
         la = m["load_average_before_after"]
         lines.append(f"| {m['model']} | " + " | ".join(cells) + f" | {la[0]:.1f} / {la[1]:.1f} |")
+    lines += ["", "The same runs, each round's SNN time over the ANN's in that round, median over the rounds (a drift "
+              "of the machine's speed between rounds cancels; the ANN's range over the rounds in its column):", "",
+              "| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for m in res["models"]:
+        a = m["all_seconds"]["ann"]
+        cells = [f"{min(a):.3f}-{max(a):.3f} s"] + [f"{m['paired_ratio_median'][k]:.2f}x" for k in keys[1:]]
+        lines.append(f"| {m['model']} | " + " | ".join(cells) + " |")
     lines += [""]
     for m in res["models"]:
         lines += [f"**{m['model']}** ({m['weights']}); checks: "

@@ -76,3 +76,27 @@ def test_cli_finetune_rejects_unknown_model(capsys):
     assert "T must be an integer" in capsys.readouterr().err
     assert main(["finetune", "resnet20", "--fake-quant", "16", "0.9"]) == 2
     assert "Q must be" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not have_cifar, reason=NEED)
+def test_cnn_speed_benchmark_runs_small(tmp_path):
+    """benchmarks/cnn_speed.py end to end on 8 images: every configuration timed in every round, both ratios
+    (best-of and the median of same-round ratios) recorded and shown, exact Tw = T equal to functional and the
+    kernel equal to the per-phase path."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "speed"
+    subprocess.run([sys.executable, str(root / "benchmarks" / "cnn_speed.py"), "--models", "vgg", "--batch", "8",
+                    "--repeat", "3", "--calib", "32", "--sweep-images", "4", "--sweep-tw", "8", "16", "--tw", "8",
+                    "--out", str(out)], check=True, capture_output=True, timeout=600)
+    m = json.loads(out.with_suffix(".json").read_text())["models"][0]
+    keys = ["ann", "functional", "exact Tw=16", "exact Tw=8", "exact Tw=8, per phase"]
+    assert list(m["all_seconds"]) == keys and all(len(v) == 3 for v in m["all_seconds"].values())
+    assert m["seconds"] == {k: min(v) for k, v in m["all_seconds"].items()}
+    assert m["paired_ratio_median"]["ann"] == 1.0 and all(v > 0 for v in m["paired_ratio_median"].values())
+    assert m["checks"]["exact Tw=T equals functional"] is True
+    assert m["checks"]["kernel vs per phase: argmax agreement"] == 1.0
+    assert "median over the rounds" in out.with_suffix(".md").read_text()
