@@ -70,6 +70,8 @@ __attribute__((always_inline)) inline int64_t neurons64(const Layer& L, int64_t 
   constexpr int64_t GK = CC >= 64 ? 64 : CC, GR = 64 / GK;
   static_assert(64 % GK == 0 && CC % GK == 0 && tile_rows(CC) % GR == 0, "neurons64: whole groups per tile");
   const int64_t k0 = L.k0, nbc = (L.T_v - k0) * CC;
+  // the last phase that adds a bin (input phases past T + max_d reach no output phase)
+  const int64_t t_fin = std::min<int64_t>(L.T, std::max<int64_t>(1, L.T_v - L.max_d));
   int64_t nsat = 0;
   for (int64_t row0 = 0; row0 < rows; row0 += GR) {
     for (int64_t kb = 0; kb < CC; kb += GK) {
@@ -82,7 +84,7 @@ __attribute__((always_inline)) inline int64_t neurons64(const Layer& L, int64_t 
           fz[g * GK + k] = 0;
         }
       int64_t r = k0;
-      for (int64_t t = 1; t <= L.T; ++t) {
+      for (int64_t t = 1; t <= t_fin; ++t) {
         for (const int64_t upto = std::min(t + L.max_d, L.T_v); r < upto; ++r) {
           const scalar_t* b = BINS + row0 * nbc + (r - k0) * CC + kb;
           for (int64_t g = 0; g < GR; ++g) {
@@ -99,6 +101,20 @@ __attribute__((always_inline)) inline int64_t neurons64(const Layer& L, int64_t 
         const int32_t tt = (int32_t)t;
 #pragma omp simd
         for (int64_t q = 0; q < 64; ++q) fz[q] = fire_test<scalar_t, SIGNED>(fz[q], p[q], th, tt);
+      }
+      // phases t_fin + 1 .. T: every bin is in, so the earliest crossing among them, scanned backwards (a compare
+      // and a blend per phase), serves the lanes not fired yet
+      if (t_fin < L.T) {
+        alignas(64) int32_t tz[64];
+        for (int64_t q = 0; q < 64; ++q) tz[q] = 0;
+        for (int64_t t = L.T; t > t_fin; --t) {
+          const scalar_t th = thr[t - 1];
+          const int32_t tt = (int32_t)t;
+#pragma omp simd
+          for (int64_t q = 0; q < 64; ++q) tz[q] = tail_test<scalar_t, SIGNED>(tz[q], p[q], th, tt);
+        }
+#pragma omp simd
+        for (int64_t q = 0; q < 64; ++q) fz[q] = fz[q] != 0 ? fz[q] : tz[q];
       }
       for (int64_t g = 0; g < GR; ++g) {
         const bool counted = row0 + g < R;

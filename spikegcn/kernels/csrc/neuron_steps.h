@@ -30,4 +30,13 @@ __attribute__((always_inline)) inline int32_t fire_test(int32_t fz, scalar_t p, 
   return ((fz == 0) & (p >= th)) ? tt : fz;
 }
 
+// One phase of the tail scan (phases after the last bin, the potential final), from the last phase backwards: the
+// earliest phase tt whose threshold th the potential reaches (signed neurons on |p|, negative for a negative p), or
+// tz. Scanned from the last phase to the first, the lanes need no "not fired yet" test.
+template <typename scalar_t, bool SIGNED>
+__attribute__((always_inline)) inline int32_t tail_test(int32_t tz, scalar_t p, scalar_t th, int32_t tt) {
+  if (SIGNED) return std::abs(p) >= th ? (p > scalar_t(0) ? tt : -tt) : tz;
+  return p >= th ? tt : tz;
+}
+
 }  // namespace
