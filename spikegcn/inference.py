@@ -226,8 +226,7 @@ class CodeStore:
     def rows(self, ids: Tensor | slice) -> Tensor:
         if isinstance(ids, slice):
             return self.data[ids.start - self.offset:ids.stop - self.offset]
-        out = fused_cpu.empty((ids.numel(), *self.data.shape[1:]), self.data.dtype, self.data.device)
-        return torch.index_select(self.data, 0, ids - self.offset, out=out)
+        return fused_cpu.index_rows(self.data, ids - self.offset)
 
     def spikes(self, ids: Tensor | slice) -> PhaseSpikes:
         return unpack_codes(self.rows(ids), self.like)
@@ -247,11 +246,7 @@ class FeatureSource:
         self.x, self.encoder = x, encoder
 
     def spikes(self, ids: Tensor | slice):
-        if isinstance(ids, slice):
-            rows = self.x[ids]
-        else:
-            out = fused_cpu.empty((ids.numel(), *self.x.shape[1:]), self.x.dtype, self.x.device)
-            rows = torch.index_select(self.x, 0, ids.to(torch.long), out=out)
+        rows = self.x[ids] if isinstance(ids, slice) else fused_cpu.index_rows(self.x, ids.to(torch.long))
         return self.encoder(rows)
 
     def close(self) -> None:

@@ -369,6 +369,11 @@ def empty(shape: tuple[int, ...] | list[int], dtype: torch.dtype, device: torch.
     return t
 
 
+def index_rows(x: Tensor, ids: Tensor) -> Tensor:
+    """``x[ids]`` for a 1-D index tensor, gathered into a fresh :func:`empty` buffer (huge pages when large)."""
+    return torch.index_select(x, 0, ids, out=empty((ids.numel(), *x.shape[1:]), x.dtype, x.device))
+
+
 def count_per_position(x: Tensor) -> Tensor | None:
     """Spikes of ``[N, C, *positions]`` spike data per position (summed over ``N`` and ``C``) as int64, in one
     compiled pass: the non-zeros of int8 fire phases, or the set bits of int32 / int64 binary codes; ``None`` when

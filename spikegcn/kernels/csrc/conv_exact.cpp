@@ -87,6 +87,7 @@ __attribute__((always_inline)) inline int64_t neurons64(const Layer& L, int64_t 
       for (int64_t t = 1; t <= t_fin; ++t) {
         for (const int64_t upto = std::min(t + L.max_d, L.T_v); r < upto; ++r) {
           const scalar_t* b = BINS + row0 * nbc + (r - k0) * CC + kb;
+          // add_bin's loop written out: calling it here (p through a restrict pointer) measured 3-6 % slower
           for (int64_t g = 0; g < GR; ++g) {
             if (dv != nullptr) {
 #pragma omp simd
