@@ -334,15 +334,35 @@ def encode_binary(x: Tensor, T: int, signed: bool = True) -> tuple[Tensor, Tenso
         ``(bits, sign)``: ``bits`` int32 (T <= 30) or int64; ``sign`` int8 or ``None`` when ``signed=False``
         (then negative inputs must not occur).
     """
+    bits, sign, _ = encode_binary_counted(x, T, signed, count=False)
+    return bits, sign
+
+
+def encode_binary_counted(x: Tensor, T: int, signed: bool = True, count: bool = True
+                          ) -> tuple[Tensor, Tensor | None, int | None]:
+    """:func:`encode_binary` plus the number of saturated inputs (:func:`saturated_count` with ``signed=True``:
+    ``|x| > 1``), taken in the encoder's own pass on the compiled path (float32 on the CPU); ``None`` for it on the
+    torch path without ``count``."""
     T = _check_int("T", T, 1)
     if T > 62:
         raise ValueError(f"binary input coding supports T <= 62, got {T}")
     if not x.is_floating_point():
         raise TypeError(f"encode_binary expects a floating-point tensor, got {x.dtype}")
-    _check_finite(x, "binary encoder input")
-    if not signed and bool((x < 0).any()):
-        raise ValueError("encode_binary(signed=False) got negative inputs; use signed=True")
     from .kernels import fused_cpu
+
+    fast = fused_cpu.encode_binary(x, T, signed) if x.device.type == "cpu" and x.dtype == torch.float32 else None
+    if fast is not None:
+        bits, sign, bad, neg, sat = fast
+        if bad:
+            raise ValueError(f"binary encoder input contains {bad} NaN/inf value(s); one-spike coding needs finite "
+                             "activations")
+    else:
+        _check_finite(x, "binary encoder input")
+        neg = int(not signed and bool((x < 0).any()))
+    if not signed and neg:
+        raise ValueError("encode_binary(signed=False) got negative inputs; use signed=True")
+    if fast is not None:
+        return bits, sign, sat
 
     # in place on fresh buffers (a large graph's chunk sources: tens of MB each, see fused_cpu.empty); exact:
     # scaling by a power of two and flooring loses nothing in float64 for T <= 52
@@ -351,13 +371,17 @@ def encode_binary(x: Tensor, T: int, signed: bool = True) -> tuple[Tensor, Tenso
         mag.mul_(2.0**T).floor_().clamp_(0, 2**T - 1)
         bits = fused_cpu.empty(x.shape, torch.int32 if T <= 30 else torch.int64, x.device).copy_(mag)
     sign = torch.sign(x).to(torch.int8) * (bits != 0) if signed else None
-    return bits, sign
+    return bits, sign, (saturated_count(x, signed=True) if count else None)
 
 
 def decode_binary(bits: Tensor, T: int, sign: Tensor | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
     """Normalised value :math:`\\pm\\sum_t b_t 2^{-t}` of packed binary codes."""
     from .kernels import fused_cpu
 
+    if dtype == torch.float32:
+        fast = fused_cpu.decode_binary(bits, T, sign)  # the same products and rounding, in one pass
+        if fast is not None:
+            return fast
     v = fused_cpu.empty(bits.shape, torch.float64, bits.device).copy_(bits).mul_(2.0**-T)  # fresh: in place
     if dtype != torch.float64:
         v = fused_cpu.empty(bits.shape, dtype, bits.device).copy_(v)

@@ -308,7 +308,55 @@ def test_encoder_counts_thresholds_exactly_for_every_T(signed):
 
     for T in [*range(1, 32), 40]:
         check(PhaseCode(T, 1.3).thresholds(torch.float32).flip(0).contiguous())
+    # the AVX-512 encoder's first guess from a float's top bits: Q near 1 and near 2, with and without the shift
+    # (finer or coarser buckets, or too many for the table: binary search), subnormal and huge values
+    for Q, shift in [(1.05, True), (1.1, False), (1.6, True), (1.99, False), (1.99, True)]:
+        for T in (2, 7, 16, 31):
+            check(PhaseCode(T, Q, shift=shift).thresholds(torch.float32).flip(0).contiguous())
+    check(torch.tensor([1e-40, 1e-39, 3e-38, 0.25, 0.2500001, 0.5, 3e38]))  # subnormal, two in one bucket, huge
+    check(torch.tensor([1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7]))  # wider than 32 buckets
+    check(torch.tensor([0.0, 0.5, 0.75]))  # a threshold at zero
     check(torch.tensor([0.1, 0.5, 0.3, 0.9, 0.05, 0.7]))  # unsorted
+
+
+@_compiled
+@pytest.mark.parametrize("signed", [False, True])
+def test_compiled_binary_codec_equals_torch_formulas(signed, monkeypatch):
+    """The compiled binary encoder and decoder give the torch path's codes, signs and values bit for bit (for
+    int32 and int64 codes, values on and next to every code step, zeros, saturating and subnormal values), count
+    the saturated inputs in the same pass, and refuse NaN/inf and (unsigned) negative inputs as it does."""
+    from spikegcn.coding import decode_binary, encode_binary, encode_binary_counted, saturated_count
+    from spikegcn.kernels import fused_cpu
+
+    g = torch.Generator().manual_seed(5)
+    for T in (1, 4, 16, 30, 31, 53, 62):
+        steps = torch.arange(0, 2 ** min(T, 12) + 1, dtype=torch.float64) * 2.0 ** -min(T, 12)
+        near = torch.cat([steps, torch.nextafter(steps, torch.full_like(steps, 2.0)),
+                          torch.nextafter(steps, torch.full_like(steps, -2.0))]).float()
+        x = torch.cat([near, torch.rand(70001, generator=g) * 1.2,  # threaded, and past 1: saturating
+                       torch.tensor([0.0, -0.0, 1.0, 1.5, 3e38, 1e-40, 2.0 ** -T, 1 - 2.0 ** -T])])
+        if signed:
+            x = x * torch.where(torch.rand(x.shape, generator=g) < 0.5, -1.0, 1.0)
+        else:
+            x = x.abs()
+        bits, sign, sat = encode_binary_counted(x, T, signed)
+        with monkeypatch.context() as m:
+            m.setattr(fused_cpu, "encode_binary", lambda *a: None)
+            m.setattr(fused_cpu, "decode_binary", lambda *a: None)
+            ref_bits, ref_sign, ref_sat = encode_binary_counted(x, T, signed)
+            ref_values = decode_binary(ref_bits, T, ref_sign)
+        assert bits.dtype == ref_bits.dtype and torch.equal(bits, ref_bits), T
+        assert (sign is None) == (ref_sign is None) and (sign is None or torch.equal(sign, ref_sign))
+        assert sat == ref_sat == saturated_count(x, signed=True)
+        assert torch.equal(decode_binary(bits, T, sign), ref_values)
+        assert torch.equal(decode_binary(bits.view(-1, 2)[:, 0], T, None),  # strided, no sign
+                           (ref_bits.view(-1, 2)[:, 0].double() * 2.0 ** -T).float())
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ValueError, match="contains 1 NaN/inf"):
+            encode_binary(torch.tensor([0.5, bad, 0.25]), 8, signed)
+    if not signed:
+        with pytest.raises(ValueError, match="negative inputs"):
+            encode_binary(torch.tensor([0.5, -0.25]), 8, signed=False)
 
 
 @_compiled

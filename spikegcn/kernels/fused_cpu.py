@@ -52,8 +52,8 @@ _NAME = "spikegcn_fused_cpu"
 SOURCE = Path(__file__).resolve().parent / "csrc" / "fused_cpu.cpp"
 # codec_cpu: encoder / decoder / spike counts; conv_exact, dense_exact, late_lists: exact-mode CNN and dense layers
 # (kernels/conv_cpu.py)
-SOURCES = (SOURCE, SOURCE.parent / "codec_cpu.cpp", SOURCE.parent / "conv_exact.cpp",
-           SOURCE.parent / "dense_exact.cpp", SOURCE.parent / "late_lists.cpp", SOURCE.parent / "aggregate_bits.cpp")
+SOURCES = (SOURCE, *(SOURCE.parent / f for f in ("codec_cpu.cpp", "binary_codec.cpp", "conv_exact.cpp",
+                                                  "dense_exact.cpp", "late_lists.cpp", "aggregate_bits.cpp")))
 # in the build key: a change rebuilds
 HEADERS = (SOURCE.parent / "conv_tile.h", SOURCE.parent / "position_counts.h", SOURCE.parent / "huge_pages.h",
            SOURCE.parent / "fire_registers.h", SOURCE.parent / "neuron_steps.h")
@@ -316,6 +316,34 @@ def encode_phase(x: Tensor, thresholds_asc: Tensor, signed: bool
     ph, sg, counts = mod.encode_phase(x.contiguous(), thresholds_asc.contiguous(), bool(signed))
     bad, sat, fired = counts.tolist()
     return ph, (sg if signed else None), bad, sat, fired
+
+
+def encode_binary(x: Tensor, T: int, signed: bool) -> tuple[Tensor, Tensor | None, int, int, int] | None:
+    """One-pass CPU binary encoder (:func:`spikegcn.coding.encode_binary`) for float32 tensors: ``(bits, sign,
+    non-finite count, negative count, saturated count)`` (saturated: ``|x| > 1``), or ``None`` when the kernel is
+    unavailable. The caller refuses the codes when the counts say so."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or not 1 <= T <= 62:
+        return None
+    mod = _module if _tried else load()
+    if mod is None or not hasattr(mod, "encode_binary"):
+        return None
+    bits, sg, counts = mod.encode_binary(x.contiguous(), int(T), bool(signed))
+    bad, neg, sat = counts.tolist()
+    return bits, (sg if signed else None), bad, neg, sat
+
+
+def decode_binary(bits: Tensor, T: int, sign: Tensor | None) -> Tensor | None:
+    """One-pass CPU decoder of binary codes to float32 (:func:`spikegcn.coding.decode_binary`), or ``None`` when
+    the kernel is unavailable or the tensors are not CPU int32 / int64 codes and an int8 sign of their shape."""
+    if bits.device.type != "cpu" or bits.dtype not in (torch.int32, torch.int64) or not 1 <= T <= 62:
+        return None
+    if sign is not None and (sign.dtype != torch.int8 or sign.shape != bits.shape or sign.device.type != "cpu"):
+        return None
+    mod = _module if _tried else load()
+    if mod is None or not hasattr(mod, "decode_binary"):
+        return None
+    return mod.decode_binary(bits.contiguous(), int(T), bits.new_empty(0, dtype=torch.int8) if sign is None
+                             else sign.contiguous())
 
 
 def encode_join(z: Tensor, thresholds_asc: Tensor, signed: bool, bias: Tensor | None = None,

@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ..coding import PhaseCode, _check_int, encode, encode_binary, saturated_count
+from ..coding import PhaseCode, _check_int, encode, encode_binary_counted, saturated_count
 from ..kernels import fused_cpu
 from ..spikes import BinarySpikes, PhaseSpikes
 from ..validate import check_calibration, checks_enabled
@@ -61,18 +61,21 @@ class PhaseEncoder(nn.Module):
             xn = x / self.scale
         else:  # into a buffer advised for huge pages (a large graph's chunk sources)
             xn = torch.div(x, self.scale, out=fused_cpu.empty(x.shape, torch.result_type(x, self.scale), x.device))
+        if self.coding == "binary":  # the saturated count from the encoder's pass
+            bits, sign, saturated = encode_binary_counted(xn, self.T, signed=True)
+            out: BinarySpikes | PhaseSpikes = BinarySpikes(bits=bits, T=self.T, scale=self.scale, sign=sign)
+        else:
+            saturated = saturated_count(xn, signed=True)
+            phase, sign = encode(xn, self.code, signed=True)
+            out = PhaseSpikes(phase=phase, code=self.code, scale=self.scale, sign=sign)
         # features above the calibrated maximum are clipped to it: count them, and say so once
-        self.saturated_inputs = saturated_count(xn, signed=True)
+        self.saturated_inputs = int(saturated)
         self.saturated = self.saturated_inputs / xn.numel() if xn.numel() else 0.0
         if self.saturated_inputs:
             warnings.warn("input features above the calibrated maximum lambda^0 saturate at lambda^0 (the fraction "
                           "is in PhaseEncoder.saturated); calibrate on data that covers the inputs' range",
                           stacklevel=2)
-        if self.coding == "binary":
-            bits, sign = encode_binary(xn, self.T, signed=True)
-            return BinarySpikes(bits=bits, T=self.T, scale=self.scale, sign=sign)
-        phase, sign = encode(xn, self.code, signed=True)
-        return PhaseSpikes(phase=phase, code=self.code, scale=self.scale, sign=sign)
+        return out
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(T={self.T}, coding={self.coding!r})"

@@ -1,10 +1,11 @@
 // Single-spike codec kernels of spikegcn: the encoder (with its saturation and spike counts), the decoder and the
-// per-position spike counts of feature maps. Part of the module built from fused_cpu.cpp (registered there).
+// CNN layers' fused firing pass (encode_join). Part of the module built from fused_cpu.cpp (registered there).
 #include <torch/extension.h>
 
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "huge_pages.h"       // empty_huge: large outputs on transparent huge pages
@@ -65,25 +66,60 @@ static inline uint8_t decode_run(const int8_t* p, const int8_t* s, const float* 
   return mx;
 }
 
-// ts32: the ascending thresholds NaN-padded to 32 entries (64-byte aligned) when there are at most 31 of them, else
-// nullptr (search_table); the AVX-512 encoder's binary search reads it
-using EncodeFn = void (*)(const float*, int64_t, const float*, int64_t, const float*, bool, int8_t*, int8_t*,
+// The encoders' search table, when there are at most 31 ascending thresholds (search_table; else nullptr): ts, the
+// thresholds NaN-padded to 32 entries, which the AVX-512 encoder searches in two registers; with `bucket`, also a
+// direct first guess. A float's bit pattern orders the non-negative floats, so its top bits (bits >> shift, less
+// base: 2^(23 - shift) buckets per octave) name an interval that holds at most one threshold (checked when the
+// table is built), and cand[bucket] thresholds lie below it: #(thresholds <= a) is cand + (a >= ts[cand]). Bucket
+// 0 also takes everything below (negative bit patterns included), bucket 31 everything above.
+struct alignas(64) SearchTable {
+  float ts[32];
+  int32_t cand[32];
+  int32_t shift = 0, base = 0;
+  bool bucket = false;
+};
+using EncodeFn = void (*)(const float*, int64_t, const float*, int64_t, const SearchTable*, bool, int8_t*, int8_t*,
                           CodecCounts&);
 // tb32: the value table zero-padded to 32 entries (64-byte aligned) when it has at most 32, else nullptr
 using DecodeFn = uint8_t (*)(const int8_t*, const int8_t*, const float*, int64_t, const float*, const float*, bool,
                              int64_t, float*);
-static void encode_base(const float* x, int64_t n, const float* th, int64_t T, const float*, bool sg, int8_t* pp,
+static void encode_base(const float* x, int64_t n, const float* th, int64_t T, const SearchTable*, bool sg, int8_t* pp,
                         int8_t* sp, CodecCounts& c) { encode_block(x, n, th, T, sg, pp, sp, c); }
 
-// Fill tab (32 floats, 64-byte aligned) for the encoders' ts32: the T ascending thresholds, NaN after them (a pad
-// is never <= a). Returns tab, or nullptr when there are more than 31 or they are not ascending (linear counting).
-static const float* search_table(const float* th, int64_t T, float* tab) {
+// The buckets of a SearchTable for T ascending positive finite thresholds: the finest that span them in 32 buckets
+// with at most one threshold in each (the thresholds ascend, so one per bucket means no two share a bucket index).
+static bool fill_buckets(SearchTable& tab, const float* th, int64_t T) {
+  if (T < 1 || !(th[0] > 0.f) || !(th[T - 1] <= FLT_MAX)) return false;
+  const auto bits = [](float f) { int32_t b; std::memcpy(&b, &f, sizeof b); return b; };
+  for (int32_t shift = 16; shift <= 23; ++shift) {
+    const int32_t base = bits(th[0]) >> shift;
+    int32_t idx[32];
+    bool ok = true;
+    for (int64_t t = 0; t < T && ok; ++t) {
+      idx[t] = std::min((bits(th[t]) >> shift) - base, 31);
+      ok = t == 0 || idx[t] != idx[t - 1];
+    }
+    if (!ok) continue;
+    for (int32_t b = 0; b < 32; ++b)
+      tab.cand[b] = (int32_t)(std::lower_bound(idx, idx + T, b) - idx);  // thresholds in buckets below b
+    tab.shift = shift;
+    tab.base = base;
+    return tab.bucket = true;
+  }
+  return false;
+}
+
+// The encoders' search table for T thresholds, or nullptr when there are more than 31 or they are not ascending
+// (linear counting).
+static const SearchTable* search_table(const float* th, int64_t T, SearchTable& tab) {
   if (T > 31) return nullptr;
   for (int64_t t = 1; t < T; ++t)
     if (!(th[t - 1] <= th[t])) return nullptr;
-  std::fill(tab, tab + 32, NAN);
-  std::copy(th, th + T, tab);
-  return tab;
+  std::fill(tab.ts, tab.ts + 32, NAN);
+  std::copy(th, th + T, tab.ts);
+  tab.bucket = false;
+  fill_buckets(tab, th, T);
+  return &tab;
 }
 static uint8_t decode_base(const int8_t* p, const int8_t* s, const float* tb, int64_t nt, const float*,
                            const float* sc, bool pe, int64_t n, float* o) {
@@ -99,24 +135,34 @@ static inline uint8_t max_epu8(__m128i m) {
 }
 // The encoder with each vector's 16 (8) counters held in a register across the threshold loop: one compare and
 // one masked add per threshold; the counts come from the compare masks. Block tails: encode_block.
-// AVX-512 with a search table ts32 (at most 31 ascending thresholds: the encoders' case): the count of
-// thresholds <= a by a branchless binary search instead, over the table in two registers: "a >= table[k]" holds
-// for exactly the first count entries (NaN pads never), so 5 permutes and compares find the same count.
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
-static void encode_512(const float* x, int64_t n, const float* th, int64_t T, const float* ts32, bool sg, int8_t* pp,
-                       int8_t* sp, CodecCounts& c) {
+// AVX-512 with a search table (at most 31 ascending thresholds: the encoders' case): with buckets, the count is the
+// bucket's guess plus one compare (a NaN counts none, as the compares give it); else a branchless binary search over
+// the table in two registers: "a >= ts[k]" holds for exactly the first count entries (NaN pads never), so 5 permutes
+// and compares find the same count.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,popcnt")))
+static void encode_512(const float* x, int64_t n, const float* th, int64_t T, const SearchTable* st, bool sg,
+                       int8_t* pp, int8_t* sp, CodecCounts& c) {
   const __m512 absm = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff)), fmax = _mm512_set1_ps(FLT_MAX);
   const __m512 one = _mm512_set1_ps(1.f), zero = _mm512_setzero_ps();
   const __m512i vT1 = _mm512_set1_epi32((int)T + 1), ione = _mm512_set1_epi32(1), izero = _mm512_setzero_si512();
-  const bool search = ts32 != nullptr;
-  const __m512 tlo = search ? _mm512_load_ps(ts32) : zero, thi = search ? _mm512_load_ps(ts32 + 16) : zero;
+  const bool search = st != nullptr, bucket = search && st->bucket;
+  const __m512 tlo = search ? _mm512_load_ps(st->ts) : zero, thi = search ? _mm512_load_ps(st->ts + 16) : zero;
+  const __m512i clo = bucket ? _mm512_load_si512(st->cand) : izero;
+  const __m512i chi = bucket ? _mm512_load_si512(st->cand + 16) : izero;
+  const __m512i vbase = _mm512_set1_epi32(bucket ? st->base : 0), last = _mm512_set1_epi32(31);
+  const __m128i shift = _mm_cvtsi32_si128(bucket ? st->shift : 0);
   int64_t bad = 0, sat = 0, fired = 0, i = 0;
   for (; i + 16 <= n; i += 16) {
     const __m512 v = _mm512_loadu_ps(x + i), m = _mm512_and_ps(v, absm), a = sg ? m : v;
     bad += 16 - __builtin_popcount(_mm512_cmp_ps_mask(m, fmax, _CMP_LE_OQ));
     sat += __builtin_popcount(_mm512_cmp_ps_mask(a, one, _CMP_GT_OQ));
     __m512i cnt = izero;
-    if (search) {
+    if (bucket) {
+      const __m512i b = _mm512_sub_epi32(_mm512_sra_epi32(_mm512_castps_si512(a), shift), vbase);
+      cnt = _mm512_permutex2var_epi32(clo, _mm512_min_epi32(_mm512_max_epi32(b, izero), last), chi);
+      const __mmask16 ge = _mm512_cmp_ps_mask(a, _mm512_permutex2var_ps(tlo, cnt, thi), _CMP_GE_OQ);
+      cnt = _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(a, a, _CMP_ORD_Q), _mm512_mask_add_epi32(cnt, ge, cnt, ione));
+    } else if (search) {
       for (int step = 16; step; step >>= 1) {
         const __m512i cand = _mm512_add_epi32(cnt, _mm512_set1_epi32(step));
         const __m512 tv = _mm512_permutex2var_ps(tlo, _mm512_sub_epi32(cand, ione), thi);
@@ -146,8 +192,8 @@ static inline void store8_epi32_as_epi8(int8_t* dst, __m256i v) {  // values in 
   _mm_storel_epi64((__m128i*)dst, _mm_packs_epi16(p16, p16));
 }
 
-__attribute__((target("avx2")))
-static void encode_256(const float* x, int64_t n, const float* th, int64_t T, const float*, bool sg, int8_t* pp,
+__attribute__((target("avx2,popcnt")))
+static void encode_256(const float* x, int64_t n, const float* th, int64_t T, const SearchTable*, bool sg, int8_t* pp,
                        int8_t* sp, CodecCounts& c) {
   const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)), fmax = _mm256_set1_ps(FLT_MAX);
   const __m256 one = _mm256_set1_ps(1.f), zero = _mm256_setzero_ps();
@@ -242,8 +288,8 @@ std::vector<torch::Tensor> encode_phase(torch::Tensor x, torch::Tensor thr_asc, 
   auto sign = is_signed ? torch::empty_like(x, torch::kInt8) : torch::Tensor();
   const float* xp = x.data_ptr<float>();
   const float* th = thr_asc.data_ptr<float>();
-  alignas(64) float tab[32];
-  const float* ts32 = search_table(th, T, tab);
+  SearchTable tab;
+  const SearchTable* st = search_table(th, T, tab);
   int8_t* pp = phase.data_ptr<int8_t>();
   int8_t* sp = is_signed ? sign.data_ptr<int8_t>() : nullptr;
   const int64_t BS = 256, nb = (n + BS - 1) / BS;
@@ -252,7 +298,7 @@ std::vector<torch::Tensor> encode_phase(torch::Tensor x, torch::Tensor thr_asc, 
   for (int64_t b = 0; b < nb; ++b) {
     const int64_t i0 = b * BS;
     CodecCounts c;
-    enc(xp + i0, std::min(BS, n - i0), th, T, ts32, is_signed, pp + i0, sp ? sp + i0 : nullptr, c);
+    enc(xp + i0, std::min(BS, n - i0), th, T, st, is_signed, pp + i0, sp ? sp + i0 : nullptr, c);
     bad += c.bad; sat += c.sat; fired += c.fired;
   }
   return {phase, sign, torch::tensor({bad, sat, fired}, torch::kInt64)};
@@ -296,13 +342,10 @@ std::tuple<torch::Tensor, int64_t> decode_phase(torch::Tensor phase, torch::Tens
 // (summed over N and C, as count_per_position does on the phases). -> {phase, sign (undefined unless signed),
 // int64 [non-finite, saturated, fired], int64 [positions] spike counts (empty without count_positions)}.
 struct JoinArgs {
-  float* zp; const float *bp, *svp, *swp, *th, *ts32; int8_t *pp, *sp; const float* tb32;
+  float* zp; const float *bp, *svp, *swp, *th; const SearchTable* st; int8_t *pp, *sp; const float* tb32;
   int64_t C, R, P, T, nt, Cin, Hin, Win, W, pad_front, sh, sww; bool is_signed, dense_sc;
   int64_t* counts;  // [P] spike counts per position, or nullptr
 };
-
-// A fire phase is one spike (int8: 0 silent).
-static constexpr auto is_spike = [](int8_t v) { return (int32_t)(v != 0); };
 
 struct JoinTotals { int64_t bad = 0, sat = 0, fired = 0; };
 
@@ -311,7 +354,7 @@ static inline void join_fire(const JoinArgs& a, const float* v, int64_t i0, int6
   static const EncodeFn enc = SPIKEGCN_WIDEST(encode);
   static const DecodeFn dec = SPIKEGCN_WIDEST(decode);
   static const float one = 1.f;
-  enc(v, len, a.th, a.T, a.ts32, a.is_signed, a.pp + i0, a.sp ? a.sp + i0 : nullptr, cnt);
+  enc(v, len, a.th, a.T, a.st, a.is_signed, a.pp + i0, a.sp ? a.sp + i0 : nullptr, cnt);
   if (a.nt) dec(a.pp + i0, a.sp ? a.sp + i0 : nullptr, a.tb32, a.nt, a.tb32, &one, false, len, a.zp + i0);
 }
 
@@ -360,11 +403,15 @@ static void join_row(const JoinArgs& a, int64_t r, PositionCounts& pc, CodecCoun
     const int64_t len = std::min<int64_t>(256, P - j);
     if (srow && a.dense_sc) {
       for (int64_t k = 0; k < len; ++k) v[k] = zr[j + k] + srow[j + k] * wc;
-    } else if (srow) {
-      int64_t h = j / W, w = j % W, at = h * a.sh * a.Win + w * a.sww;
-      for (int64_t k = 0; k < len; ++k) {
-        v[k] = zr[j + k] + srow[at] * wc;
-        if (++w == W) { w = 0; at = ++h * a.sh * a.Win; } else { at += a.sww; }
+    } else if (srow) {  // a run per output line; stride 2 (option-A shortcuts) is its own loop, so it vectorises
+      for (int64_t k = 0, h = j / W, w = j % W; k < len; k += W - w, w = 0, ++h) {
+        const float* in = srow + h * a.sh * a.Win + w * a.sww;
+        const int64_t run = std::min(W - w, len - k);
+        if (a.sww == 2) {
+          for (int64_t q = 0; q < run; ++q) v[k + q] = zr[j + k + q] + in[2 * q] * wc;
+        } else {
+          for (int64_t q = 0; q < run; ++q) v[k + q] = zr[j + k + q] + in[q * a.sww] * wc;
+        }
       }
     } else {
       for (int64_t k = 0; k < len; ++k) v[k] = zr[j + k];
@@ -422,57 +469,17 @@ std::vector<torch::Tensor> encode_join(torch::Tensor z, torch::Tensor bias, torc
     TORCH_CHECK(nt <= 32, "encode_join: the value table has at most 32 entries");
     std::copy(table.data_ptr<float>(), table.data_ptr<float>() + nt, tb32);
   }
-  alignas(64) float ts[32];
-  const float* ts32 = search_table(thr_asc.data_ptr<float>(), thr_asc.numel(), ts);
+  SearchTable ts;
+  const SearchTable* st = search_table(thr_asc.data_ptr<float>(), thr_asc.numel(), ts);
   const JoinArgs a{z.data_ptr<float>(), bias.numel() ? bias.data_ptr<float>() : nullptr,
                    has_sc ? sv.data_ptr<float>() : nullptr, has_sc ? sw.data_ptr<float>() : nullptr,
-                   thr_asc.data_ptr<float>(), ts32, phase.data_ptr<int8_t>(),
+                   thr_asc.data_ptr<float>(), st, phase.data_ptr<int8_t>(),
                    is_signed ? sign.data_ptr<int8_t>() : nullptr, tb32, C, R, P, thr_asc.numel(), nt, Cin, Hin,
                    Win, W, pad_front, sh, sww, is_signed,
                    has_sc && sh == 1 && sww == 1 && Win == W,  // the shortcut row is contiguous
                    count_positions && P > 0 ? counts.data_ptr<int64_t>() : nullptr};
-  const JoinTotals t = (!has_sc && P < 256) ? join_flat(a) : join_rows(a);
+  const JoinTotals t = (!has_sc && P < 32) ? join_flat(a) : join_rows(a);
   return {phase, sign, torch::tensor({t.bad, t.sat, t.fired}, torch::kInt64), counts};
-}
-
-// Spikes per input position, summed over R = batch x channels rows of an [R, P] tensor in one pass (per-thread
-// 32-bit counters over blocks of rows, then a reduction): the non-zeros of int8 one-spike phases, or the popcount
-// of int32 / int64 binary codes (one spike per set bit). A convolution's exact addition count is
-// sum_p count[p] * fan_out[p].
-template <typename elem_t, typename Count>
-static void count_rows(const elem_t* xp, int64_t R, int64_t P, Count count, int64_t* op) {
-  #pragma omp parallel if (R * P >= PARALLEL_MIN)
-  {
-    PositionCounts pc(op, P);
-    #pragma omp for schedule(static) nowait
-    for (int64_t r = 0; r < R; ++r) {
-      pc.add(xp + r * P, 0, P, count);
-      pc.added(1);
-    }
-    pc.merge();
-  }
-}
-
-torch::Tensor count_per_position(torch::Tensor x) {
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "count_per_position: x must be a contiguous 2-D tensor");
-  const int64_t R = x.size(0), P = x.size(1);
-  auto out = torch::zeros({P}, torch::kInt64);
-  int64_t* op = out.data_ptr<int64_t>();
-  switch (x.scalar_type()) {
-    case torch::kInt8:
-      count_rows(x.data_ptr<int8_t>(), R, P, is_spike, op);
-      break;
-    case torch::kInt32:
-      count_rows(x.data_ptr<int32_t>(), R, P, [](int32_t v) { return (int32_t)__builtin_popcount((uint32_t)v); }, op);
-      break;
-    case torch::kInt64:
-      count_rows(x.data_ptr<int64_t>(), R, P,
-                 [](int64_t v) { return (int32_t)__builtin_popcountll((unsigned long long)v); }, op);
-      break;
-    default:
-      TORCH_CHECK(false, "count_per_position: x must be int8 phases or int32 / int64 binary codes");
-  }
-  return out;
 }
 
 // For Python callers: advise a freshly allocated (not yet written) CPU tensor's pages, as empty_huge does.
@@ -488,6 +495,4 @@ void register_codec(pybind11::module_& m) {
   m.def("encode_join", &encode_join,
         "closed-form firing after a convolution: + diagonal shortcut + bias, encoded (optionally decoded in place, "
         "optionally counting the spikes per position)");
-  m.def("count_per_position", &count_per_position,
-        "spikes per column of an [R, P] tensor: int8 non-zeros or int32 / int64 popcounts");
 }

@@ -401,7 +401,8 @@ torch::Tensor aggregate_bins(torch::Tensor crow, torch::Tensor col, torch::Tenso
 }
 
 void register_conv_exact(pybind11::module_& m);  // conv_exact.cpp: exact-mode CNN layers
-void register_codec(pybind11::module_& m);        // codec_cpu.cpp: encoder, decoder, spike counts
+void register_codec(pybind11::module_& m);        // codec_cpu.cpp: encoder, decoder, fused firing pass
+void register_binary_codec(pybind11::module_& m);  // binary_codec.cpp: binary input code, spike counts
 void register_late_lists(pybind11::module_& m);   // late_lists.cpp: late-spike lists of the exact CNN layers
 void register_dense_exact(pybind11::module_& m);  // dense_exact.cpp: exact-mode dense layers
 void register_aggregate_bits(pybind11::module_& m);  // aggregate_bits.cpp: late bins of binary input
@@ -409,6 +410,7 @@ void register_aggregate_bits(pybind11::module_& m);  // aggregate_bits.cpp: late
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   register_conv_exact(m);
   register_codec(m);
+  register_binary_codec(m);
   register_late_lists(m);
   register_dense_exact(m);
   register_aggregate_bits(m);

@@ -10,6 +10,8 @@
 #include <cmath>
 #include <vector>
 
+#include "position_counts.h"  // bit_count
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 #define SPIKEGCN_CONV_X86 1
@@ -176,7 +178,7 @@ std::vector<torch::Tensor> late_list_bits(torch::Tensor bits, torch::Tensor sign
   AT_DISPATCH_INDEX_TYPES(bits.scalar_type(), "late_list_bits", [&] {
     const index_t* b = bits.data_ptr<index_t>();
     const int64_t L = count_late(b, N, C, HW, [mask](index_t v) {
-      return (int32_t)__builtin_popcountll((unsigned long long)((int64_t)v & mask)); }, ptr.data_ptr<int64_t>());
+      return bit_count((uint64_t)((int64_t)v & mask)); }, ptr.data_ptr<int64_t>());
     ch = torch::empty({L}, torch::kInt32);
     bin = torch::empty({L}, torch::kInt16);
     val = torch::empty({L}, like.options());

@@ -11,6 +11,21 @@
 // OMP_WAIT_POLICY=PASSIVE) costs more than the work (a batch-1 CNN layer).
 constexpr int64_t PARALLEL_MIN = 1 << 15;
 
+// A fire phase is one spike (int8: 0 silent).
+constexpr auto is_spike = [](int8_t v) { return (int32_t)(v != 0); };
+
+// Bits set in v. The module is built for the baseline instruction set, where __builtin_popcount is a libgcc call
+// per element; this form vectorises in the loops that count binary codes.
+inline int32_t bit_count(uint64_t v) {
+  v = v - ((v >> 1) & 0x5555555555555555ULL);
+  v = (v & 0x3333333333333333ULL) + ((v >> 2) & 0x3333333333333333ULL);
+  v = (v + (v >> 4)) & 0x0F0F0F0F0F0F0F0FULL;
+  v += v >> 8;
+  v += v >> 16;
+  v += v >> 32;
+  return (int32_t)(v & 0x7f);
+}
+
 // One thread's 32-bit counts of P positions, added into the int64 total (nullptr: counting off, every call a
 // no-op). added(n) after the counts grew by at most n per position flushes them into the total every 2^20, far
 // from the 32-bit limit (binary codes add up to 64 per element); merge() once at the end.
