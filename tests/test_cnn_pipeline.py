@@ -81,8 +81,8 @@ def test_cli_finetune_rejects_unknown_model(capsys):
 @pytest.mark.skipif(not have_cifar, reason=NEED)
 def test_cnn_speed_benchmark_runs_small(tmp_path):
     """benchmarks/cnn_speed.py end to end on 8 images: every configuration timed in every round, both ratios
-    (best-of and the median of same-round ratios) recorded and shown, exact Tw = T equal to functional and the
-    kernel equal to the per-phase path."""
+    (best-of and the median of same-round ratios) recorded and shown, exact Tw = T equal to functional, the
+    kernel equal to the per-phase path, and the wait sweep timed on more images than the batch, batch by batch."""
     import json
     import subprocess
     import sys
@@ -90,7 +90,7 @@ def test_cnn_speed_benchmark_runs_small(tmp_path):
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "speed"
     subprocess.run([sys.executable, str(root / "benchmarks" / "cnn_speed.py"), "--models", "vgg", "--batch", "8",
-                    "--repeat", "3", "--calib", "32", "--sweep-images", "4", "--sweep-tw", "8", "16", "--tw", "8",
+                    "--repeat", "3", "--calib", "32", "--sweep-images", "12", "--sweep-tw", "8", "16", "--tw", "8",
                     "--out", str(out)], check=True, capture_output=True, timeout=600)
     m = json.loads(out.with_suffix(".json").read_text())["models"][0]
     keys = ["ann", "functional", "exact Tw=16", "exact Tw=8", "exact Tw=8, per phase"]
@@ -100,3 +100,6 @@ def test_cnn_speed_benchmark_runs_small(tmp_path):
     assert m["checks"]["exact Tw=T equals functional"] is True
     assert m["checks"]["kernel vs per phase: argmax agreement"] == 1.0
     assert "median over the rounds" in out.with_suffix(".md").read_text()
+    sweep = m["tw_sweep"]
+    assert (sweep["images"], sweep["batch"], sweep["waits"]) == (12, 8, [8, 16])
+    assert sweep["speedup"] == sweep["seconds"]["per_phase"] / sweep["seconds"]["kernel"] > 0

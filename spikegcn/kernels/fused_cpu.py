@@ -50,7 +50,8 @@ from torch import Tensor
 
 _NAME = "spikegcn_fused_cpu"
 SOURCE = Path(__file__).resolve().parent / "csrc" / "fused_cpu.cpp"
-# codec_cpu: encoder / decoder / spike counts; conv_exact, dense_exact, late_lists: exact-mode CNN and dense layers
+# codec_cpu: single-spike encoder / decoder and the CNN layers' fused firing pass; binary_codec: the binary input
+# code and per-position spike counts; conv_exact, dense_exact, late_lists: exact-mode CNN and dense layers
 # (kernels/conv_cpu.py)
 SOURCES = (SOURCE, *(SOURCE.parent / f for f in ("codec_cpu.cpp", "binary_codec.cpp", "conv_exact.cpp",
                                                   "dense_exact.cpp", "late_lists.cpp", "aggregate_bits.cpp")))
