@@ -91,9 +91,9 @@ def late_fractions(snn, x: torch.Tensor, code: PhaseCode) -> list[dict]:
 
 
 def sweep_speedup(snn, x: torch.Tensor, code: PhaseCode, tws: list[int], batch: int) -> dict:
-    """Time of the exact-mode wait sweep of cnn_tables.py (Table VIII) on ``x`` in batches of ``batch`` images (as
-    cnn_tables.py runs it): every wait once with the compiled kernel and once stepped phase by phase (after a
-    warm-up of each path)."""
+    """Time of the exact-mode wait sweep of cnn_tables.py (Table VIII) on ``x`` in batches of ``batch`` images (it
+    runs its sweep batch by batch too): every wait once with the compiled kernel and once stepped phase by phase
+    (after a warm-up of each path)."""
     secs = {"kernel": 0.0, "per_phase": 0.0}
     load = fused_cpu.load
     with torch.no_grad():

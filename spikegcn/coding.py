@@ -44,6 +44,7 @@ __all__ = [
     "decode",
     "quantize",
     "encode_binary",
+    "encode_binary_counted",
     "decode_binary",
     "binary_bitplanes",
     "binary_spike_count",
@@ -206,8 +207,11 @@ def _phase_lut(T: int, device: str) -> Tensor:
 
 def _check_finite(x: Tensor, what: str) -> None:
     if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        bad = (~torch.isfinite(x)).sum().item()
-        raise ValueError(f"{what} contains {bad} NaN/inf value(s); one-spike coding needs finite activations")
+        raise _nonfinite_input(what, int((~torch.isfinite(x)).sum()))
+
+
+def _nonfinite_input(what: str, count: int) -> ValueError:
+    return ValueError(f"{what} contains {count} NaN/inf value(s); one-spike coding needs finite activations")
 
 
 # --------------------------------------------------------------------------------- single-spike code
@@ -354,8 +358,7 @@ def encode_binary_counted(x: Tensor, T: int, signed: bool = True, count: bool = 
     if fast is not None:
         bits, sign, bad, neg, sat = fast
         if bad:
-            raise ValueError(f"binary encoder input contains {bad} NaN/inf value(s); one-spike coding needs finite "
-                             "activations")
+            raise _nonfinite_input("binary encoder input", bad)
     else:
         _check_finite(x, "binary encoder input")
         neg = int(not signed and bool((x < 0).any()))
@@ -365,11 +368,13 @@ def encode_binary_counted(x: Tensor, T: int, signed: bool = True, count: bool = 
         return bits, sign, sat
 
     # in place on fresh buffers (a large graph's chunk sources: tens of MB each, see fused_cpu.empty); exact:
-    # scaling by a power of two and flooring loses nothing in float64 for T <= 52
+    # scaling a float by a power of two loses nothing in float64. The clip to 2^T - 1 is on the integers: in
+    # float64 it rounds to 2^T from T = 54 on.
     with torch.no_grad():  # a code, not a differentiable map
         mag = fused_cpu.empty(x.shape, torch.float64, x.device).copy_(x).abs_()
-        mag.mul_(2.0**T).floor_().clamp_(0, 2**T - 1)
+        mag.mul_(2.0**T).floor_().clamp_(0, 2.0**T)
         bits = fused_cpu.empty(x.shape, torch.int32 if T <= 30 else torch.int64, x.device).copy_(mag)
+        bits.clamp_(max=2**T - 1)
     sign = torch.sign(x).to(torch.int8) * (bits != 0) if signed else None
     return bits, sign, (saturated_count(x, signed=True) if count else None)
 

@@ -291,7 +291,8 @@ def _encode_join_reference(z, thr, signed, bias, shortcut, table):
 @pytest.mark.skipif(fused_cpu.load() is None or not hasattr(fused_cpu.load(), "encode_join"),
                     reason="compiled CPU kernels not built (spikegcn build-kernels)")
 @pytest.mark.parametrize("signed", [False, True])
-@pytest.mark.parametrize("case", ["plain", "bias", "identity", "option_a", "2d", "short_rows", "threaded"])
+@pytest.mark.parametrize("case", ["plain", "bias", "identity", "option_a", "option_a_wide", "2d", "short_rows",
+                                  "rows_64", "threaded"])
 def test_encode_join_equals_torch_order_of_operations(case, signed):
     """The fused closed-form pass (shortcut x weight, + bias, encode, decode in place) gives the torch path's
     phases, signs, counts, spikes per position and values bit for bit: rows longer and shorter than its
@@ -299,7 +300,8 @@ def test_encode_join_equals_torch_order_of_operations(case, signed):
     code = PhaseCode(16, 1.3)
     thr, table = code.thresholds(torch.float32).flip(0), code.values(torch.float32)
     g = torch.Generator().manual_seed(3)
-    shape = {"2d": (37, 300), "option_a": (3, 8, 5, 9), "short_rows": (5, 7, 5, 7),
+    shape = {"2d": (37, 300), "option_a": (3, 8, 5, 9), "short_rows": (5, 7, 5, 5),  # 25 positions: flat blocks
+             "rows_64": (5, 7, 8, 8), "option_a_wide": (2, 4, 20, 30),  # 600 positions: lines across blocks
              "threaded": (4, 16, 33, 31)}.get(case, (3, 6, 19, 23))  # threaded: past the kernel's serial size
     z = torch.randn(*shape, generator=g) * 0.6
     z.view(-1)[5] = float("nan")
@@ -309,6 +311,8 @@ def test_encode_join_equals_torch_order_of_operations(case, signed):
         shortcut = (torch.rand(*shape, generator=g), torch.randn(shape[1], generator=g), 0, (1, 1))
     elif case == "option_a":  # 3 input channels into 8 (2 in front), 10 x 17 subsampled by 2 -> 5 x 9
         shortcut = (torch.rand(3, 3, 10, 17, generator=g), torch.randn(8, generator=g), 2, (2, 2))
+    elif case == "option_a_wide":  # 2 input channels into 4 (1 in front), 40 x 59 subsampled by 2 -> 20 x 30
+        shortcut = (torch.rand(2, 2, 40, 59, generator=g), torch.randn(4, generator=g), 1, (2, 2))
     ref = _encode_join_reference(z, thr, signed, bias, shortcut, table)
     zz = z.clone()
     phase, sign, bad, sat, fired, at = fused_cpu.encode_join(zz, thr, signed, bias=bias, shortcut=shortcut,

@@ -308,6 +308,12 @@ def test_encoder_counts_thresholds_exactly_for_every_T(signed):
 
     for T in [*range(1, 32), 40]:
         check(PhaseCode(T, 1.3).thresholds(torch.float32).flip(0).contiguous())
+    table = fused_cpu.load().encoder_table  # the path each table takes: bucket shift, -1 search, -2 linear
+    assert table(PhaseCode(8, 1.3).thresholds(torch.float32).flip(0)) == 20
+    assert table(PhaseCode(16, 1.3).thresholds(torch.float32).flip(0)) == 21
+    assert table(PhaseCode(31, 1.3).thresholds(torch.float32).flip(0)) == -1  # too wide for 32 buckets
+    assert table(torch.tensor([0.25, 0.2500001, 0.5])) == -1  # two in one bucket at every shift
+    assert table(torch.tensor([0.0, 0.5, 0.75])) == -1 and table(torch.tensor([0.5, 0.1])) == -2
     # the AVX-512 encoder's first guess from a float's top bits: Q near 1 and near 2, with and without the shift
     # (finer or coarser buckets, or too many for the table: binary search), subnormal and huge values
     for Q, shift in [(1.05, True), (1.1, False), (1.6, True), (1.99, False), (1.99, True)]:
@@ -351,6 +357,14 @@ def test_compiled_binary_codec_equals_torch_formulas(signed, monkeypatch):
         assert torch.equal(decode_binary(bits, T, sign), ref_values)
         assert torch.equal(decode_binary(bits.view(-1, 2)[:, 0], T, None),  # strided, no sign
                            (ref_bits.view(-1, 2)[:, 0].double() * 2.0 ** -T).float())
+    for T in range(50, 63):  # values >= 1 saturate at 2^T - 1 (in float64 that would round to 2^T from T = 54)
+        sat_x = torch.tensor([1.0, 1.5, 3e38, 0.5])
+        for path in ("compiled", "torch"):
+            with monkeypatch.context() as m:
+                if path == "torch":
+                    m.setattr(fused_cpu, "encode_binary", lambda *a: None)
+                bits = encode_binary(sat_x, T, signed)[0]
+            assert bits.tolist() == [2 ** T - 1] * 3 + [2 ** (T - 1)], (T, path)
     for bad in (float("nan"), float("inf"), -float("inf")):
         with pytest.raises(ValueError, match="contains 1 NaN/inf"):
             encode_binary(torch.tensor([0.5, bad, 0.25]), 8, signed)

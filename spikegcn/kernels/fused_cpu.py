@@ -321,9 +321,10 @@ def encode_phase(x: Tensor, thresholds_asc: Tensor, signed: bool
 
 def encode_binary(x: Tensor, T: int, signed: bool) -> tuple[Tensor, Tensor | None, int, int, int] | None:
     """One-pass CPU binary encoder (:func:`spikegcn.coding.encode_binary`) for float32 tensors: ``(bits, sign,
-    non-finite count, negative count, saturated count)`` (saturated: ``|x| > 1``), or ``None`` when the kernel is
-    unavailable. The caller refuses the codes when the counts say so."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or not 1 <= T <= 62:
+    non-finite count, negative count, saturated count)`` (saturated: ``|x| > 1``; the codes and signs contiguous,
+    whatever the layout of ``x``), or ``None`` when the kernel is unavailable. The caller refuses the codes when the
+    counts say so."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or T != int(T) or not 1 <= T <= 62:
         return None
     mod = _module if _tried else load()
     if mod is None or not hasattr(mod, "encode_binary"):
@@ -336,7 +337,7 @@ def encode_binary(x: Tensor, T: int, signed: bool) -> tuple[Tensor, Tensor | Non
 def decode_binary(bits: Tensor, T: int, sign: Tensor | None) -> Tensor | None:
     """One-pass CPU decoder of binary codes to float32 (:func:`spikegcn.coding.decode_binary`), or ``None`` when
     the kernel is unavailable or the tensors are not CPU int32 / int64 codes and an int8 sign of their shape."""
-    if bits.device.type != "cpu" or bits.dtype not in (torch.int32, torch.int64) or not 1 <= T <= 62:
+    if bits.device.type != "cpu" or bits.dtype not in (torch.int32, torch.int64) or T != int(T) or not 1 <= T <= 62:
         return None
     if sign is not None and (sign.dtype != torch.int8 or sign.shape != bits.shape or sign.device.type != "cpu"):
         return None

@@ -52,11 +52,12 @@ torch::Tensor count_per_position(torch::Tensor x) {
 }
 
 // Binary multi-spike encoding (spikegcn.coding.encode_binary) of n float32 values: the code floor(|x| 2^T), clipped
-// to 2^T - 1, in double as the torch path computes it (a float times a power of two is exact), and the sign where
-// a bit is set; counts the non-finite, negative and saturated (|x| > 1) values for the caller's checks (a NaN's
-// code is left to them). Branch-free per element, so that it vectorises in each clone below.
+// to top = 2^T - 1 as an integer (in double it rounds to 2^T from T = 54 on), from |x| 2^T in double as the torch
+// path computes it (a float times a power of two is exact), and the sign where a bit is set; counts the
+// non-finite, negative and saturated (|x| > 1) values for the caller's checks (a NaN's code is left to them).
+// Branch-free per element, so that it vectorises in each clone below.
 template <typename bits_t, bool SIGNED>
-__attribute__((always_inline)) inline void binary_loop(const float* x, int64_t n, double scale, double top,
+__attribute__((always_inline)) inline void binary_loop(const float* x, int64_t n, double scale, bits_t top,
                                                        bits_t* bits, int8_t* sg, int64_t* counts) {
   int32_t bad = 0, neg = 0, sat = 0;  // n <= 4096 per call
   for (int64_t i = 0; i < n; ++i) {
@@ -65,7 +66,7 @@ __attribute__((always_inline)) inline void binary_loop(const float* x, int64_t n
     neg += v < 0.f;
     sat += m > 1.f;
     const double y = (double)m * scale;
-    const bits_t b = (bits_t)(y < top ? y : top);  // truncation: the floor of y >= 0
+    const bits_t b = y < scale ? (bits_t)y : top;  // truncation: the floor of y >= 0
     bits[i] = b;
     if (SIGNED) sg[i] = (int8_t)((b != 0) * ((v > 0.f) - (v < 0.f)));
   }
@@ -78,10 +79,10 @@ __attribute__((always_inline)) inline void binary_loop(const float* x, int64_t n
 #if defined(__x86_64__) && defined(__ELF__) && (defined(__GNUC__) || defined(__clang__))
 __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
-static void binary_block(const float* x, int64_t n, double scale, double top, int32_t* b32, int64_t* b64, int8_t* sg,
+static void binary_block(const float* x, int64_t n, double scale, int64_t top, int32_t* b32, int64_t* b64, int8_t* sg,
                          int64_t* counts) {
-  if (b32 && sg) binary_loop<int32_t, true>(x, n, scale, top, b32, sg, counts);
-  else if (b32) binary_loop<int32_t, false>(x, n, scale, top, b32, sg, counts);
+  if (b32 && sg) binary_loop<int32_t, true>(x, n, scale, (int32_t)top, b32, sg, counts);
+  else if (b32) binary_loop<int32_t, false>(x, n, scale, (int32_t)top, b32, sg, counts);
   else if (sg) binary_loop<int64_t, true>(x, n, scale, top, b64, sg, counts);
   else binary_loop<int64_t, false>(x, n, scale, top, b64, sg, counts);
 }
@@ -94,7 +95,8 @@ std::vector<torch::Tensor> encode_binary(torch::Tensor x, int64_t T, bool is_sig
   auto bits = empty_huge(x.sizes(), wide ? torch::kInt64 : torch::kInt32);
   auto sign = is_signed ? torch::empty(x.sizes(), torch::kInt8) : torch::Tensor();
   const int64_t n = x.numel(), BS = 4096, nb = (n + BS - 1) / BS;
-  const double scale = std::ldexp(1.0, (int)T), top = scale - 1.0;
+  const double scale = std::ldexp(1.0, (int)T);
+  const int64_t top = (int64_t(1) << T) - 1;
   const float* xp = x.data_ptr<float>();
   int32_t* b32 = wide ? nullptr : bits.data_ptr<int32_t>();
   int64_t* b64 = wide ? bits.data_ptr<int64_t>() : nullptr;

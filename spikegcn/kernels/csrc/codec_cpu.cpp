@@ -66,12 +66,11 @@ static inline uint8_t decode_run(const int8_t* p, const int8_t* s, const float* 
   return mx;
 }
 
-// The encoders' search table, when there are at most 31 ascending thresholds (search_table; else nullptr): ts, the
-// thresholds NaN-padded to 32 entries, which the AVX-512 encoder searches in two registers; with `bucket`, also a
-// direct first guess. A float's bit pattern orders the non-negative floats, so its top bits (bits >> shift, less
-// base: 2^(23 - shift) buckets per octave) name an interval that holds at most one threshold (checked when the
-// table is built), and cand[bucket] thresholds lie below it: #(thresholds <= a) is cand + (a >= ts[cand]). Bucket
-// 0 also takes everything below (negative bit patterns included), bucket 31 everything above.
+// The encoders' table for at most 31 ascending thresholds (search_table): ts, the thresholds NaN-padded to 32, which
+// the AVX-512 encoder searches in two registers; with `bucket`, a first guess: a float's bit pattern orders the
+// non-negative floats, so bits >> shift, less base, names an interval holding at most one threshold (checked when
+// built), with cand[bucket] thresholds below it: #(thresholds <= a) = cand + (a >= ts[cand]). Bucket 0 also takes
+// everything below (negative bit patterns included), bucket 31 everything above.
 struct alignas(64) SearchTable {
   float ts[32];
   int32_t cand[32];
@@ -109,8 +108,7 @@ static bool fill_buckets(SearchTable& tab, const float* th, int64_t T) {
   return false;
 }
 
-// The encoders' search table for T thresholds, or nullptr when there are more than 31 or they are not ascending
-// (linear counting).
+// The table for T thresholds, or nullptr when there are more than 31 or they do not ascend (linear counting).
 static const SearchTable* search_table(const float* th, int64_t T, SearchTable& tab) {
   if (T > 31) return nullptr;
   for (int64_t t = 1; t < T; ++t)
@@ -358,8 +356,7 @@ static inline void join_fire(const JoinArgs& a, const float* v, int64_t i0, int6
   if (a.nt) dec(a.pp + i0, a.sp ? a.sp + i0 : nullptr, a.tb32, a.nt, a.tb32, &one, false, len, a.zp + i0);
 }
 
-// Short rows ([N, F] outputs: one element) without a shortcut: flat blocks of 256, the element's channel and
-// position stepped along (no division per element).
+// Rows of under 32 positions without a shortcut: flat blocks of 256, channel and position stepped along.
 static JoinTotals join_flat(const JoinArgs& a) {
   const int64_t n = a.R * a.P, nb = (n + 255) / 256;
   int64_t bad = 0, sat = 0, fired = 0;
@@ -387,8 +384,8 @@ static JoinTotals join_flat(const JoinArgs& a) {
   return {bad, sat, fired};
 }
 
-// Row r (n, c) in runs of 256: potential + shortcut (contiguous, or strided: the input position stepped along the
-// output row) + bias, then fired and counted. Cloned per instruction set (the widest the CPU has is called): the
+// Row r (n, c) in runs of 256: potential + shortcut (contiguous, or strided: a run per output line) + bias, then
+// fired and counted. Cloned per instruction set (the widest the CPU has is called): the
 // copy, shortcut, bias and count loops are a third of the pass, and the baseline build runs them 4 floats wide.
 #if defined(__x86_64__) && defined(__ELF__) && (defined(__GNUC__) || defined(__clang__))
 __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -489,6 +486,10 @@ void advise_huge_pages(torch::Tensor t) {
 }
 
 void register_codec(pybind11::module_& m) {
+  m.def("encoder_table", [](torch::Tensor thr_asc) {  // tests: the bucket shift, -1 binary search, -2 linear count
+    SearchTable tab;
+    const SearchTable* st = search_table(thr_asc.contiguous().data_ptr<float>(), thr_asc.numel(), tab);
+    return st == nullptr ? -2 : (st->bucket ? st->shift : -1); }, "the encoders' table for ascending thresholds");
   m.def("advise_huge_pages", &advise_huge_pages, "transparent huge pages for a new tensor's memory (a hint)");
   m.def("encode_phase", &encode_phase, "single-spike encoding of float32 values (+ non-finite, saturated, fired)");
   m.def("decode_phase", &decode_phase, "decoding of int8 fire phases to float32");

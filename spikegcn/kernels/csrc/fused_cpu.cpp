@@ -294,11 +294,13 @@ int64_t cpu_isa() {
   int64_t isa = 0;
 #ifdef SPIKEGCN_X86
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+  // popcnt: the encoders count compare masks with it (every AVX2 CPU has it, a VM may hide it)
+  const bool popcnt = __builtin_cpu_supports("popcnt");
+  if (popcnt && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
     isa = 2;
   else
-    isa = __builtin_cpu_supports("avx2") ? 1 : 0;
+    isa = popcnt && __builtin_cpu_supports("avx2") ? 1 : 0;
 #endif
   const char* cap = std::getenv("SPIKEGCN_CPU_ISA");
   if (cap) {

@@ -1,6 +1,6 @@
 // Per-thread spike counts per position for the compiled passes that count a layer's spikes by position
-// (count_per_position and encode_join in codec_cpu.cpp, conv_exact), and the size below which a pass stays on the
-// calling thread. Included by codec_cpu.cpp and conv_exact.cpp.
+// (count_per_position in binary_codec.cpp, encode_join in codec_cpu.cpp, conv_exact), the spike tests they count
+// with (is_spike, bit_count), and the size below which a pass stays on the calling thread.
 #pragma once
 
 #include <algorithm>
