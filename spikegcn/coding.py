@@ -354,7 +354,7 @@ def encode_binary_counted(x: Tensor, T: int, signed: bool = True, count: bool = 
         raise TypeError(f"encode_binary expects a floating-point tensor, got {x.dtype}")
     from .kernels import fused_cpu
 
-    fast = fused_cpu.encode_binary(x, T, signed) if x.device.type == "cpu" and x.dtype == torch.float32 else None
+    fast = fused_cpu.encode_binary(x, T, signed)  # None off the CPU, for other dtypes or without the kernels
     if fast is not None:
         bits, sign, bad, neg, sat = fast
         if bad:

@@ -186,7 +186,7 @@ __attribute__((always_inline)) inline void late_bins(const Layer& L, int64_t m0,
         if (y < 0 || y >= in.H) continue;
         if (in.sw == 1) {
           add_line<scalar_t, CC, ISA>(in, (n * in.H + y) * in.W, oxa, seg, ra, nbc, k0, w + ky * in.kw * in.Cin * C, C,
-                                 bins);
+                                      bins);
           continue;
         }
         for (int64_t kx = 0; kx < in.kw; ++kx) {
